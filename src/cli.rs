@@ -1,0 +1,141 @@
+//! The command line: `ringway --config PATH`, `check-config`, `demo`, `mock`, `top`.
+//!
+//! Owns: argument parsing, turning a validated config into running workers, and exit codes
+//! (0 ok, 2 bad config or usage, 1 runtime failure). Must not: contain relay logic.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{self, Config};
+use crate::monitor::Monitor;
+use crate::route::Router;
+use crate::worker;
+
+pub const USAGE: &str = "\
+ringway — OpenAI-compatible LLM API relay (monoio/io_uring, thread-per-core)
+
+USAGE:
+    ringway --config PATH            run the relay (foreground; logs to stderr)
+    ringway check-config PATH        validate, print a one-screen summary, exit 0; on error exit 2
+    ringway demo [--port N]          relay + built-in mock upstream on loopback, no API key needed
+    ringway mock --listen ADDR       the mock upstream alone (tests, benches, fault injection)
+    ringway top [URL]                live terminal view of a running relay's health
+    ringway --version | --help
+
+ENVIRONMENT:
+    RELAY_TIMEOUT=SECONDS            overrides [timeouts] total
+    RINGWAY_FORCE_EPOLL=1            skip io_uring and use the epoll driver
+";
+
+pub fn main(args: Vec<String>) -> i32 {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        [] | ["--help"] | ["-h"] | ["help"] => {
+            print!("{USAGE}\n{}", crate::mock::MODELS_DOC);
+            0
+        }
+        ["--version"] | ["-V"] => {
+            println!("ringway {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        ["--config", path] | ["-c", path] => run_relay(Path::new(path)),
+        ["check-config", path] => check_config(Path::new(path)),
+        ["demo"] => crate::demo::run(3000),
+        ["demo", "--port", port] => match port.parse() {
+            Ok(p) => crate::demo::run(p),
+            Err(_) => usage_error(&format!("--port: not a port number: {port}")),
+        },
+        ["mock", "--listen", addr] => match crate::mock::run(addr) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ringway mock: {e}");
+                1
+            }
+        },
+        ["top"] => crate::top::run("http://127.0.0.1:3000"),
+        ["top", url] => crate::top::run(url),
+        _ => usage_error(&format!("unrecognised arguments: {}", args.join(" "))),
+    }
+}
+
+fn usage_error(msg: &str) -> i32 {
+    eprintln!("ringway: {msg}\n\n{USAGE}");
+    2
+}
+
+fn check_config(path: &Path) -> i32 {
+    match config::load(path) {
+        Ok(c) => {
+            print!("{}", c.summary());
+            println!("config OK");
+            0
+        }
+        Err(e) => {
+            eprintln!("config error: {e}");
+            2
+        }
+    }
+}
+
+fn run_relay(path: &Path) -> i32 {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return 2;
+        }
+    };
+    match start(config) {
+        Ok(running) => {
+            running.wait();
+            0
+        }
+        Err(e) => {
+            crate::log::error(&format!("cannot start: {e}"));
+            1
+        }
+    }
+}
+
+/// A started relay: its workers run until the process ends.
+pub struct Running {
+    pub monitor: Arc<Monitor>,
+    pub workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn wait(self) {
+        for h in self.workers {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Start workers for a validated config; returns once every listener is bound.
+pub fn start(config: Config) -> std::io::Result<Running> {
+    let n = config.effective_workers();
+    let monitor = Monitor::new(
+        n,
+        config.monitor.warn_inflight as u64,
+        config.monitor.alert_inflight as u64,
+    );
+    let router = Arc::new(Router::new(&config));
+    let tls = crate::upstream::tls_connector(None)?;
+    let listen = config.server.listen;
+    let shared = worker::Shared {
+        config: Arc::new(config),
+        router,
+        monitor: monitor.clone(),
+        tls,
+    };
+    let workers = worker::start(&shared, n)?;
+    monitor
+        .baseline_fds
+        .store(crate::monitor::open_fds(), std::sync::atomic::Ordering::Relaxed);
+    crate::log::info(&format!(
+        "ringway {} listening on {listen} with {n} worker(s), io driver {}",
+        env!("CARGO_PKG_VERSION"),
+        monitor.io_driver()
+    ));
+    Ok(Running { monitor, workers })
+}

@@ -1,0 +1,156 @@
+//! A request's layered deadlines on top of the worker's timing wheel.
+//!
+//! Owns: the mapping from the contract's timeout layers (`[timeouts]`) to one wheel timer per
+//! client connection. At any moment the timer is armed at the earliest deadline that applies
+//! to the current phase — the phase's own layer, or the request's `total` if that comes first —
+//! and remembers which layer that was, so an expiry can be reported as `<layer>_timeout`.
+//!
+//! Must not: allocate or spawn; re-arming happens on every relayed chunk.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use crate::wheel::{Expired, Timer};
+
+/// The timeout layers of the contract, in the order a request meets them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Layer {
+    ClientIdle = 0,
+    ClientHeader,
+    ClientBody,
+    Connect,
+    TlsHandshake,
+    ResponseHeader,
+    StreamIdle,
+    Total,
+    Quick,
+    PoolIdle,
+}
+
+impl Layer {
+    pub const COUNT: usize = 10;
+    pub const ALL: [Layer; Layer::COUNT] = [
+        Layer::ClientIdle,
+        Layer::ClientHeader,
+        Layer::ClientBody,
+        Layer::Connect,
+        Layer::TlsHandshake,
+        Layer::ResponseHeader,
+        Layer::StreamIdle,
+        Layer::Total,
+        Layer::Quick,
+        Layer::PoolIdle,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::ClientIdle => "client_idle",
+            Layer::ClientHeader => "client_header",
+            Layer::ClientBody => "client_body",
+            Layer::Connect => "connect",
+            Layer::TlsHandshake => "tls_handshake",
+            Layer::ResponseHeader => "response_header",
+            Layer::StreamIdle => "stream_idle",
+            Layer::Total => "total",
+            Layer::Quick => "quick",
+            Layer::PoolIdle => "pool_idle",
+        }
+    }
+
+    /// The error code clients see, e.g. `response_header_timeout`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Layer::ClientIdle => "client_idle_timeout",
+            Layer::ClientHeader => "client_header_timeout",
+            Layer::ClientBody => "client_body_timeout",
+            Layer::Connect => "connect_timeout",
+            Layer::TlsHandshake => "tls_handshake_timeout",
+            Layer::ResponseHeader => "response_header_timeout",
+            Layer::StreamIdle => "stream_idle_timeout",
+            Layer::Total => "total_timeout",
+            Layer::Quick => "quick_timeout",
+            Layer::PoolIdle => "pool_idle_timeout",
+        }
+    }
+}
+
+/// One connection's deadline: a single wheel slot re-armed as phases change.
+pub struct DeadlineSet {
+    timer: Timer,
+    total_at: Cell<Option<Instant>>,
+    total_layer: Cell<Layer>,
+    layer: Cell<Layer>,
+}
+
+impl DeadlineSet {
+    pub fn new(timer: Timer) -> DeadlineSet {
+        DeadlineSet {
+            timer,
+            total_at: Cell::new(None),
+            total_layer: Cell::new(Layer::Total),
+            layer: Cell::new(Layer::ClientIdle),
+        }
+    }
+
+    /// A request begins: every later phase is also bounded by `now + total`.
+    /// `layer` is `Total` for relay requests and `Quick` for quick endpoints.
+    pub fn begin_request(&self, now: Instant, total: Duration, layer: Layer) {
+        self.total_at.set(Some(now + total));
+        self.total_layer.set(layer);
+    }
+
+    /// The request is over; connection-level layers apply again.
+    pub fn end_request(&self) {
+        self.total_at.set(None);
+    }
+
+    /// Arm for `layer`, `after` from now, clamped by the request's total deadline.
+    #[inline]
+    pub fn arm(&self, layer: Layer, after: Duration) {
+        self.arm_at(layer, Instant::now() + after);
+    }
+
+    #[inline]
+    pub fn arm_at(&self, layer: Layer, at: Instant) {
+        match self.total_at.get() {
+            Some(total) if total <= at => {
+                self.layer.set(self.total_layer.get());
+                self.timer.arm_at(total);
+            }
+            _ => {
+                self.layer.set(layer);
+                self.timer.arm_at(at);
+            }
+        }
+    }
+
+    /// Only the request's total deadline applies (e.g. while writing to a slow client).
+    pub fn arm_total_only(&self) {
+        match self.total_at.get() {
+            Some(total) => {
+                self.layer.set(self.total_layer.get());
+                self.timer.arm_at(total);
+            }
+            None => self.timer.cancel(),
+        }
+    }
+
+    pub fn cancel(&self) {
+        self.timer.cancel();
+    }
+
+    /// Resolves once the armed deadline passes; then [`DeadlineSet::layer`] says which it was.
+    #[inline]
+    pub fn expired(&self) -> Expired<'_> {
+        self.timer.expired()
+    }
+
+    pub fn is_expired(&self) -> bool {
+        self.timer.is_expired()
+    }
+
+    pub fn layer(&self) -> Layer {
+        self.layer.get()
+    }
+}

@@ -1,0 +1,336 @@
+//! Counters, the health endpoint, Prometheus metrics and the periodic health log line.
+//!
+//! Owns: one [`WorkerStats`] block per worker. Each block is written only by its own worker
+//! (relaxed atomic stores on a line no other core writes), and read by whichever worker answers
+//! `/api/monitor/health` or `/metrics`, which sums them. That keeps the request path free of
+//! shared writes while any worker can report the whole process.
+//!
+//! Must not: lock, or do anything on the request path beyond relaxed counter updates.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::deadline::Layer;
+
+/// Latency histogram bounds in seconds (Prometheus `le` labels).
+pub const LATENCY_BOUNDS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    #[inline]
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        bump(&self.buckets[i]);
+        add(&self.sum_micros, d.as_micros() as u64);
+    }
+}
+
+/// Upstream error statuses are counted per exact status in this range; others go to `other`.
+const UPSTREAM_STATUS_MIN: u16 = 400;
+const UPSTREAM_STATUS_SLOTS: usize = 200;
+
+#[repr(align(128))]
+pub struct WorkerStats {
+    pub io_driver: AtomicU8,
+    pub inflight: AtomicU64,
+    pub client_connections: AtomicU64,
+    pub upstream_active: AtomicU64,
+    pub upstream_idle: AtomicU64,
+    pub upstream_connects: AtomicU64,
+    pub upstream_reused: AtomicU64,
+    pub requests_total: AtomicU64,
+    pub status_class: [AtomicU64; 6],
+    pub timeouts: [AtomicU64; Layer::COUNT],
+    pub client_gone: AtomicU64,
+    pub overloaded: AtomicU64,
+    pub upstream_connect_failed: AtomicU64,
+    pub upstream_status: [AtomicU64; UPSTREAM_STATUS_SLOTS],
+    pub upstream_status_other: AtomicU64,
+    pub latency_total: Histogram,
+    pub latency_ttfb: Histogram,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            io_driver: AtomicU8::new(0),
+            inflight: AtomicU64::new(0),
+            client_connections: AtomicU64::new(0),
+            upstream_active: AtomicU64::new(0),
+            upstream_idle: AtomicU64::new(0),
+            upstream_connects: AtomicU64::new(0),
+            upstream_reused: AtomicU64::new(0),
+            requests_total: AtomicU64::new(0),
+            status_class: Default::default(),
+            timeouts: Default::default(),
+            client_gone: AtomicU64::new(0),
+            overloaded: AtomicU64::new(0),
+            upstream_connect_failed: AtomicU64::new(0),
+            upstream_status: std::array::from_fn(|_| AtomicU64::new(0)),
+            upstream_status_other: AtomicU64::new(0),
+            latency_total: Histogram::default(),
+            latency_ttfb: Histogram::default(),
+        }
+    }
+}
+
+/// Single-writer increment: a load and a store, no locked read-modify-write on the hot path.
+#[inline]
+pub fn bump(c: &AtomicU64) {
+    c.store(c.load(Relaxed).wrapping_add(1), Relaxed);
+}
+
+#[inline]
+pub fn add(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+#[inline]
+pub fn drop_one(c: &AtomicU64) {
+    c.store(c.load(Relaxed).saturating_sub(1), Relaxed);
+}
+
+impl WorkerStats {
+    pub fn count_status(&self, status: u16) {
+        let class = (status / 100).min(5) as usize;
+        bump(&self.status_class[class]);
+        bump(&self.requests_total);
+    }
+
+    pub fn count_upstream_error(&self, status: u16) {
+        match status.checked_sub(UPSTREAM_STATUS_MIN) {
+            Some(i) if (i as usize) < UPSTREAM_STATUS_SLOTS => bump(&self.upstream_status[i as usize]),
+            _ => bump(&self.upstream_status_other),
+        }
+    }
+
+    pub fn count_timeout(&self, layer: Layer) {
+        bump(&self.timeouts[layer as usize]);
+    }
+}
+
+pub const IO_URING: u8 = 1;
+pub const EPOLL: u8 = 2;
+
+fn driver_name(d: u8) -> &'static str {
+    match d {
+        IO_URING => "io_uring",
+        EPOLL => "epoll",
+        _ => "starting",
+    }
+}
+
+/// Shared by all workers: read-only except each worker's own stats block.
+pub struct Monitor {
+    pub started: Instant,
+    pub workers: Vec<WorkerStats>,
+    pub warn_inflight: u64,
+    pub alert_inflight: u64,
+    /// Idle upstream connections are not counted as leaks in `open_fds`; this is what a fresh
+    /// process holds (listeners, rings, stdio), read once when all workers are up.
+    pub baseline_fds: AtomicU64,
+}
+
+const HEALTH_TIMEOUT_LAYERS: [Layer; 9] = [
+    Layer::Connect,
+    Layer::TlsHandshake,
+    Layer::ResponseHeader,
+    Layer::StreamIdle,
+    Layer::Total,
+    Layer::Quick,
+    Layer::ClientHeader,
+    Layer::ClientBody,
+    Layer::ClientIdle,
+];
+
+impl Monitor {
+    pub fn new(workers: usize, warn_inflight: u64, alert_inflight: u64) -> Arc<Monitor> {
+        Arc::new(Monitor {
+            started: Instant::now(),
+            workers: (0..workers).map(|_| WorkerStats::default()).collect(),
+            warn_inflight,
+            alert_inflight,
+            baseline_fds: AtomicU64::new(0),
+        })
+    }
+
+    fn sum(&self, f: impl Fn(&WorkerStats) -> &AtomicU64) -> u64 {
+        self.workers.iter().map(|w| f(w).load(Relaxed)).sum()
+    }
+
+    pub fn inflight(&self) -> u64 {
+        self.sum(|w| &w.inflight)
+    }
+
+    pub fn status(&self) -> &'static str {
+        let n = self.inflight();
+        if n > self.alert_inflight {
+            "alert"
+        } else if n > self.warn_inflight {
+            "warn"
+        } else {
+            "ok"
+        }
+    }
+
+    pub fn io_driver(&self) -> &'static str {
+        let d = self.workers.first().map(|w| w.io_driver.load(Relaxed)).unwrap_or(0);
+        driver_name(d)
+    }
+
+    fn counters_json(w: &[&WorkerStats]) -> serde_json::Map<String, serde_json::Value> {
+        let s = |f: &dyn Fn(&WorkerStats) -> &AtomicU64| -> u64 { w.iter().map(|x| f(x).load(Relaxed)).sum() };
+        let mut m = serde_json::Map::new();
+        m.insert("inflight_requests".into(), s(&|x| &x.inflight).into());
+        m.insert("client_connections".into(), s(&|x| &x.client_connections).into());
+        m.insert("upstream_connections_active".into(), s(&|x| &x.upstream_active).into());
+        m.insert("upstream_connections_idle".into(), s(&|x| &x.upstream_idle).into());
+        m.insert("upstream_connects".into(), s(&|x| &x.upstream_connects).into());
+        m.insert("upstream_reused".into(), s(&|x| &x.upstream_reused).into());
+        m.insert("requests_total".into(), s(&|x| &x.requests_total).into());
+        m.insert("client_gone".into(), s(&|x| &x.client_gone).into());
+        m.insert("overloaded".into(), s(&|x| &x.overloaded).into());
+        m.insert("tasks_pending".into(), 0u64.into());
+        let mut t = serde_json::Map::new();
+        for l in HEALTH_TIMEOUT_LAYERS {
+            t.insert(l.name().into(), s(&|x| &x.timeouts[l as usize]).into());
+        }
+        m.insert("timeouts".into(), t.into());
+        m
+    }
+
+    pub fn health_json(&self) -> Vec<u8> {
+        let all: Vec<&WorkerStats> = self.workers.iter().collect();
+        let mut m = serde_json::Map::new();
+        m.insert("status".into(), self.status().into());
+        m.insert("uptime_seconds".into(), self.started.elapsed().as_secs().into());
+        m.insert("workers".into(), self.workers.len().into());
+        m.insert("io_driver".into(), self.io_driver().into());
+        m.extend(Self::counters_json(&all));
+        m.insert("open_fds".into(), open_fds().into());
+        m.insert("baseline_fds".into(), self.baseline_fds.load(Relaxed).into());
+        m.insert("rss_bytes".into(), rss_bytes().into());
+        let per: Vec<serde_json::Value> = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let mut o = Self::counters_json(&[w]);
+                o.insert("worker".into(), i.into());
+                o.insert("io_driver".into(), driver_name(w.io_driver.load(Relaxed)).into());
+                o.into()
+            })
+            .collect();
+        m.insert("per_worker".into(), per.into());
+        serde_json::to_vec(&serde_json::Value::Object(m)).unwrap_or_default()
+    }
+
+    pub fn metrics_text(&self) -> Vec<u8> {
+        let mut o = String::with_capacity(8192);
+        let g = |o: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        g(&mut o, "ringway_uptime_seconds", "Seconds since start.", "gauge", self.started.elapsed().as_secs());
+        g(&mut o, "ringway_inflight_requests", "Relay requests being served.", "gauge", self.inflight());
+        g(&mut o, "ringway_client_connections", "Open client connections.", "gauge", self.sum(|w| &w.client_connections));
+        g(&mut o, "ringway_upstream_connections_active", "Upstream connections in use.", "gauge", self.sum(|w| &w.upstream_active));
+        g(&mut o, "ringway_upstream_connections_idle", "Upstream connections parked in pools.", "gauge", self.sum(|w| &w.upstream_idle));
+        g(&mut o, "ringway_upstream_connects_total", "New upstream connections opened.", "counter", self.sum(|w| &w.upstream_connects));
+        g(&mut o, "ringway_upstream_reused_total", "Requests sent on a pooled upstream connection.", "counter", self.sum(|w| &w.upstream_reused));
+        g(&mut o, "ringway_client_gone_total", "Clients that disconnected before their response ended.", "counter", self.sum(|w| &w.client_gone));
+        g(&mut o, "ringway_overloaded_total", "Requests refused over max_inflight.", "counter", self.sum(|w| &w.overloaded));
+        g(&mut o, "ringway_upstream_connect_failed_total", "Upstream connect or TLS failures.", "counter", self.sum(|w| &w.upstream_connect_failed));
+        g(&mut o, "ringway_open_fds", "File descriptors open in the process.", "gauge", open_fds());
+        g(&mut o, "ringway_rss_bytes", "Resident memory.", "gauge", rss_bytes());
+        o.push_str("# HELP ringway_requests_total Finished requests by status class.\n# TYPE ringway_requests_total counter\n");
+        for (i, class) in ["1xx", "1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate().skip(1) {
+            let v = self.sum(|w| &w.status_class[i]) + if i == 1 { self.sum(|w| &w.status_class[0]) } else { 0 };
+            let _ = writeln!(o, "ringway_requests_total{{class=\"{class}\"}} {v}");
+        }
+        o.push_str("# HELP ringway_timeouts_total Deadlines that expired, by layer.\n# TYPE ringway_timeouts_total counter\n");
+        for l in Layer::ALL {
+            let _ = writeln!(o, "ringway_timeouts_total{{layer=\"{}\"}} {}", l.name(), self.sum(|w| &w.timeouts[l as usize]));
+        }
+        o.push_str("# HELP ringway_upstream_errors_total Upstream non-2xx responses by status.\n# TYPE ringway_upstream_errors_total counter\n");
+        for i in 0..UPSTREAM_STATUS_SLOTS {
+            let v = self.sum(|w| &w.upstream_status[i]);
+            if v > 0 {
+                let _ = writeln!(o, "ringway_upstream_errors_total{{status=\"{}\"}} {v}", UPSTREAM_STATUS_MIN as usize + i);
+            }
+        }
+        let other = self.sum(|w| &w.upstream_status_other);
+        if other > 0 {
+            let _ = writeln!(o, "ringway_upstream_errors_total{{status=\"other\"}} {other}");
+        }
+        self.histogram(&mut o, "ringway_request_duration_seconds", "Whole relay request duration.", |w| &w.latency_total);
+        self.histogram(&mut o, "ringway_time_to_first_byte_seconds", "Request start to first response byte sent.", |w| &w.latency_ttfb);
+        o.into_bytes()
+    }
+
+    fn histogram(&self, o: &mut String, name: &str, help: &str, f: impl Fn(&WorkerStats) -> &Histogram) {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in LATENCY_BOUNDS.iter().enumerate() {
+            cumulative += self.sum(|w| &f(w).buckets[i]);
+            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.sum(|w| &f(w).buckets[LATENCY_BOUNDS.len()]);
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum(|w| &f(w).sum_micros) as f64 / 1e6;
+        let _ = writeln!(o, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+
+    /// The periodic health line; its level follows the monitor thresholds.
+    pub fn log_line(&self) {
+        let inflight = self.inflight();
+        let line = format!(
+            "health: status={} inflight={} client_conns={} upstream_active={} upstream_idle={} requests_total={} open_fds={} rss_mb={:.1}",
+            self.status(),
+            inflight,
+            self.sum(|w| &w.client_connections),
+            self.sum(|w| &w.upstream_active),
+            self.sum(|w| &w.upstream_idle),
+            self.sum(|w| &w.requests_total),
+            open_fds(),
+            rss_bytes() as f64 / 1048576.0
+        );
+        if inflight > self.alert_inflight {
+            crate::log::error(&line);
+        } else if inflight > self.warn_inflight {
+            crate::log::warn(&line);
+        } else {
+            crate::log::info(&line);
+        }
+    }
+}
+
+pub fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count().saturating_sub(1) as u64)
+        .unwrap_or(0)
+}
+
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}

@@ -1,0 +1,299 @@
+//! Upstream connections: name resolution, TCP connect, TLS, and the per-worker idle pool.
+//!
+//! Owns: every upstream socket. A socket is either lent to exactly one request as an
+//! [`UpConn`] (counted in `upstream_connections_active`) or parked in this worker's [`Pool`]
+//! (counted in `upstream_connections_idle`); dropping an `UpConn` closes it. The relay calls
+//! [`Pool::put_back`] only after it has read a response to its end on a keep-alive connection,
+//! so a connection with unread bytes can never be reused.
+//!
+//! Must not: block the worker (name lookups run on a small blocking pool with a per-worker
+//! cache; IP literals never look anything up), share pools across workers, or keep an idle
+//! connection past `pool_idle`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::ServerName;
+
+use crate::config::Scheme;
+use crate::monitor::{bump, drop_one, Monitor};
+
+pub type TlsStream = monoio_rustls::ClientTlsStream<TcpStream>;
+
+/// A connected upstream socket, plain or TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Stream {
+    #[inline]
+    pub async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    #[inline]
+    pub async fn write_all<T: IoBuf + 'static>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.write_all(buf).await,
+            Stream::Tls(s) => s.write_all(buf).await,
+        }
+    }
+
+    /// Wait until a read would find bytes, without lending a buffer (plain TCP only; TLS may
+    /// hold decrypted bytes already, so it reports ready at once).
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.readable(true).await,
+            Stream::Tls(_) => Ok(()),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+}
+
+/// Where a channel connects: resolved once per worker and cached.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Which pool slot an endpoint uses; channels that share (scheme, host, port) share a slot.
+pub type PoolSlot = usize;
+
+/// An upstream connection lent to one request. Dropping it closes the socket.
+pub struct UpConn {
+    pub stream: Stream,
+    pub slot: PoolSlot,
+    pub reused: bool,
+    monitor: Arc<Monitor>,
+    worker: usize,
+}
+
+impl Drop for UpConn {
+    fn drop(&mut self) {
+        drop_one(&self.monitor.workers[self.worker].upstream_active);
+    }
+}
+
+struct Idle {
+    stream: Stream,
+    since: Instant,
+}
+
+/// This worker's idle upstream connections, LIFO per slot so the warmest is reused first.
+pub struct Pool {
+    slots: RefCell<Vec<Vec<Idle>>>,
+    max_idle_per_slot: usize,
+    pool_idle: Duration,
+    monitor: Arc<Monitor>,
+    worker: usize,
+}
+
+impl Pool {
+    pub fn new(
+        slots: usize,
+        max_idle_per_slot: usize,
+        pool_idle: Duration,
+        monitor: Arc<Monitor>,
+        worker: usize,
+    ) -> Pool {
+        Pool {
+            slots: RefCell::new((0..slots).map(|_| Vec::new()).collect()),
+            max_idle_per_slot,
+            pool_idle,
+            monitor,
+            worker,
+        }
+    }
+
+    fn stats(&self) -> &crate::monitor::WorkerStats {
+        &self.monitor.workers[self.worker]
+    }
+
+    /// Wrap a socket as a lent connection (counts it active).
+    pub fn lend(&self, stream: Stream, slot: PoolSlot, reused: bool) -> UpConn {
+        let s = self.stats();
+        crate::monitor::bump(&s.upstream_active);
+        if reused {
+            bump(&s.upstream_reused);
+        }
+        UpConn {
+            stream,
+            slot,
+            reused,
+            monitor: self.monitor.clone(),
+            worker: self.worker,
+        }
+    }
+
+    /// The warmest idle connection for `slot`, dropping any that sat too long.
+    pub fn take(&self, slot: PoolSlot, now: Instant) -> Option<UpConn> {
+        let mut slots = self.slots.borrow_mut();
+        let list = slots.get_mut(slot)?;
+        while let Some(idle) = list.pop() {
+            drop_one(&self.stats().upstream_idle);
+            if now.saturating_duration_since(idle.since) < self.pool_idle {
+                drop(slots);
+                return Some(self.lend(idle.stream, slot, true));
+            }
+        }
+        None
+    }
+
+    /// Park a connection whose response was read to its end on a keep-alive connection.
+    pub fn put_back(&self, conn: UpConn, now: Instant) {
+        let slot = conn.slot;
+        let stream = into_stream(conn);
+        let mut slots = self.slots.borrow_mut();
+        if let Some(list) = slots.get_mut(slot) {
+            if list.len() < self.max_idle_per_slot {
+                list.push(Idle { stream, since: now });
+                bump(&self.stats().upstream_idle);
+            }
+        }
+    }
+
+    /// Close idle connections older than `pool_idle`; the worker's janitor calls this.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut closed = 0;
+        for list in self.slots.borrow_mut().iter_mut() {
+            let before = list.len();
+            list.retain(|i| now.saturating_duration_since(i.since) < self.pool_idle);
+            closed += before - list.len();
+        }
+        for _ in 0..closed {
+            drop_one(&self.stats().upstream_idle);
+        }
+        closed
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.slots.borrow().iter().map(Vec::len).sum()
+    }
+}
+
+fn into_stream(conn: UpConn) -> Stream {
+    // Move the stream out while still running UpConn's Drop for the active gauge.
+    let mut conn = std::mem::ManuallyDrop::new(conn);
+    // SAFETY: `conn` is never used again after these reads and its Drop is run by hand below,
+    // so each field is moved out exactly once.
+    let stream = unsafe { std::ptr::read(&conn.stream) };
+    let monitor = unsafe { std::ptr::read(&conn.monitor) };
+    drop_one(&monitor.workers[conn.worker].upstream_active);
+    let _ = &mut conn;
+    stream
+}
+
+/// Per-worker DNS cache; lookups run on the runtime's blocking pool so they never stall IO.
+pub struct Resolver {
+    cache: RefCell<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>>,
+    ttl: Duration,
+}
+
+impl Resolver {
+    pub fn new(ttl: Duration) -> Resolver {
+        Resolver {
+            cache: RefCell::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    pub async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let key = (host.to_owned(), port);
+        if let Some((addrs, at)) = self.cache.borrow().get(&key) {
+            if at.elapsed() < self.ttl {
+                return Ok(addrs.clone());
+            }
+        }
+        let lookup = key.clone();
+        let result = monoio::spawn_blocking(move || {
+            (lookup.0.as_str(), lookup.1)
+                .to_socket_addrs()
+                .map(|a| a.collect::<Vec<_>>())
+        })
+        .await
+        .map_err(|_| io::Error::other("name lookup was cancelled"))??;
+        if result.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{host} has no addresses"),
+            ));
+        }
+        self.cache
+            .borrow_mut()
+            .insert(key, (result.clone(), Instant::now()));
+        Ok(result)
+    }
+}
+
+/// Open a TCP connection to the first address that accepts.
+pub async fn connect_tcp(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
+    for addr in addrs {
+        match TcpStream::connect_addr(*addr).await {
+            Ok(s) => {
+                // Heads and small SSE chunks must not wait for Nagle.
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+pub async fn tls_handshake(
+    tls: &Rc<monoio_rustls::TlsConnector>,
+    host: &str,
+    tcp: TcpStream,
+) -> io::Result<Stream> {
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let s = tls
+        .connect(name, tcp)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(Stream::Tls(Box::new(s)))
+}
+
+/// The rustls client configuration: webpki roots, plus extra PEM roots for private upstreams.
+pub fn tls_connector(extra_roots_pem: Option<&[u8]>) -> io::Result<monoio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = extra_roots_pem {
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(monoio_rustls::TlsConnector::from(Arc::new(config)))
+}
