@@ -129,9 +129,10 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         tls,
     };
     let workers = worker::start(&shared, n)?;
-    monitor
-        .baseline_fds
-        .store(crate::monitor::open_fds(), std::sync::atomic::Ordering::Relaxed);
+    monitor.baseline_fds.store(
+        crate::monitor::open_fds(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     crate::log::info(&format!(
         "ringway {} listening on {listen} with {n} worker(s), io driver {}",
         env!("CARGO_PKG_VERSION"),

@@ -78,6 +78,8 @@ impl Layer {
 /// One connection's deadline: a single wheel slot re-armed as phases change.
 pub struct DeadlineSet {
     timer: Timer,
+    /// When the armed layer really expires; the timer may be set earlier (a checkpoint).
+    due: Cell<Option<Instant>>,
     total_at: Cell<Option<Instant>>,
     total_layer: Cell<Layer>,
     layer: Cell<Layer>,
@@ -87,6 +89,7 @@ impl DeadlineSet {
     pub fn new(timer: Timer) -> DeadlineSet {
         DeadlineSet {
             timer,
+            due: Cell::new(None),
             total_at: Cell::new(None),
             total_layer: Cell::new(Layer::Total),
             layer: Cell::new(Layer::ClientIdle),
@@ -116,12 +119,34 @@ impl DeadlineSet {
         match self.total_at.get() {
             Some(total) if total <= at => {
                 self.layer.set(self.total_layer.get());
+                self.due.set(Some(total));
                 self.timer.arm_at(total);
             }
             _ => {
                 self.layer.set(layer);
+                self.due.set(Some(at));
                 self.timer.arm_at(at);
             }
+        }
+    }
+
+    /// Fire early at `at` (if that is before the real deadline) without changing the layer:
+    /// the relay uses it to start watching the client only for slow upstreams.
+    pub fn checkpoint(&self, at: Instant) {
+        if self.due.get().is_some_and(|due| at < due) {
+            self.timer.arm_at(at);
+        }
+    }
+
+    /// After an expiry: was it the real deadline, or only a checkpoint?
+    pub fn is_due(&self) -> bool {
+        self.due.get().is_none_or(|due| Instant::now() >= due)
+    }
+
+    /// Re-arm at the real deadline after a checkpoint fired.
+    pub fn resume(&self) {
+        if let Some(due) = self.due.get() {
+            self.timer.arm_at(due);
         }
     }
 
@@ -130,13 +155,15 @@ impl DeadlineSet {
         match self.total_at.get() {
             Some(total) => {
                 self.layer.set(self.total_layer.get());
+                self.due.set(Some(total));
                 self.timer.arm_at(total);
             }
-            None => self.timer.cancel(),
+            None => self.cancel(),
         }
     }
 
     pub fn cancel(&self) {
+        self.due.set(None);
         self.timer.cancel();
     }
 

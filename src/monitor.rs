@@ -112,7 +112,9 @@ impl WorkerStats {
 
     pub fn count_upstream_error(&self, status: u16) {
         match status.checked_sub(UPSTREAM_STATUS_MIN) {
-            Some(i) if (i as usize) < UPSTREAM_STATUS_SLOTS => bump(&self.upstream_status[i as usize]),
+            Some(i) if (i as usize) < UPSTREAM_STATUS_SLOTS => {
+                bump(&self.upstream_status[i as usize])
+            }
             _ => bump(&self.upstream_status_other),
         }
     }
@@ -187,18 +189,36 @@ impl Monitor {
     }
 
     pub fn io_driver(&self) -> &'static str {
-        let d = self.workers.first().map(|w| w.io_driver.load(Relaxed)).unwrap_or(0);
+        let d = self
+            .workers
+            .first()
+            .map(|w| w.io_driver.load(Relaxed))
+            .unwrap_or(0);
         driver_name(d)
     }
 
     fn counters_json(w: &[&WorkerStats]) -> serde_json::Map<String, serde_json::Value> {
-        let s = |f: &dyn Fn(&WorkerStats) -> &AtomicU64| -> u64 { w.iter().map(|x| f(x).load(Relaxed)).sum() };
+        let s = |f: &dyn Fn(&WorkerStats) -> &AtomicU64| -> u64 {
+            w.iter().map(|x| f(x).load(Relaxed)).sum()
+        };
         let mut m = serde_json::Map::new();
         m.insert("inflight_requests".into(), s(&|x| &x.inflight).into());
-        m.insert("client_connections".into(), s(&|x| &x.client_connections).into());
-        m.insert("upstream_connections_active".into(), s(&|x| &x.upstream_active).into());
-        m.insert("upstream_connections_idle".into(), s(&|x| &x.upstream_idle).into());
-        m.insert("upstream_connects".into(), s(&|x| &x.upstream_connects).into());
+        m.insert(
+            "client_connections".into(),
+            s(&|x| &x.client_connections).into(),
+        );
+        m.insert(
+            "upstream_connections_active".into(),
+            s(&|x| &x.upstream_active).into(),
+        );
+        m.insert(
+            "upstream_connections_idle".into(),
+            s(&|x| &x.upstream_idle).into(),
+        );
+        m.insert(
+            "upstream_connects".into(),
+            s(&|x| &x.upstream_connects).into(),
+        );
         m.insert("upstream_reused".into(), s(&|x| &x.upstream_reused).into());
         m.insert("requests_total".into(), s(&|x| &x.requests_total).into());
         m.insert("client_gone".into(), s(&|x| &x.client_gone).into());
@@ -216,12 +236,18 @@ impl Monitor {
         let all: Vec<&WorkerStats> = self.workers.iter().collect();
         let mut m = serde_json::Map::new();
         m.insert("status".into(), self.status().into());
-        m.insert("uptime_seconds".into(), self.started.elapsed().as_secs().into());
+        m.insert(
+            "uptime_seconds".into(),
+            self.started.elapsed().as_secs().into(),
+        );
         m.insert("workers".into(), self.workers.len().into());
         m.insert("io_driver".into(), self.io_driver().into());
         m.extend(Self::counters_json(&all));
         m.insert("open_fds".into(), open_fds().into());
-        m.insert("baseline_fds".into(), self.baseline_fds.load(Relaxed).into());
+        m.insert(
+            "baseline_fds".into(),
+            self.baseline_fds.load(Relaxed).into(),
+        );
         m.insert("rss_bytes".into(), rss_bytes().into());
         let per: Vec<serde_json::Value> = self
             .workers
@@ -230,7 +256,10 @@ impl Monitor {
             .map(|(i, w)| {
                 let mut o = Self::counters_json(&[w]);
                 o.insert("worker".into(), i.into());
-                o.insert("io_driver".into(), driver_name(w.io_driver.load(Relaxed)).into());
+                o.insert(
+                    "io_driver".into(),
+                    driver_name(w.io_driver.load(Relaxed)).into(),
+                );
                 o.into()
             })
             .collect();
@@ -243,44 +272,153 @@ impl Monitor {
         let g = |o: &mut String, name: &str, help: &str, kind: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        g(&mut o, "ringway_uptime_seconds", "Seconds since start.", "gauge", self.started.elapsed().as_secs());
-        g(&mut o, "ringway_inflight_requests", "Relay requests being served.", "gauge", self.inflight());
-        g(&mut o, "ringway_client_connections", "Open client connections.", "gauge", self.sum(|w| &w.client_connections));
-        g(&mut o, "ringway_upstream_connections_active", "Upstream connections in use.", "gauge", self.sum(|w| &w.upstream_active));
-        g(&mut o, "ringway_upstream_connections_idle", "Upstream connections parked in pools.", "gauge", self.sum(|w| &w.upstream_idle));
-        g(&mut o, "ringway_upstream_connects_total", "New upstream connections opened.", "counter", self.sum(|w| &w.upstream_connects));
-        g(&mut o, "ringway_upstream_reused_total", "Requests sent on a pooled upstream connection.", "counter", self.sum(|w| &w.upstream_reused));
-        g(&mut o, "ringway_client_gone_total", "Clients that disconnected before their response ended.", "counter", self.sum(|w| &w.client_gone));
-        g(&mut o, "ringway_overloaded_total", "Requests refused over max_inflight.", "counter", self.sum(|w| &w.overloaded));
-        g(&mut o, "ringway_upstream_connect_failed_total", "Upstream connect or TLS failures.", "counter", self.sum(|w| &w.upstream_connect_failed));
-        g(&mut o, "ringway_open_fds", "File descriptors open in the process.", "gauge", open_fds());
-        g(&mut o, "ringway_rss_bytes", "Resident memory.", "gauge", rss_bytes());
+        g(
+            &mut o,
+            "ringway_uptime_seconds",
+            "Seconds since start.",
+            "gauge",
+            self.started.elapsed().as_secs(),
+        );
+        g(
+            &mut o,
+            "ringway_inflight_requests",
+            "Relay requests being served.",
+            "gauge",
+            self.inflight(),
+        );
+        g(
+            &mut o,
+            "ringway_client_connections",
+            "Open client connections.",
+            "gauge",
+            self.sum(|w| &w.client_connections),
+        );
+        g(
+            &mut o,
+            "ringway_upstream_connections_active",
+            "Upstream connections in use.",
+            "gauge",
+            self.sum(|w| &w.upstream_active),
+        );
+        g(
+            &mut o,
+            "ringway_upstream_connections_idle",
+            "Upstream connections parked in pools.",
+            "gauge",
+            self.sum(|w| &w.upstream_idle),
+        );
+        g(
+            &mut o,
+            "ringway_upstream_connects_total",
+            "New upstream connections opened.",
+            "counter",
+            self.sum(|w| &w.upstream_connects),
+        );
+        g(
+            &mut o,
+            "ringway_upstream_reused_total",
+            "Requests sent on a pooled upstream connection.",
+            "counter",
+            self.sum(|w| &w.upstream_reused),
+        );
+        g(
+            &mut o,
+            "ringway_client_gone_total",
+            "Clients that disconnected before their response ended.",
+            "counter",
+            self.sum(|w| &w.client_gone),
+        );
+        g(
+            &mut o,
+            "ringway_overloaded_total",
+            "Requests refused over max_inflight.",
+            "counter",
+            self.sum(|w| &w.overloaded),
+        );
+        g(
+            &mut o,
+            "ringway_upstream_connect_failed_total",
+            "Upstream connect or TLS failures.",
+            "counter",
+            self.sum(|w| &w.upstream_connect_failed),
+        );
+        g(
+            &mut o,
+            "ringway_open_fds",
+            "File descriptors open in the process.",
+            "gauge",
+            open_fds(),
+        );
+        g(
+            &mut o,
+            "ringway_rss_bytes",
+            "Resident memory.",
+            "gauge",
+            rss_bytes(),
+        );
         o.push_str("# HELP ringway_requests_total Finished requests by status class.\n# TYPE ringway_requests_total counter\n");
-        for (i, class) in ["1xx", "1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate().skip(1) {
-            let v = self.sum(|w| &w.status_class[i]) + if i == 1 { self.sum(|w| &w.status_class[0]) } else { 0 };
+        for (i, class) in ["1xx", "1xx", "2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .enumerate()
+            .skip(1)
+        {
+            let v = self.sum(|w| &w.status_class[i])
+                + if i == 1 {
+                    self.sum(|w| &w.status_class[0])
+                } else {
+                    0
+                };
             let _ = writeln!(o, "ringway_requests_total{{class=\"{class}\"}} {v}");
         }
         o.push_str("# HELP ringway_timeouts_total Deadlines that expired, by layer.\n# TYPE ringway_timeouts_total counter\n");
         for l in Layer::ALL {
-            let _ = writeln!(o, "ringway_timeouts_total{{layer=\"{}\"}} {}", l.name(), self.sum(|w| &w.timeouts[l as usize]));
+            let _ = writeln!(
+                o,
+                "ringway_timeouts_total{{layer=\"{}\"}} {}",
+                l.name(),
+                self.sum(|w| &w.timeouts[l as usize])
+            );
         }
         o.push_str("# HELP ringway_upstream_errors_total Upstream non-2xx responses by status.\n# TYPE ringway_upstream_errors_total counter\n");
         for i in 0..UPSTREAM_STATUS_SLOTS {
             let v = self.sum(|w| &w.upstream_status[i]);
             if v > 0 {
-                let _ = writeln!(o, "ringway_upstream_errors_total{{status=\"{}\"}} {v}", UPSTREAM_STATUS_MIN as usize + i);
+                let _ = writeln!(
+                    o,
+                    "ringway_upstream_errors_total{{status=\"{}\"}} {v}",
+                    UPSTREAM_STATUS_MIN as usize + i
+                );
             }
         }
         let other = self.sum(|w| &w.upstream_status_other);
         if other > 0 {
-            let _ = writeln!(o, "ringway_upstream_errors_total{{status=\"other\"}} {other}");
+            let _ = writeln!(
+                o,
+                "ringway_upstream_errors_total{{status=\"other\"}} {other}"
+            );
         }
-        self.histogram(&mut o, "ringway_request_duration_seconds", "Whole relay request duration.", |w| &w.latency_total);
-        self.histogram(&mut o, "ringway_time_to_first_byte_seconds", "Request start to first response byte sent.", |w| &w.latency_ttfb);
+        self.histogram(
+            &mut o,
+            "ringway_request_duration_seconds",
+            "Whole relay request duration.",
+            |w| &w.latency_total,
+        );
+        self.histogram(
+            &mut o,
+            "ringway_time_to_first_byte_seconds",
+            "Request start to first response byte sent.",
+            |w| &w.latency_ttfb,
+        );
         o.into_bytes()
     }
 
-    fn histogram(&self, o: &mut String, name: &str, help: &str, f: impl Fn(&WorkerStats) -> &Histogram) {
+    fn histogram(
+        &self,
+        o: &mut String,
+        name: &str,
+        help: &str,
+        f: impl Fn(&WorkerStats) -> &Histogram,
+    ) {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
         for (i, b) in LATENCY_BOUNDS.iter().enumerate() {

@@ -67,7 +67,9 @@ pub fn peek_model(body: &[u8]) -> Result<Option<ModelField>, &'static str> {
 pub fn model_name<'a>(body: &'a [u8], field: &ModelField) -> Option<std::borrow::Cow<'a, str>> {
     let raw = &body[field.span.clone()];
     if !field.escaped {
-        return std::str::from_utf8(raw).ok().map(std::borrow::Cow::Borrowed);
+        return std::str::from_utf8(raw)
+            .ok()
+            .map(std::borrow::Cow::Borrowed);
     }
     let mut quoted = Vec::with_capacity(raw.len() + 2);
     quoted.push(b'"');
@@ -155,7 +157,10 @@ impl Scanner<'_> {
             Some(_) => {
                 let start = self.i;
                 while self.i < self.b.len()
-                    && !matches!(self.b[self.i], b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n')
+                    && !matches!(
+                        self.b[self.i],
+                        b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n'
+                    )
                 {
                     self.i += 1;
                 }
@@ -256,10 +261,7 @@ mod tests {
                 .as_deref(),
             Some("m1")
         );
-        assert_eq!(
-            model(r#"{"meta":{"model":"inner"},"stream":true}"#),
-            None
-        );
+        assert_eq!(model(r#"{"meta":{"model":"inner"},"stream":true}"#), None);
         assert_eq!(model(r#"{"model":"a\u0062c"}"#).as_deref(), Some("abc"));
         assert_eq!(model(r#"{"model":12}"#), None);
         assert_eq!(model(r#"{}"#), None);
@@ -284,7 +286,12 @@ mod tests {
     #[test]
     fn error_json_shape() {
         let mut out = Vec::new();
-        error_json(&mut out, "bad \"key\"", "invalid_request_error", "invalid_api_key");
+        error_json(
+            &mut out,
+            "bad \"key\"",
+            "invalid_request_error",
+            "invalid_api_key",
+        );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["error"]["message"], "bad \"key\"");
         assert_eq!(v["error"]["code"], "invalid_api_key");
@@ -301,10 +308,16 @@ mod tests {
         .unwrap();
         assert_eq!(v["error"]["message"], "slow down");
         assert_eq!(v["error"]["code"], "rate_limit_exceeded");
-        let v: serde_json::Value =
-            serde_json::from_slice(&normalise_upstream_error(502, b"<html>bad gateway</html>", false))
-                .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&normalise_upstream_error(
+            502,
+            b"<html>bad gateway</html>",
+            false,
+        ))
+        .unwrap();
         assert_eq!(v["error"]["code"], "upstream_502");
-        assert!(v["error"]["message"].as_str().unwrap().contains("bad gateway"));
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad gateway"));
     }
 }

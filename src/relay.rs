@@ -27,7 +27,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, OwnedReadHalf,
+    OwnedWriteHalf, Splitable,
+};
 use monoio::net::TcpStream;
 
 use crate::config::{Scheme, Timeouts};
@@ -45,6 +48,11 @@ const STREAM_TAILROOM: usize = 2 + wire::LAST_CHUNK.len();
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
 /// Bodies up to this size are copied behind the head so one write sends both.
 const INLINE_BODY: usize = BUF_SIZE / 2;
+/// How long an upstream may take before the relay starts watching the client for a hang-up.
+/// Fast responses never pay for the watch; slow ones are checked well within a second.
+const WATCH_GRACE: Duration = Duration::from_millis(250);
+/// The watch reads into a buffer this small: it exists to see EOF, not to carry requests.
+const WATCH_BUF: usize = 256;
 
 /// Whether the client connection can carry another request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +140,11 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
         body: 0..0,
         consumed: 0,
         request_id: Vec::with_capacity(48),
+        watch: ClientWatch {
+            enabled: true,
+            buf: Vec::new(),
+            stash: Vec::new(),
+        },
         status_sent: 0,
         ttfb_at: None,
     };
@@ -153,8 +166,93 @@ struct Conn {
     consumed: usize,
     request_id: Vec<u8>,
     deadline: DeadlineSet,
+    watch: ClientWatch,
     status_sent: u16,
     ttfb_at: Option<Instant>,
+}
+
+/// Watches the idle client half of the connection while the relay waits on an upstream.
+struct ClientWatch {
+    /// Off once the client sent more bytes during this request (it is clearly alive).
+    enabled: bool,
+    buf: Vec<u8>,
+    /// Bytes the client pipelined while being watched; they belong to the next request.
+    stash: Vec<u8>,
+}
+
+/// What waiting on the upstream came to.
+enum Waited<T> {
+    Done(T),
+    Timeout(Layer),
+    ClientGone,
+}
+
+/// Wait for `fut` (an upstream read or readiness) under the deadline. If it takes longer than
+/// [`WATCH_GRACE`], also read from the client: EOF or an error there means the client left,
+/// and the caller drops the upstream connection. The upstream future is never dropped by the
+/// grace checkpoint (that would lose bytes an in-flight read took); the client read is
+/// cancelled and awaited, so bytes it took are kept in the stash.
+async fn upstream_wait<F: std::future::Future>(
+    fut: F,
+    deadline: &DeadlineSet,
+    rd: &mut OwnedReadHalf<TcpStream>,
+    watch: &mut ClientWatch,
+) -> Waited<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    if watch.enabled {
+        deadline.checkpoint(Instant::now() + WATCH_GRACE);
+        monoio::select! {
+            r = &mut fut => return Waited::Done(r),
+            _ = deadline.expired() => {}
+        }
+        if deadline.is_due() {
+            return Waited::Timeout(deadline.layer());
+        }
+        deadline.resume();
+        let mut buf = std::mem::take(&mut watch.buf);
+        buf.clear();
+        if buf.capacity() == 0 {
+            buf.reserve(WATCH_BUF);
+        }
+        let canceller = Canceller::new();
+        let read = rd.cancelable_read(buf, canceller.handle());
+        let mut read = std::pin::pin!(read);
+        let early = monoio::select! {
+            r = &mut fut => Some(Waited::Done(r)),
+            _ = deadline.expired() => Some(Waited::Timeout(deadline.layer())),
+            c = &mut read => {
+                let (res, buf) = c;
+                match res {
+                    Ok(n) if n > 0 => {
+                        watch.stash.extend_from_slice(&buf[..n]);
+                        watch.buf = buf;
+                        watch.enabled = false;
+                        None
+                    }
+                    _ => return Waited::ClientGone,
+                }
+            }
+        };
+        if let Some(outcome) = early {
+            // Take the client read back whole: whatever it got is the next request's.
+            let _ = canceller.cancel();
+            let (res, buf) = read.await;
+            match res {
+                Ok(n) if n > 0 => {
+                    watch.stash.extend_from_slice(&buf[..n]);
+                    watch.enabled = false;
+                }
+                Ok(_) => watch.enabled = false,
+                Err(_) => {}
+            }
+            watch.buf = buf;
+            return outcome;
+        }
+    }
+    monoio::select! {
+        r = fut => Waited::Done(r),
+        _ = deadline.expired() => Waited::Timeout(deadline.layer()),
+    }
 }
 
 /// How a relay attempt ended before a response head reached the client.
@@ -165,6 +263,8 @@ enum Failure {
     Upstream(String),
     /// A reused connection died before any response byte: safe to retry once on a new one.
     StaleConnection,
+    /// The client hung up while we waited; nobody is left to answer.
+    ClientGone,
 }
 
 impl Conn {
@@ -196,7 +296,8 @@ impl Conn {
     /// Drop the finished request's bytes, keeping anything pipelined behind it.
     fn finish_request(&mut self) {
         if self.rbuf.capacity() == 0 {
-            return;
+            self.rbuf = self.w.bufs.take();
+            self.consumed = 0;
         }
         let consumed = self.consumed.min(self.rbuf.len());
         if self.rbuf.capacity() > 4 * BUF_SIZE {
@@ -208,6 +309,11 @@ impl Conn {
             self.rbuf.drain(..consumed);
         }
         self.consumed = 0;
+        if !self.watch.stash.is_empty() {
+            self.rbuf.extend_from_slice(&self.watch.stash);
+            self.watch.stash.clear();
+        }
+        self.watch.enabled = true;
     }
 
     // ---- phase 1: read_head -------------------------------------------------------------
@@ -316,7 +422,8 @@ impl Conn {
             (Endpoint::Health, Method::Get) => {
                 self.begin_quick(start);
                 let body = self.w.monitor.health_json();
-                self.respond_simple(200, b"application/json", &body, None).await
+                self.respond_simple(200, b"application/json", &body, None)
+                    .await
             }
             (Endpoint::Metrics, Method::Get) => {
                 self.begin_quick(start);
@@ -329,15 +436,23 @@ impl Conn {
                 let flow = match self.authenticate() {
                     Some(token) => {
                         let router = self.w.router.clone();
-                        self.respond_simple(200, b"application/json", router.models_body(token), None)
-                            .await
+                        self.respond_simple(
+                            200,
+                            b"application/json",
+                            router.models_body(token),
+                            None,
+                        )
+                        .await
                     }
                     None => self.unauthorized().await,
                 };
                 self.account(start);
                 flow
             }
-            (Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings, Method::Post) => {
+            (
+                Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings,
+                Method::Post,
+            ) => {
                 let flow = self.relay(start).await;
                 self.account(start);
                 flow
@@ -398,7 +513,10 @@ impl Conn {
                 let seq = self.w.next_request.get();
                 self.w.next_request.set(seq + 1);
                 self.request_id.extend_from_slice(b"rw-");
-                push_hex(&mut self.request_id, self.w.started_nanos & 0xffff_ffff_ffff);
+                push_hex(
+                    &mut self.request_id,
+                    self.w.started_nanos & 0xffff_ffff_ffff,
+                );
                 self.request_id.push(b'-');
                 push_hex(&mut self.request_id, self.w.id as u64);
                 self.request_id.push(b'-');
@@ -429,7 +547,11 @@ impl Conn {
         let Some(token) = self.authenticate() else {
             return self.unauthorized().await;
         };
-        if w.stats().inflight.load(std::sync::atomic::Ordering::Relaxed) >= w.max_inflight {
+        if w.stats()
+            .inflight
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= w.max_inflight
+        {
             bump(&w.stats().overloaded);
             self.head.keep_alive = self.head.keep_alive && self.head.body == BodyKind::None;
             return self
@@ -470,7 +592,13 @@ impl Conn {
         };
         let Some(model) = provider::model_name(body, &field) else {
             return self
-                .respond_error(400, "model is not valid UTF-8", "invalid_request_error", "invalid_json", None)
+                .respond_error(
+                    400,
+                    "model is not valid UTF-8",
+                    "invalid_request_error",
+                    "invalid_json",
+                    None,
+                )
                 .await;
         };
         let channel = match w.router.choose(token, &model, &w.route_state) {
@@ -478,7 +606,13 @@ impl Conn {
             Err(RouteError::ModelNotAllowed) => {
                 let msg = format!("this token may not use the model '{model}'");
                 return self
-                    .respond_error(403, &msg, "invalid_request_error", "model_not_allowed", None)
+                    .respond_error(
+                        403,
+                        &msg,
+                        "invalid_request_error",
+                        "model_not_allowed",
+                        None,
+                    )
                     .await;
             }
             Err(RouteError::ModelNotFound) => {
@@ -533,7 +667,12 @@ impl Conn {
                 let mut continued = false;
                 loop {
                     if pos < self.rbuf.len() {
-                        match wire::dechunk_in_place(&mut decoder, &mut self.rbuf, pos, &mut write_at) {
+                        match wire::dechunk_in_place(
+                            &mut decoder,
+                            &mut self.rbuf,
+                            pos,
+                            &mut write_at,
+                        ) {
                             Ok(d) => {
                                 pos = d.consumed;
                                 if write_at - hl > max {
@@ -576,7 +715,10 @@ impl Conn {
     }
 
     async fn send_continue(&mut self) -> Result<(), Flow> {
-        let (r, _) = self.wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n" as &'static [u8]).await;
+        let (r, _) = self
+            .wr
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n" as &'static [u8])
+            .await;
         r.map(|_| ()).map_err(|_| Flow::Close)
     }
 
@@ -586,8 +728,14 @@ impl Conn {
             "request body exceeds max_body_bytes ({})",
             self.w.config.server.max_body_bytes
         );
-        self.respond_error(413, &msg, "invalid_request_error", "request_too_large", None)
-            .await
+        self.respond_error(
+            413,
+            &msg,
+            "invalid_request_error",
+            "request_too_large",
+            None,
+        )
+        .await
     }
 
     async fn read_more_body(&mut self, t: &Timeouts) -> Result<(), Flow> {
@@ -628,7 +776,12 @@ impl Conn {
 
     // ---- phases 6-8: connect, send, await_head ---------------------------------------------
 
-    async fn forward(&mut self, channel: usize, model_span: Range<usize>, rename: Option<String>) -> Flow {
+    async fn forward(
+        &mut self,
+        channel: usize,
+        model_span: Range<usize>,
+        rename: Option<String>,
+    ) -> Flow {
         let w = self.w.clone();
         let ch = &w.router.channels[channel];
         let t = ch.timeouts;
@@ -687,9 +840,9 @@ impl Conn {
                         w.bufs.give(b);
                     }
                     let f = match f {
-                        Failure::StaleConnection => {
-                            Failure::Upstream("upstream closed the connection before responding".into())
-                        }
+                        Failure::StaleConnection => Failure::Upstream(
+                            "upstream closed the connection before responding".into(),
+                        ),
                         f => f,
                     };
                     return self.fail(f).await;
@@ -704,7 +857,9 @@ impl Conn {
         let flow = match self.resp.body {
             BodyKind::None => self.relay_fixed(&mut conn, ubuf, 0, &t).await,
             BodyKind::Length(n) => self.relay_fixed(&mut conn, ubuf, n, &t).await,
-            BodyKind::Chunked | BodyKind::UntilClose => self.relay_stream(&mut conn, ubuf, &t).await,
+            BodyKind::Chunked | BodyKind::UntilClose => {
+                self.relay_stream(&mut conn, ubuf, &t).await
+            }
         };
         match flow {
             Ok((flow, reusable)) => {
@@ -807,7 +962,10 @@ impl Conn {
             _ = deadline.expired() => return (Err(Failure::Timeout(deadline.layer())), None),
         };
         if let Err(e) = r {
-            return (Err(stale_or(reused, format!("sending to upstream failed: {e}"))), Some(req));
+            return (
+                Err(stale_or(reused, format!("sending to upstream failed: {e}"))),
+                Some(req),
+            );
         }
         if separate_body {
             let rbuf = std::mem::take(&mut self.rbuf);
@@ -819,7 +977,10 @@ impl Conn {
             };
             self.rbuf = slice.into_inner();
             if let Err(e) = r {
-                return (Err(stale_or(reused, format!("sending to upstream failed: {e}"))), Some(req));
+                return (
+                    Err(stale_or(reused, format!("sending to upstream failed: {e}"))),
+                    Some(req),
+                );
             }
         }
         let mut ubuf = self.w.bufs.take();
@@ -827,25 +988,55 @@ impl Conn {
             let (len, cap) = (ubuf.len(), ubuf.capacity());
             if len == cap {
                 if cap >= MAX_UPSTREAM_HEAD {
-                    return (Err(Failure::Upstream("upstream response head too large".into())), Some(req));
+                    return (
+                        Err(Failure::Upstream("upstream response head too large".into())),
+                        Some(req),
+                    );
                 }
                 ubuf.reserve(cap);
             }
             let cap = ubuf.capacity();
-            let deadline = &self.deadline;
-            let (r, b) = monoio::select! {
-                r = conn.stream.read(ubuf.slice_mut(len..cap)) => r,
-                _ = deadline.expired() => return (Err(Failure::Timeout(deadline.layer())), Some(req)),
-            };
+            let read = conn.stream.read(ubuf.slice_mut(len..cap));
+            let (r, b) =
+                match upstream_wait(read, &self.deadline, &mut self.rd, &mut self.watch).await {
+                    Waited::Done(r) => r,
+                    Waited::Timeout(layer) => return (Err(Failure::Timeout(layer)), Some(req)),
+                    Waited::ClientGone => return (Err(Failure::ClientGone), Some(req)),
+                };
             ubuf = b.into_inner();
             match r {
                 Ok(0) if len == 0 => {
-                    return (Err(stale_or(reused, "upstream closed the connection before responding".into())), Some(req))
+                    return (
+                        Err(stale_or(
+                            reused,
+                            "upstream closed the connection before responding".into(),
+                        )),
+                        Some(req),
+                    )
                 }
-                Ok(0) => return (Err(Failure::Upstream("upstream closed the connection mid-head".into())), Some(req)),
+                Ok(0) => {
+                    return (
+                        Err(Failure::Upstream(
+                            "upstream closed the connection mid-head".into(),
+                        )),
+                        Some(req),
+                    )
+                }
                 Ok(_) => {}
-                Err(e) if len == 0 => return (Err(stale_or(reused, format!("upstream connection failed: {e}"))), Some(req)),
-                Err(e) => return (Err(Failure::Upstream(format!("upstream connection failed: {e}"))), Some(req)),
+                Err(e) if len == 0 => {
+                    return (
+                        Err(stale_or(reused, format!("upstream connection failed: {e}"))),
+                        Some(req),
+                    )
+                }
+                Err(e) => {
+                    return (
+                        Err(Failure::Upstream(format!(
+                            "upstream connection failed: {e}"
+                        ))),
+                        Some(req),
+                    )
+                }
             }
             match wire::parse_response(&ubuf, &mut self.resp, false) {
                 Ok(true) if (100..200).contains(&self.resp.status) && self.resp.status != 101 => {
@@ -854,7 +1045,12 @@ impl Conn {
                 }
                 Ok(true) => return (Ok((conn, ubuf)), Some(req)),
                 Ok(false) => {}
-                Err(_) => return (Err(Failure::Upstream("malformed upstream response head".into())), Some(req)),
+                Err(_) => {
+                    return (
+                        Err(Failure::Upstream("malformed upstream response head".into())),
+                        Some(req),
+                    )
+                }
             }
         }
     }
@@ -872,13 +1068,21 @@ impl Conn {
                 if matches!(layer, Layer::Connect | Layer::TlsHandshake) {
                     bump(&s.upstream_connect_failed);
                 }
-                let msg = format!("upstream did not answer within the {} timeout", layer.name());
+                let msg = format!(
+                    "upstream did not answer within the {} timeout",
+                    layer.name()
+                );
                 self.respond_error(504, &msg, "timeout_error", layer.code(), None)
                     .await
             }
             Failure::Upstream(msg) => {
                 self.respond_error(502, &msg, "upstream_error", "bad_upstream_response", None)
                     .await
+            }
+            Failure::ClientGone => {
+                bump(&s.client_gone);
+                self.head.keep_alive = false;
+                Flow::Close
             }
             Failure::StaleConnection => {
                 self.respond_error(
@@ -896,7 +1100,13 @@ impl Conn {
     // ---- phase 9: respond ---------------------------------------------------------------
 
     /// The client response head for an upstream response in `self.resp` (headers from `ubuf`).
-    fn write_client_head(&self, out: &mut Vec<u8>, ubuf: &[u8], framing: ClientFraming, close: bool) {
+    fn write_client_head(
+        &self,
+        out: &mut Vec<u8>,
+        ubuf: &[u8],
+        framing: ClientFraming,
+        close: bool,
+    ) {
         let status = self.resp.status;
         out.extend_from_slice(b"HTTP/1.1 ");
         wire::push_u64(out, status as u64);
@@ -1075,7 +1285,8 @@ impl Conn {
             let mut extra = false;
             if chunked_in && ubuf.len() > CHUNK_HEADROOM {
                 write_at = CHUNK_HEADROOM;
-                match wire::dechunk_in_place(&mut decoder, &mut ubuf, CHUNK_HEADROOM, &mut write_at) {
+                match wire::dechunk_in_place(&mut decoder, &mut ubuf, CHUNK_HEADROOM, &mut write_at)
+                {
                     Ok(d) => {
                         upstream_done = d.done;
                         extra = d.consumed < ubuf.len();
@@ -1104,7 +1315,8 @@ impl Conn {
                 ubuf.truncate(write_at);
                 if chunked_out {
                     if data_len > 0 {
-                        start = wire::write_chunk_header_before(&mut ubuf, CHUNK_HEADROOM, data_len);
+                        start =
+                            wire::write_chunk_header_before(&mut ubuf, CHUNK_HEADROOM, data_len);
                         ubuf.extend_from_slice(b"\r\n");
                     }
                     if upstream_done {
@@ -1125,14 +1337,22 @@ impl Conn {
             self.deadline.arm(Layer::StreamIdle, t.stream_idle);
             if event_stream && !conn.stream.is_tls() {
                 self.w.bufs.give(ubuf);
-                let deadline = &self.deadline;
-                let ready = monoio::select! {
-                    r = conn.stream.readable() => r.is_ok(),
-                    _ = deadline.expired() => false,
-                };
+                let ready = conn.stream.readable();
+                let waited =
+                    upstream_wait(ready, &self.deadline, &mut self.rd, &mut self.watch).await;
                 ubuf = self.w.bufs.take();
-                if !ready && self.deadline.is_expired() {
-                    return self.stream_timeout(ubuf, tail, chunked_out && event_stream).await;
+                match waited {
+                    Waited::Done(_) => {}
+                    Waited::Timeout(_) => {
+                        return self
+                            .stream_timeout(ubuf, tail, chunked_out && event_stream)
+                            .await;
+                    }
+                    Waited::ClientGone => {
+                        bump(&self.w.stats().client_gone);
+                        self.w.bufs.give(ubuf);
+                        return Err(Flow::Close);
+                    }
                 }
             }
             ubuf.clear();
@@ -1164,22 +1384,36 @@ impl Conn {
                     ubuf = b.into_inner();
                     let msg = format!("upstream connection failed mid-stream: {e}");
                     return self
-                        .end_stream_with_error(ubuf, tail, &msg, "upstream_reset", chunked_out && event_stream)
+                        .end_stream_with_error(
+                            ubuf,
+                            tail,
+                            &msg,
+                            "upstream_reset",
+                            chunked_out && event_stream,
+                        )
                         .await;
                 }
                 None => {
                     let ubuf = self.w.bufs.take();
-                    return self.stream_timeout(ubuf, tail, chunked_out && event_stream).await;
+                    return self
+                        .stream_timeout(ubuf, tail, chunked_out && event_stream)
+                        .await;
                 }
             }
         }
     }
 
-    async fn stream_timeout(&mut self, ubuf: Vec<u8>, tail: [u8; 2], sse: bool) -> Result<(Flow, bool), Flow> {
+    async fn stream_timeout(
+        &mut self,
+        ubuf: Vec<u8>,
+        tail: [u8; 2],
+        sse: bool,
+    ) -> Result<(Flow, bool), Flow> {
         let layer = self.deadline.layer();
         self.w.stats().count_timeout(layer);
         let msg = format!("upstream stream stopped: {} timeout", layer.name());
-        self.end_stream_with_error(ubuf, tail, &msg, layer.code(), sse).await
+        self.end_stream_with_error(ubuf, tail, &msg, layer.code(), sse)
+            .await
     }
 
     /// After streaming began an error can no longer change the status: an SSE stream gets an
@@ -1219,14 +1453,23 @@ impl Conn {
         let end = buf.len();
         let buf = self.write_client(buf, start..end).await?;
         self.w.bufs.give(buf);
-        let flow = if self.head.keep_alive { Flow::Keep } else { Flow::Close };
+        let flow = if self.head.keep_alive {
+            Flow::Keep
+        } else {
+            Flow::Close
+        };
         // The upstream is mid-response: never reusable.
         Ok((flow, false))
     }
 
     /// An upstream non-2xx: read its body up to the cap, answer with the contract's error
     /// shape (keeping status and Retry-After), and pool the connection only if fully drained.
-    async fn relay_upstream_error(&mut self, conn: UpConn, mut ubuf: Vec<u8>, t: &Timeouts) -> Flow {
+    async fn relay_upstream_error(
+        &mut self,
+        conn: UpConn,
+        mut ubuf: Vec<u8>,
+        t: &Timeouts,
+    ) -> Flow {
         let mut conn = conn;
         let w = self.w.clone();
         w.stats().count_upstream_error(self.resp.status);

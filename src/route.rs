@@ -156,7 +156,12 @@ impl Router {
 fn models_body(channels: &[Channel], token: &TokenConfig) -> Vec<u8> {
     let mut models: Vec<(&str, &str)> = Vec::new();
     for c in channels {
-        for m in c.cfg.models.iter().chain(c.cfg.model_map.iter().map(|(k, _)| k)) {
+        for m in c
+            .cfg
+            .models
+            .iter()
+            .chain(c.cfg.model_map.iter().map(|(k, _)| k))
+        {
             if m.contains('*') || !token.allows(m) {
                 continue;
             }

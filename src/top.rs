@@ -60,7 +60,9 @@ pub fn run(url: &str) -> i32 {
                         out.push_str(&format!(" {k}={v}"));
                     }
                 }
-                out.push_str("\n\n  per worker: inflight / client conns / upstream active / idle\n");
+                out.push_str(
+                    "\n\n  per worker: inflight / client conns / upstream active / idle\n",
+                );
                 if let Some(ws) = h["per_worker"].as_array() {
                     for w in ws {
                         out.push_str(&format!(

@@ -202,9 +202,12 @@ fn into_stream(conn: UpConn) -> Stream {
     stream
 }
 
+/// Resolved addresses and when they were looked up.
+type CachedAddrs = (Vec<SocketAddr>, Instant);
+
 /// Per-worker DNS cache; lookups run on the runtime's blocking pool so they never stall IO.
 pub struct Resolver {
-    cache: RefCell<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>>,
+    cache: RefCell<HashMap<(String, u16), CachedAddrs>>,
     ttl: Duration,
 }
 
@@ -283,7 +286,8 @@ pub fn tls_connector(extra_roots_pem: Option<&[u8]>) -> io::Result<monoio_rustls
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_roots_pem {
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let cert =
+                cert.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
             roots
                 .add(cert)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;

@@ -354,7 +354,8 @@ pub fn parse_response(
                 }
             }
         } else if name.eq_ignore_ascii_case(b"content-type") {
-            head.event_stream = value.len() >= 17 && value[..17].eq_ignore_ascii_case(b"text/event-stream");
+            head.event_stream =
+                value.len() >= 17 && value[..17].eq_ignore_ascii_case(b"text/event-stream");
         } else if name.eq_ignore_ascii_case(b"retry-after") {
             head.retry_after = Some(Span::within(buf, value));
         }
@@ -541,21 +542,19 @@ impl ChunkedDecoder {
                         _ => return Err(WireError::BadChunk),
                     },
                 },
-                ChunkState::Ext => {
-                    match memchr::memchr2(b'\r', b'\n', &input[i..]) {
-                        Some(off) => {
-                            i += off;
-                            if input[i] == b'\r' {
-                                self.state = ChunkState::SizeLf;
-                                i += 1;
-                            } else {
-                                i += 1;
-                                self.end_size_line();
-                            }
+                ChunkState::Ext => match memchr::memchr2(b'\r', b'\n', &input[i..]) {
+                    Some(off) => {
+                        i += off;
+                        if input[i] == b'\r' {
+                            self.state = ChunkState::SizeLf;
+                            i += 1;
+                        } else {
+                            i += 1;
+                            self.end_size_line();
                         }
-                        None => i = input.len(),
                     }
-                }
+                    None => i = input.len(),
+                },
                 ChunkState::SizeLf => {
                     if b != b'\n' {
                         return Err(WireError::BadChunk);

@@ -72,14 +72,21 @@ pub struct Shared {
 fn epoll_forced() -> bool {
     ["RINGWAY_FORCE_EPOLL", "MONOIO_FORCE_LEGACY_DRIVER"]
         .iter()
-        .any(|v| matches!(std::env::var(v).as_deref(), Ok("1") | Ok("true") | Ok("yes")))
+        .any(|v| {
+            matches!(
+                std::env::var(v).as_deref(),
+                Ok("1") | Ok("true") | Ok("yes")
+            )
+        })
 }
 
 fn uring_builder(flags: bool) -> io_uring::Builder {
     let mut b = io_uring::IoUring::builder();
     if flags {
         // Measured on the lab VM: 17.4 µs CPU/request with default flags, 8.9 with these three.
-        b.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
+        b.setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
     }
     b
 }
@@ -264,7 +271,9 @@ fn new_worker(
         pool_slots,
         resolver: Resolver::new(Duration::from_secs(30)),
         tls: Rc::new(tls),
-        max_inflight: (config.server.max_inflight as u64).div_ceil(workers as u64).max(1),
+        max_inflight: (config.server.max_inflight as u64)
+            .div_ceil(workers as u64)
+            .max(1),
         next_request: Cell::new(0),
         started_nanos,
         config,
