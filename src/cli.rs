@@ -118,6 +118,8 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         n,
         config.monitor.warn_inflight as u64,
         config.monitor.alert_inflight as u64,
+        config.tokens.iter().map(|t| t.name.clone()).collect(),
+        config.channels.iter().map(|c| c.name.clone()).collect(),
     );
     let router = Arc::new(Router::new(&config));
     let tls = crate::upstream::tls_connector(None)?;

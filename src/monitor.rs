@@ -61,11 +61,41 @@ pub struct WorkerStats {
     pub upstream_status_other: AtomicU64,
     pub latency_total: Histogram,
     pub latency_ttfb: Histogram,
+    /// Per token: [requests, prompt tokens, completion tokens].
+    pub token_usage: Vec<[AtomicU64; 3]>,
+    /// Per channel: [requests, prompt tokens, completion tokens].
+    pub channel_usage: Vec<[AtomicU64; 3]>,
+}
+
+impl WorkerStats {
+    fn new(tokens: usize, channels: usize) -> WorkerStats {
+        WorkerStats {
+            token_usage: (0..tokens).map(|_| Default::default()).collect(),
+            channel_usage: (0..channels).map(|_| Default::default()).collect(),
+            ..WorkerStats::default()
+        }
+    }
+
+    /// Account one relayed request and whatever usage its response reported.
+    pub fn count_usage(&self, token: usize, channel: usize, usage: Option<crate::provider::Usage>) {
+        for row in [self.token_usage.get(token), self.channel_usage.get(channel)]
+            .into_iter()
+            .flatten()
+        {
+            bump(&row[0]);
+            if let Some(u) = usage {
+                add(&row[1], u.prompt);
+                add(&row[2], u.completion);
+            }
+        }
+    }
 }
 
 impl Default for WorkerStats {
     fn default() -> Self {
         WorkerStats {
+            token_usage: Vec::new(),
+            channel_usage: Vec::new(),
             io_driver: AtomicU8::new(0),
             inflight: AtomicU64::new(0),
             client_connections: AtomicU64::new(0),
@@ -144,6 +174,8 @@ pub struct Monitor {
     /// Idle upstream connections are not counted as leaks in `open_fds`; this is what a fresh
     /// process holds (listeners, rings, stdio), read once when all workers are up.
     pub baseline_fds: AtomicU64,
+    pub token_names: Vec<String>,
+    pub channel_names: Vec<String>,
 }
 
 const HEALTH_TIMEOUT_LAYERS: [Layer; 9] = [
@@ -159,13 +191,23 @@ const HEALTH_TIMEOUT_LAYERS: [Layer; 9] = [
 ];
 
 impl Monitor {
-    pub fn new(workers: usize, warn_inflight: u64, alert_inflight: u64) -> Arc<Monitor> {
+    pub fn new(
+        workers: usize,
+        warn_inflight: u64,
+        alert_inflight: u64,
+        token_names: Vec<String>,
+        channel_names: Vec<String>,
+    ) -> Arc<Monitor> {
         Arc::new(Monitor {
             started: Instant::now(),
-            workers: (0..workers).map(|_| WorkerStats::default()).collect(),
+            workers: (0..workers)
+                .map(|_| WorkerStats::new(token_names.len(), channel_names.len()))
+                .collect(),
             warn_inflight,
             alert_inflight,
             baseline_fds: AtomicU64::new(0),
+            token_names,
+            channel_names,
         })
     }
 

@@ -27,13 +27,16 @@ pub fn peek_model(body: &[u8]) -> Result<Option<ModelField>, &'static str> {
         return Err("request body must be a JSON object");
     }
     let mut found = None;
+    let mut first = true;
     loop {
         p.ws();
         match p.next() {
-            Some(b'}') => break,
+            // `{}` is fine; `{"a":1,}` is not.
+            Some(b'}') if first => break,
             Some(b'"') => {}
             _ => return Err("malformed JSON in request body"),
         }
+        first = false;
         let (key, key_escaped) = p.string()?;
         p.ws();
         if p.next() != Some(b':') {
@@ -175,6 +178,45 @@ impl Scanner<'_> {
     }
 }
 
+/// Token counts reported by an upstream (`usage` in a response body or a stream's last chunk).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+/// Find `"prompt_tokens": N` / `"completion_tokens": N` (OpenAI) or `"input_tokens"` /
+/// `"output_tokens"` (Anthropic) in a body slice without parsing it. Costs one memchr-driven
+/// search per slice when the slice carries no usage, so it can run on every relayed chunk.
+pub fn scan_usage(data: &[u8]) -> Option<Usage> {
+    let at = memchr::memmem::find(data, b"_tokens\"")?;
+    let area = &data[at.saturating_sub(16)..];
+    let prompt = number_after(area, b"\"prompt_tokens\"")
+        .or_else(|| number_after(area, b"\"input_tokens\""));
+    let completion = number_after(area, b"\"completion_tokens\"")
+        .or_else(|| number_after(area, b"\"output_tokens\""));
+    if prompt.is_none() && completion.is_none() {
+        return None;
+    }
+    Some(Usage {
+        prompt: prompt.unwrap_or(0),
+        completion: completion.unwrap_or(0),
+    })
+}
+
+fn number_after(data: &[u8], key: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(data, key)? + key.len();
+    let mut i = at;
+    while i < data.len() && matches!(data[i], b' ' | b':' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    let start = i;
+    while i < data.len() && data[i].is_ascii_digit() && i - start < 19 {
+        i += 1;
+    }
+    crate::wire::parse_decimal(&data[start..i])
+}
+
 /// Append the relay's own error body: `{"error":{"message":..,"type":..,"param":null,"code":..}}`.
 pub fn error_json(out: &mut Vec<u8>, message: &str, kind: &str, code: &str) {
     out.extend_from_slice(b"{\"error\":{\"message\":");
@@ -281,6 +323,32 @@ mod tests {
         ] {
             assert!(peek_model(bad.as_bytes()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn finds_usage() {
+        let body =
+            br#"{"id":"x","usage":{"prompt_tokens":9,"completion_tokens": 7,"total_tokens":16}}"#;
+        assert_eq!(
+            scan_usage(body),
+            Some(Usage {
+                prompt: 9,
+                completion: 7
+            })
+        );
+        let anthropic = br#"{"usage":{"input_tokens":12,"output_tokens":30}}"#;
+        assert_eq!(
+            scan_usage(anthropic),
+            Some(Usage {
+                prompt: 12,
+                completion: 30
+            })
+        );
+        assert_eq!(
+            scan_usage(br#"data: {"choices":[{"delta":{"content":"tok"}}]}"#),
+            None
+        );
+        assert_eq!(scan_usage(br#"{"max_tokens":"x"}"#), None);
     }
 
     #[test]

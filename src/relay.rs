@@ -145,6 +145,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
             buf: Vec::new(),
             stash: Vec::new(),
         },
+        usage: None,
         status_sent: 0,
         ttfb_at: None,
     };
@@ -167,6 +168,8 @@ struct Conn {
     request_id: Vec<u8>,
     deadline: DeadlineSet,
     watch: ClientWatch,
+    /// Usage the upstream reported for the current request, if any.
+    usage: Option<provider::Usage>,
     status_sent: u16,
     ttfb_at: Option<Instant>,
 }
@@ -202,7 +205,12 @@ async fn upstream_wait<F: std::future::Future>(
     if watch.enabled {
         deadline.checkpoint(Instant::now() + WATCH_GRACE);
         monoio::select! {
-            r = &mut fut => return Waited::Done(r),
+            r = &mut fut => {
+                // The checkpoint must not outlive this wait: the next phase's race would
+                // mistake it for its own deadline.
+                deadline.resume();
+                return Waited::Done(r);
+            }
             _ = deadline.expired() => {}
         }
         if deadline.is_due() {
@@ -371,6 +379,7 @@ impl Conn {
                 None => {
                     self.w.stats().count_timeout(phase);
                     if phase == Layer::ClientHeader {
+                        self.new_request_id();
                         self.head.keep_alive = false;
                         let _ = self
                             .respond_error(
@@ -399,6 +408,7 @@ impl Conn {
     }
 
     async fn reject_head(&mut self, status: u16, message: &str) {
+        self.new_request_id();
         self.head.keep_alive = false;
         self.head.body = BodyKind::None;
         let code = match status {
@@ -506,23 +516,29 @@ impl Conn {
     }
 
     fn set_request_id(&mut self) {
-        self.request_id.clear();
         match self.head.request_id {
-            Some(span) => self.request_id.extend_from_slice(span.of(&self.rbuf)),
-            None => {
-                let seq = self.w.next_request.get();
-                self.w.next_request.set(seq + 1);
-                self.request_id.extend_from_slice(b"rw-");
-                push_hex(
-                    &mut self.request_id,
-                    self.w.started_nanos & 0xffff_ffff_ffff,
-                );
-                self.request_id.push(b'-');
-                push_hex(&mut self.request_id, self.w.id as u64);
-                self.request_id.push(b'-');
-                push_hex(&mut self.request_id, seq);
+            Some(span) => {
+                self.request_id.clear();
+                self.request_id.extend_from_slice(span.of(&self.rbuf));
             }
+            None => self.new_request_id(),
         }
+    }
+
+    /// `rw-<process start>-<worker>-<sequence>`: unique per process run without coordination.
+    fn new_request_id(&mut self) {
+        self.request_id.clear();
+        let seq = self.w.next_request.get();
+        self.w.next_request.set(seq + 1);
+        self.request_id.extend_from_slice(b"rw-");
+        push_hex(
+            &mut self.request_id,
+            self.w.started_nanos & 0xffff_ffff_ffff,
+        );
+        self.request_id.push(b'-');
+        push_hex(&mut self.request_id, self.w.id as u64);
+        self.request_id.push(b'-');
+        push_hex(&mut self.request_id, seq);
     }
 
     fn authenticate(&self) -> Option<usize> {
@@ -629,7 +645,10 @@ impl Conn {
             None
         };
         let span = self.body.start + field.span.start..self.body.start + field.span.end;
-        self.forward(channel, span, rename).await
+        self.usage = None;
+        let flow = self.forward(channel, span, rename).await;
+        w.stats().count_usage(token, channel, self.usage);
+        flow
     }
 
     async fn read_body(&mut self) -> Result<(), Flow> {
@@ -1166,6 +1185,13 @@ impl Conn {
         }
     }
 
+    #[inline]
+    fn note_usage(&mut self, data: &[u8]) {
+        if let Some(u) = provider::scan_usage(data) {
+            self.usage = Some(u);
+        }
+    }
+
     fn mark_first_byte(&mut self, status: u16) {
         self.status_sent = status;
         if self.ttfb_at.is_none() {
@@ -1187,6 +1213,7 @@ impl Conn {
         let first = have.min(n) as usize;
         let extra = have > n;
         let close = !self.head.keep_alive;
+        self.note_usage(&ubuf[hl..hl + first]);
         let mut out = self.w.bufs.take();
         self.write_client_head(&mut out, &ubuf, ClientFraming::Length(n), close);
         self.mark_first_byte(self.resp.status);
@@ -1226,6 +1253,7 @@ impl Conn {
                     return Err(Flow::Close);
                 }
             }
+            self.note_usage(&ubuf);
             self.deadline.arm(Layer::ClientIdle, t.client_idle);
             let len = ubuf.len();
             ubuf = self.write_client(ubuf, 0..len).await?;
@@ -1305,6 +1333,9 @@ impl Conn {
                 }
             }
             let data_len = write_at - CHUNK_HEADROOM;
+            if data_len > 0 {
+                self.note_usage(&ubuf[CHUNK_HEADROOM..write_at]);
+            }
             if data_len > 0 || upstream_done {
                 let mut start = CHUNK_HEADROOM;
                 if data_len >= 2 {

@@ -978,7 +978,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(total_fired, fired_count.iter().map(|&c| c as usize).sum());
+        assert_eq!(
+            total_fired,
+            fired_count.iter().map(|&c| c as usize).sum::<usize>()
+        );
         assert!(fired_count.iter().zip(&arms).all(|(f, a)| f <= a));
         assert!(
             total_fired > 1000,

@@ -755,7 +755,9 @@ impl Client {
         } else {
             response.until_close = true;
             if !self.buf.is_empty() {
-                response.chunks.push((head_at, std::mem::take(&mut self.buf)));
+                response
+                    .chunks
+                    .push((head_at, std::mem::take(&mut self.buf)));
             }
             while self.fill_bounded(deadline)? > 0 {
                 response
@@ -816,7 +818,9 @@ impl Client {
             }
             let data: Vec<u8> = self.buf.drain(..size).collect();
             if self.buf.drain(..2).as_slice() != b"\r\n" {
-                return Err(ReadError::Malformed("chunk data not followed by CRLF".into()));
+                return Err(ReadError::Malformed(
+                    "chunk data not followed by CRLF".into(),
+                ));
             }
             r.chunks.push((Instant::now(), data));
         }
@@ -895,7 +899,12 @@ impl Echo {
     /// The one value of header `name`; panics if absent or repeated.
     pub fn one(&self, name: &str) -> &str {
         let v = self.values(name);
-        assert_eq!(v.len(), 1, "upstream saw {name} {} times: {self:?}", v.len());
+        assert_eq!(
+            v.len(),
+            1,
+            "upstream saw {name} {} times: {self:?}",
+            v.len()
+        );
         v[0]
     }
 
