@@ -937,3 +937,99 @@ pub fn assert_error_shape(r: &Response, status: u16, code: Option<&str>) -> serd
     }
     e
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the timeout, fault-storm and monitor suites (appended; generic).
+
+/// Polls `f` every 10 ms until it returns true or `within` passes; returns how long it took.
+pub fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Mock {
+    /// Waits (bounded) until the mock has at most `n` open connections; returns how long it
+    /// took, or `None` if it did not happen within `within`.
+    pub fn wait_open_at_most(&self, n: u64, within: Duration) -> Option<Duration> {
+        wait_for(within, || self.stats().open_connections <= n)
+    }
+
+    /// Waits (bounded) until the mock has read at least `n` requests in total.
+    pub fn wait_requests(&self, n: u64, within: Duration) -> Option<Duration> {
+        wait_for(within, || self.stats().requests >= n)
+    }
+}
+
+/// A numeric field of a health JSON object, by dotted path (`"timeouts.connect"`); panics if
+/// missing or not a whole number.
+pub fn json_u64(v: &serde_json::Value, path: &str) -> u64 {
+    let mut cur = v;
+    for part in path.split('.') {
+        cur = &cur[part];
+    }
+    cur.as_u64()
+        .unwrap_or_else(|| panic!("field {path} missing or not a number in {v}"))
+}
+
+/// The first SSE `event: error` in a stream body: its `data:` JSON, and whether nothing but
+/// whitespace follows it (an error event must be the last thing in the stream).
+pub fn sse_error_event(body: &[u8]) -> Option<(serde_json::Value, bool)> {
+    const MARK: &str = "event: error\ndata: ";
+    let text = String::from_utf8_lossy(body);
+    let start = text.find(MARK)? + MARK.len();
+    let rest = &text[start..];
+    let end = rest.find("\n\n").unwrap_or(rest.len());
+    let json = serde_json::from_str(&rest[..end]).ok()?;
+    let last = rest[end..].trim().is_empty();
+    Some((json, last))
+}
+
+/// Reads raw bytes from `stream` until `needle` appears, EOF, an error, or `within` passes.
+/// Returns everything read and whether the needle was seen.
+pub fn read_until(stream: &mut TcpStream, needle: &[u8], within: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&chunk[..n]);
+                if got.windows(needle.len()).any(|w| w == needle) {
+                    return (got, true);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    (got, false)
+}
+
+/// `GET /metrics` on a fresh connection: the Prometheus text.
+pub fn metrics_text(relay: &Relay) -> String {
+    let mut c = relay.client();
+    c.send(&get("/metrics", &[("connection", "close")]));
+    let r = c.read_final_response();
+    assert_eq!(r.status, 200, "/metrics status; body {:?}", r.text());
+    r.text()
+}
+
+/// The value of one Prometheus sample line, `name{labels}` exactly as written (e.g.
+/// `ringway_timeouts_total{layer="connect"}`); `None` if absent.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.trim().parse::<f64>().ok())?
+    })
+}

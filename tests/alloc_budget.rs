@@ -1,0 +1,159 @@
+//! Hot-path budget: zero heap allocations per relayed non-streaming request after warm-up.
+//!
+//! A counting global allocator wraps the system one for this test binary. The relay runs in
+//! process (real workers, real sockets), the mock upstream runs as a separate `ringway mock`
+//! process so its allocations are not counted, and the client below reuses fixed buffers, so
+//! the allocations counted during the measured requests are the relay's.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_listening(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "port {port} never opened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Send `req` and read one Content-Length response into `buf` without allocating.
+fn roundtrip(conn: &mut TcpStream, req: &[u8], buf: &mut [u8]) -> u16 {
+    conn.write_all(req).unwrap();
+    let mut len = 0;
+    loop {
+        let n = conn.read(&mut buf[len..]).unwrap();
+        assert!(n > 0, "relay closed the connection");
+        len += n;
+        let data = &buf[..len];
+        let Some(head_end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = &data[..head_end];
+        let key = b"content-length: ";
+        let at = head
+            .windows(key.len())
+            .position(|w| w.eq_ignore_ascii_case(key))
+            .expect("content-length");
+        let digits = &head[at + key.len()..];
+        let mut body_len = 0usize;
+        for &d in digits.iter().take_while(|d| d.is_ascii_digit()) {
+            body_len = body_len * 10 + (d - b'0') as usize;
+        }
+        if len >= head_end + 4 + body_len {
+            return (data[9] - b'0') as u16 * 100
+                + (data[10] - b'0') as u16 * 10
+                + (data[11] - b'0') as u16;
+        }
+    }
+}
+
+#[test]
+fn zero_allocations_per_relayed_request_after_warmup() {
+    let mock_port = free_port();
+    let _mock = Kill(
+        Command::new(env!("CARGO_BIN_EXE_ringway"))
+            .args(["mock", "--listen", &format!("127.0.0.1:{mock_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(mock_port);
+    let port = free_port();
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+workers = 1
+[monitor]
+log_interval = "1h"
+[[channels]]
+name = "mock"
+provider = "openai"
+base_url = "http://127.0.0.1:{mock_port}"
+keys = ["sk-upstream"]
+models = ["gpt-4o-mini"]
+[[tokens]]
+name = "t"
+key = "sk-client"
+models = ["*"]
+"#
+    );
+    let config = ringway::config::parse(&toml, Path::new("<alloc-test>")).unwrap();
+    let _running = ringway::cli::start(config).unwrap();
+
+    let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32}"#;
+    let mut req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer sk-client\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.set_nodelay(true).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+
+    // The first request allocates (the connection task, pool buffers, the upstream
+    // connection): seeing that proves the counter is live.
+    let first = ALLOCS.load(Relaxed);
+    assert_eq!(roundtrip(&mut conn, &req, &mut buf), 200);
+    let warmup_allocs = ALLOCS.load(Relaxed) - first;
+    assert!(warmup_allocs > 0, "the counting allocator saw nothing");
+    for _ in 0..500 {
+        assert_eq!(roundtrip(&mut conn, &req, &mut buf), 200);
+    }
+    const N: u64 = 2000;
+    let before = ALLOCS.load(Relaxed);
+    for _ in 0..N {
+        assert_eq!(roundtrip(&mut conn, &req, &mut buf), 200);
+    }
+    let allocs = ALLOCS.load(Relaxed) - before;
+    eprintln!("allocations: first request {warmup_allocs}, next {N} relayed requests {allocs}");
+    assert_eq!(allocs, 0, "{allocs} heap allocations over {N} requests");
+}
