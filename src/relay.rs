@@ -27,10 +27,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, OwnedReadHalf,
-    OwnedWriteHalf, Splitable,
-};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::config::{Scheme, Timeouts};
@@ -51,8 +48,6 @@ const INLINE_BODY: usize = BUF_SIZE / 2;
 /// How long an upstream may take before the relay starts watching the client for a hang-up.
 /// Fast responses never pay for the watch; slow ones are checked well within a second.
 const WATCH_GRACE: Duration = Duration::from_millis(250);
-/// The watch reads into a buffer this small: it exists to see EOF, not to carry requests.
-const WATCH_BUF: usize = 256;
 
 /// Whether the client connection can carry another request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,23 +123,18 @@ impl Drop for GaugeGuard {
 /// dropped), the client socket, buffers, timer slot and any upstream connection go with it.
 pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
     let _conn_gauge = GaugeGuard::new(&worker, |s| &s.client_connections);
-    let (rd, wr) = stream.into_split();
     let mut conn = Conn {
         deadline: DeadlineSet::new(worker.wheel.timer()),
-        rbuf: worker.bufs.take(),
+        // Taken when the first bytes are ready: a connection that never sends holds none.
+        rbuf: Vec::new(),
         w: worker,
-        rd,
-        wr,
+        client: stream,
         head: RequestHead::default(),
         resp: ResponseHead::default(),
         body: 0..0,
         consumed: 0,
         request_id: Vec::with_capacity(48),
-        watch: ClientWatch {
-            enabled: true,
-            buf: Vec::new(),
-            stash: Vec::new(),
-        },
+        watch: ClientWatch { enabled: true },
         usage: None,
         status_sent: 0,
         ttfb_at: None,
@@ -155,8 +145,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
 
 struct Conn {
     w: Rc<Worker>,
-    rd: OwnedReadHalf<TcpStream>,
-    wr: OwnedWriteHalf<TcpStream>,
+    client: TcpStream,
     /// Request bytes: head, body, and whatever the client pipelined after them.
     rbuf: Vec<u8>,
     head: RequestHead,
@@ -174,13 +163,11 @@ struct Conn {
     ttfb_at: Option<Instant>,
 }
 
-/// Watches the idle client half of the connection while the relay waits on an upstream.
+/// Watches the client connection while the relay waits on an upstream.
 struct ClientWatch {
-    /// Off once the client sent more bytes during this request (it is clearly alive).
+    /// Off once the client sent more bytes during this request (it is clearly alive, and its
+    /// readiness would fire at once for the rest of the request).
     enabled: bool,
-    buf: Vec<u8>,
-    /// Bytes the client pipelined while being watched; they belong to the next request.
-    stash: Vec<u8>,
 }
 
 /// What waiting on the upstream came to.
@@ -190,15 +177,45 @@ enum Waited<T> {
     ClientGone,
 }
 
+/// Did the client hang up? Peeks one byte without consuming it (only called once the socket
+/// reported readable, so it is one syscall per event, not per request).
+fn client_state(client: &TcpStream) -> ClientState {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a valid fd and a 1-byte buffer we own; MSG_PEEK leaves the data in the socket.
+    let n = unsafe {
+        libc::recv(
+            client.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => ClientState::Gone,
+        n if n > 0 => ClientState::SentData,
+        _ => match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => ClientState::Idle,
+            _ => ClientState::Gone,
+        },
+    }
+}
+
+enum ClientState {
+    Idle,
+    SentData,
+    Gone,
+}
+
 /// Wait for `fut` (an upstream read or readiness) under the deadline. If it takes longer than
-/// [`WATCH_GRACE`], also read from the client: EOF or an error there means the client left,
-/// and the caller drops the upstream connection. The upstream future is never dropped by the
-/// grace checkpoint (that would lose bytes an in-flight read took); the client read is
-/// cancelled and awaited, so bytes it took are kept in the stash.
+/// [`WATCH_GRACE`], also wait for the client socket to become readable: EOF or an error there
+/// means the client left, and the caller drops the upstream connection. The watch is a
+/// readiness poll, so it holds no buffer and can be dropped at any time; the upstream future
+/// is never dropped by the grace checkpoint (that could lose bytes an in-flight read took).
 async fn upstream_wait<F: std::future::Future>(
     fut: F,
     deadline: &DeadlineSet,
-    rd: &mut OwnedReadHalf<TcpStream>,
+    client: &TcpStream,
     watch: &mut ClientWatch,
 ) -> Waited<F::Output> {
     let mut fut = std::pin::pin!(fut);
@@ -217,44 +234,16 @@ async fn upstream_wait<F: std::future::Future>(
             return Waited::Timeout(deadline.layer());
         }
         deadline.resume();
-        let mut buf = std::mem::take(&mut watch.buf);
-        buf.clear();
-        if buf.capacity() == 0 {
-            buf.reserve(WATCH_BUF);
-        }
-        let canceller = Canceller::new();
-        let read = rd.cancelable_read(buf, canceller.handle());
-        let mut read = std::pin::pin!(read);
-        let early = monoio::select! {
-            r = &mut fut => Some(Waited::Done(r)),
-            _ = deadline.expired() => Some(Waited::Timeout(deadline.layer())),
-            c = &mut read => {
-                let (res, buf) = c;
-                match res {
-                    Ok(n) if n > 0 => {
-                        watch.stash.extend_from_slice(&buf[..n]);
-                        watch.buf = buf;
-                        watch.enabled = false;
-                        None
-                    }
-                    _ => return Waited::ClientGone,
-                }
+        while watch.enabled {
+            monoio::select! {
+                r = &mut fut => return Waited::Done(r),
+                _ = deadline.expired() => return Waited::Timeout(deadline.layer()),
+                _ = client.readable(false) => match client_state(client) {
+                    ClientState::Gone => return Waited::ClientGone,
+                    ClientState::SentData => watch.enabled = false,
+                    ClientState::Idle => {}
+                },
             }
-        };
-        if let Some(outcome) = early {
-            // Take the client read back whole: whatever it got is the next request's.
-            let _ = canceller.cancel();
-            let (res, buf) = read.await;
-            match res {
-                Ok(n) if n > 0 => {
-                    watch.stash.extend_from_slice(&buf[..n]);
-                    watch.enabled = false;
-                }
-                Ok(_) => watch.enabled = false,
-                Err(_) => {}
-            }
-            watch.buf = buf;
-            return outcome;
         }
     }
     monoio::select! {
@@ -303,9 +292,10 @@ impl Conn {
 
     /// Drop the finished request's bytes, keeping anything pipelined behind it.
     fn finish_request(&mut self) {
+        self.watch.enabled = true;
         if self.rbuf.capacity() == 0 {
-            self.rbuf = self.w.bufs.take();
             self.consumed = 0;
+            return;
         }
         let consumed = self.consumed.min(self.rbuf.len());
         if self.rbuf.capacity() > 4 * BUF_SIZE {
@@ -317,10 +307,6 @@ impl Conn {
             self.rbuf.drain(..consumed);
         }
         self.consumed = 0;
-        if !self.watch.stash.is_empty() {
-            self.rbuf.extend_from_slice(&self.watch.stash);
-            self.watch.stash.clear();
-        }
         self.watch.enabled = true;
     }
 
@@ -363,6 +349,22 @@ impl Conn {
                 }
             }
             if self.rbuf.capacity() == 0 {
+                // Readiness first: an idle connection holds no read buffer.
+                let Conn {
+                    client, deadline, ..
+                } = self;
+                let ready = monoio::select! {
+                    r = client.readable(false) => Some(r.is_ok()),
+                    _ = deadline.expired() => None,
+                };
+                match ready {
+                    Some(true) => {}
+                    Some(false) => return Err(()),
+                    None => {
+                        self.head_timeout(phase).await;
+                        return Err(());
+                    }
+                }
                 self.rbuf = self.w.bufs.take();
             }
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
@@ -370,27 +372,16 @@ impl Conn {
             }
             let buf = std::mem::take(&mut self.rbuf);
             let (len, cap) = (buf.len(), buf.capacity());
-            let Conn { rd, deadline, .. } = self;
+            let Conn {
+                client, deadline, ..
+            } = self;
             let r = monoio::select! {
-                r = rd.read(buf.slice_mut(len..cap)) => Some(r),
+                r = client.read(buf.slice_mut(len..cap)) => Some(r),
                 _ = deadline.expired() => None,
             };
             match r {
                 None => {
-                    self.w.stats().count_timeout(phase);
-                    if phase == Layer::ClientHeader {
-                        self.new_request_id();
-                        self.head.keep_alive = false;
-                        let _ = self
-                            .respond_error(
-                                408,
-                                "the request head was not received in time",
-                                "invalid_request_error",
-                                "client_header_timeout",
-                                None,
-                            )
-                            .await;
-                    }
+                    self.head_timeout(phase).await;
                     return Err(());
                 }
                 Some((Ok(n), b)) => {
@@ -404,6 +395,24 @@ impl Conn {
                     return Err(());
                 }
             }
+        }
+    }
+
+    /// `client_idle` closes quietly; `client_header` (slowloris) gets a 408 first.
+    async fn head_timeout(&mut self, phase: Layer) {
+        self.w.stats().count_timeout(phase);
+        if phase == Layer::ClientHeader {
+            self.new_request_id();
+            self.head.keep_alive = false;
+            let _ = self
+                .respond_error(
+                    408,
+                    "the request head was not received in time",
+                    "invalid_request_error",
+                    "client_header_timeout",
+                    None,
+                )
+                .await;
         }
     }
 
@@ -735,7 +744,7 @@ impl Conn {
 
     async fn send_continue(&mut self) -> Result<(), Flow> {
         let (r, _) = self
-            .wr
+            .client
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n" as &'static [u8])
             .await;
         r.map(|_| ()).map_err(|_| Flow::Close)
@@ -761,9 +770,11 @@ impl Conn {
         self.deadline.arm(Layer::ClientBody, t.client_body);
         let buf = std::mem::take(&mut self.rbuf);
         let (len, cap) = (buf.len(), buf.capacity());
-        let Conn { rd, deadline, .. } = self;
+        let Conn {
+            client, deadline, ..
+        } = self;
         let r = monoio::select! {
-            r = rd.read(buf.slice_mut(len..cap)) => Some(r),
+            r = client.read(buf.slice_mut(len..cap)) => Some(r),
             _ = deadline.expired() => None,
         };
         match r {
@@ -1017,7 +1028,7 @@ impl Conn {
             let cap = ubuf.capacity();
             let read = conn.stream.read(ubuf.slice_mut(len..cap));
             let (r, b) =
-                match upstream_wait(read, &self.deadline, &mut self.rd, &mut self.watch).await {
+                match upstream_wait(read, &self.deadline, &self.client, &mut self.watch).await {
                     Waited::Done(r) => r,
                     Waited::Timeout(layer) => return (Err(Failure::Timeout(layer)), Some(req)),
                     Waited::ClientGone => return (Err(Failure::ClientGone), Some(req)),
@@ -1166,9 +1177,11 @@ impl Conn {
 
     /// Write `buf[range]` to the client under the current deadline; gives the buffer back.
     async fn write_client(&mut self, buf: Vec<u8>, range: Range<usize>) -> Result<Vec<u8>, Flow> {
-        let Conn { wr, deadline, .. } = self;
+        let Conn {
+            client, deadline, ..
+        } = self;
         let r = monoio::select! {
-            r = wr.write_all(buf.slice(range)) => Some(r),
+            r = client.write_all(buf.slice(range)) => Some(r),
             _ = deadline.expired() => None,
         };
         match r {
@@ -1370,7 +1383,7 @@ impl Conn {
                 self.w.bufs.give(ubuf);
                 let ready = conn.stream.readable();
                 let waited =
-                    upstream_wait(ready, &self.deadline, &mut self.rd, &mut self.watch).await;
+                    upstream_wait(ready, &self.deadline, &self.client, &mut self.watch).await;
                 ubuf = self.w.bufs.take();
                 match waited {
                     Waited::Done(_) => {}

@@ -1033,3 +1033,22 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
         (name == series).then(|| value.trim().parse::<f64>().ok())?
     })
 }
+
+impl Client {
+    /// Like [`Client::try_read_response`], but a connection closed before a complete response
+    /// head is reported at once as [`ReadError::Eof`] (instead of spinning until the deadline).
+    pub fn read_response_eof_aware(&mut self) -> Result<Response, ReadError> {
+        let deadline = Instant::now() + RESPONSE_DEADLINE;
+        loop {
+            let mut raw = [httparse::EMPTY_HEADER; 128];
+            let mut parsed = httparse::Response::new(&mut raw);
+            if !matches!(parsed.parse(&self.buf), Ok(httparse::Status::Partial)) {
+                break;
+            }
+            if self.fill_bounded(deadline)? == 0 {
+                return Err(ReadError::Eof(self.buf.clone()));
+            }
+        }
+        self.try_read_response()
+    }
+}
