@@ -27,7 +27,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::config::{Scheme, Timeouts};
@@ -250,6 +250,19 @@ async fn upstream_wait<F: std::future::Future>(
         r = fut => Waited::Done(r),
         _ = deadline.expired() => Waited::Timeout(deadline.layer()),
     }
+}
+
+/// What one wait for upstream body bytes came to.
+enum StreamRead {
+    Data(Vec<u8>),
+    Eof(Vec<u8>),
+    Failed(Vec<u8>, std::io::Error),
+    Timeout,
+    ClientGone,
+}
+
+fn is_cancelled(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECANCELED) || matches!(e.kind(), std::io::ErrorKind::Interrupted)
 }
 
 /// How a relay attempt ended before a response head reached the client.
@@ -1319,6 +1332,8 @@ impl Conn {
         }
 
         let mut decoder = wire::ChunkedDecoder::new();
+        // One per stream: monoio's canceller allocates, so it is not made per chunk.
+        let mut canceller = Canceller::new();
         let mut tail: [u8; 2] = [b'\n', b'\n'];
         let mut upstream_done = false;
         loop {
@@ -1367,7 +1382,8 @@ impl Conn {
                         ubuf.extend_from_slice(wire::LAST_CHUNK);
                     }
                 }
-                self.deadline.arm(Layer::ClientIdle, t.client_idle);
+                // The write runs under the stream_idle deadline armed for the read: a client
+                // that stops reading stalls the stream just like a silent upstream.
                 let end = ubuf.len();
                 ubuf = self.write_client(ubuf, start..end).await?;
                 if upstream_done {
@@ -1378,58 +1394,31 @@ impl Conn {
             }
 
             // Wait for more upstream bytes.
-            self.deadline.arm(Layer::StreamIdle, t.stream_idle);
-            if event_stream && !conn.stream.is_tls() {
-                self.w.bufs.give(ubuf);
-                let ready = conn.stream.readable();
-                let waited =
-                    upstream_wait(ready, &self.deadline, &self.client, &mut self.watch).await;
-                ubuf = self.w.bufs.take();
-                match waited {
-                    Waited::Done(_) => {}
-                    Waited::Timeout(_) => {
-                        return self
-                            .stream_timeout(ubuf, tail, chunked_out && event_stream)
-                            .await;
-                    }
-                    Waited::ClientGone => {
-                        bump(&self.w.stats().client_gone);
-                        self.w.bufs.give(ubuf);
-                        return Err(Flow::Close);
-                    }
-                }
-            }
-            ubuf.clear();
-            ubuf.resize(CHUNK_HEADROOM, 0);
-            let cap = ubuf.capacity() - STREAM_TAILROOM;
-            let deadline = &self.deadline;
-            let r = monoio::select! {
-                r = conn.stream.read(ubuf.slice_mut(CHUNK_HEADROOM..cap)) => Some(r),
-                _ = deadline.expired() => None,
-            };
-            match r {
-                Some((Ok(0), b)) => {
-                    ubuf = b.into_inner();
-                    if chunked_in {
-                        return self
-                            .end_stream_with_error(
-                                ubuf,
-                                tail,
-                                "upstream closed the stream before its end",
-                                "upstream_closed",
-                                chunked_out && event_stream,
-                            )
-                            .await;
-                    }
+            match self
+                .read_stream(conn, ubuf, t, event_stream, &mut canceller)
+                .await
+            {
+                StreamRead::Data(b) => ubuf = b,
+                StreamRead::Eof(b) if !chunked_in => {
+                    ubuf = b;
                     upstream_done = true;
                 }
-                Some((Ok(_), b)) => ubuf = b.into_inner(),
-                Some((Err(e), b)) => {
-                    ubuf = b.into_inner();
+                StreamRead::Eof(b) => {
+                    return self
+                        .end_stream_with_error(
+                            b,
+                            tail,
+                            "upstream closed the stream before its end",
+                            "upstream_closed",
+                            chunked_out && event_stream,
+                        )
+                        .await;
+                }
+                StreamRead::Failed(b, e) => {
                     let msg = format!("upstream connection failed mid-stream: {e}");
                     return self
                         .end_stream_with_error(
-                            ubuf,
+                            b,
                             tail,
                             &msg,
                             "upstream_reset",
@@ -1437,11 +1426,97 @@ impl Conn {
                         )
                         .await;
                 }
-                None => {
-                    let ubuf = self.w.bufs.take();
+                StreamRead::Timeout => {
+                    let b = self.w.bufs.take();
                     return self
-                        .stream_timeout(ubuf, tail, chunked_out && event_stream)
+                        .stream_timeout(b, tail, chunked_out && event_stream)
                         .await;
+                }
+                StreamRead::ClientGone => {
+                    bump(&self.w.stats().client_gone);
+                    return Err(Flow::Close);
+                }
+            }
+        }
+    }
+
+    /// Read the next upstream body bytes into `ubuf[CHUNK_HEADROOM..]` under `stream_idle`.
+    ///
+    /// An active SSE stream reads straight into its buffer (one op per chunk). When the stream
+    /// goes quiet for [`WATCH_GRACE`], the read is cancelled and awaited (keeping any bytes it
+    /// got), the buffer goes back to the pool, and the stream waits for readiness with no
+    /// buffer while the client is watched for a hang-up: an idle stream costs no buffer.
+    async fn read_stream(
+        &mut self,
+        conn: &mut UpConn,
+        mut ubuf: Vec<u8>,
+        t: &Timeouts,
+        event_stream: bool,
+        canceller: &mut Canceller,
+    ) -> StreamRead {
+        let now = Instant::now();
+        self.deadline.arm_at(Layer::StreamIdle, now + t.stream_idle);
+        loop {
+            ubuf.clear();
+            ubuf.resize(CHUNK_HEADROOM, 0);
+            let cap = ubuf.capacity() - STREAM_TAILROOM;
+            let tcp = match &mut conn.stream {
+                Stream::Plain(tcp) if event_stream => tcp,
+                stream => {
+                    // TLS keeps decrypted bytes of its own; and non-SSE bodies are never idle
+                    // for long. A plain read, with the client watched after the grace period.
+                    let read = stream.read(ubuf.slice_mut(CHUNK_HEADROOM..cap));
+                    return match upstream_wait(read, &self.deadline, &self.client, &mut self.watch)
+                        .await
+                    {
+                        Waited::Done((Ok(0), b)) => StreamRead::Eof(b.into_inner()),
+                        Waited::Done((Ok(_), b)) => StreamRead::Data(b.into_inner()),
+                        Waited::Done((Err(e), b)) => StreamRead::Failed(b.into_inner(), e),
+                        Waited::Timeout(_) => StreamRead::Timeout,
+                        Waited::ClientGone => StreamRead::ClientGone,
+                    };
+                }
+            };
+            self.deadline.checkpoint(Instant::now() + WATCH_GRACE);
+            let (res, b) = {
+                let read =
+                    tcp.cancelable_read(ubuf.slice_mut(CHUNK_HEADROOM..cap), canceller.handle());
+                let mut read = std::pin::pin!(read);
+                let first = monoio::select! {
+                    r = &mut read => Some(r),
+                    _ = self.deadline.expired() => None,
+                };
+                match first {
+                    Some(r) => r,
+                    None if self.deadline.is_due() => return StreamRead::Timeout,
+                    None => {
+                        // Quiet: take the buffer back whole before letting it go.
+                        *canceller = std::mem::take(canceller).cancel();
+                        read.await
+                    }
+                }
+            };
+            self.deadline.resume();
+            ubuf = b.into_inner();
+            match res {
+                Ok(0) => return StreamRead::Eof(ubuf),
+                Ok(_) => return StreamRead::Data(ubuf),
+                Err(e) if is_cancelled(&e) => {}
+                Err(e) => return StreamRead::Failed(ubuf, e),
+            }
+            self.w.bufs.give(ubuf);
+            let ready = tcp.readable(false);
+            let waited = upstream_wait(ready, &self.deadline, &self.client, &mut self.watch).await;
+            ubuf = self.w.bufs.take();
+            match waited {
+                Waited::Done(_) => {}
+                Waited::Timeout(_) => {
+                    self.w.bufs.give(ubuf);
+                    return StreamRead::Timeout;
+                }
+                Waited::ClientGone => {
+                    self.w.bufs.give(ubuf);
+                    return StreamRead::ClientGone;
                 }
             }
         }
