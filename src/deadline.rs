@@ -150,6 +150,15 @@ impl DeadlineSet {
         }
     }
 
+    /// Arm for `layer` without the request's total: for writing the answer to a request whose
+    /// total already expired (the answer itself must still get a bounded chance to go out).
+    pub fn arm_unclamped(&self, layer: Layer, after: Duration) {
+        let at = Instant::now() + after;
+        self.layer.set(layer);
+        self.due.set(Some(at));
+        self.timer.arm_at(at);
+    }
+
     /// Only the request's total deadline applies (e.g. while writing to a slow client).
     pub fn arm_total_only(&self) {
         match self.total_at.get() {

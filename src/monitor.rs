@@ -134,9 +134,12 @@ pub fn drop_one(c: &AtomicU64) {
 }
 
 impl WorkerStats {
+    /// A finished request. Status 0 means no response was sent (the client left first): it
+    /// counts as a request but in no status class.
     pub fn count_status(&self, status: u16) {
-        let class = (status / 100).min(5) as usize;
-        bump(&self.status_class[class]);
+        if status != 0 {
+            bump(&self.status_class[(status / 100).min(5) as usize]);
+        }
         bump(&self.requests_total);
     }
 

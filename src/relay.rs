@@ -138,6 +138,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
         usage: None,
         status_sent: 0,
         ttfb_at: None,
+        accounted: false,
     };
     conn.run().await;
     conn.release();
@@ -161,6 +162,8 @@ struct Conn {
     usage: Option<provider::Usage>,
     status_sent: u16,
     ttfb_at: Option<Instant>,
+    /// The current request was counted in the monitor.
+    accounted: bool,
 }
 
 /// Watches the client connection while the relay waits on an upstream.
@@ -289,6 +292,7 @@ impl Conn {
             }
             self.status_sent = 0;
             self.ttfb_at = None;
+            self.accounted = false;
             let flow = self.dispatch().await;
             self.deadline.end_request();
             if flow == Flow::Close || !self.head.keep_alive {
@@ -509,15 +513,12 @@ impl Conn {
                 .await
             }
         };
-        if endpoint != Endpoint::Models
-            && !matches!(
-                endpoint,
-                Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
-            )
-        {
-            let status = self.status_sent;
-            let s = self.w.stats();
-            bump(&s.status_class[(status / 100).min(5) as usize]);
+        // Unknown paths and wrong methods count like relay requests; the operations
+        // endpoints (health, metrics) are not traffic and are not counted.
+        let operations =
+            matches!(endpoint, Endpoint::Health | Endpoint::Metrics) && method == Method::Get;
+        if !self.accounted && !operations {
+            self.account(start);
         }
         flow
     }
@@ -528,6 +529,7 @@ impl Conn {
     }
 
     fn account(&mut self, start: Instant) {
+        self.accounted = true;
         let s = self.w.stats();
         s.count_status(self.status_sent);
         let now = Instant::now();
@@ -1568,7 +1570,9 @@ impl Conn {
         let start = wire::write_chunk_header_before(&mut buf, CHUNK_HEADROOM, data_len);
         buf.extend_from_slice(b"\r\n");
         buf.extend_from_slice(wire::LAST_CHUNK);
-        self.deadline.arm_total_only();
+        let t = self.timeouts();
+        self.deadline
+            .arm_unclamped(Layer::ClientIdle, t.client_idle);
         let end = buf.len();
         let buf = self.write_client(buf, start..end).await?;
         self.w.bufs.give(buf);
@@ -1729,7 +1733,9 @@ impl Conn {
         out.extend_from_slice(body);
         self.mark_first_byte(status);
         let t = self.timeouts();
-        self.deadline.arm(Layer::ClientIdle, t.client_idle);
+        // Unclamped: this may be the answer to an expired total, which must still go out.
+        self.deadline
+            .arm_unclamped(Layer::ClientIdle, t.client_idle);
         let len = out.len();
         match self.write_client(out, 0..len).await {
             Ok(out) => {
