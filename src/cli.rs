@@ -99,7 +99,7 @@ fn run_relay(path: &Path) -> i32 {
 
 /// A started relay: its workers run until the process ends.
 pub struct Running {
-    pub monitor: Arc<Monitor>,
+    pub monitor: &'static Monitor,
     pub workers: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -127,7 +127,7 @@ pub fn start(config: Config) -> std::io::Result<Running> {
     let shared = worker::Shared {
         config: Arc::new(config),
         router,
-        monitor: monitor.clone(),
+        monitor,
         tls,
     };
     let workers = worker::start(&shared, n)?;

@@ -9,7 +9,6 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::deadline::Layer;
@@ -200,8 +199,12 @@ impl Monitor {
         alert_inflight: u64,
         token_names: Vec<String>,
         channel_names: Vec<String>,
-    ) -> Arc<Monitor> {
-        Arc::new(Monitor {
+    ) -> &'static Monitor {
+        // Leaked on purpose: it lives as long as the process, and a plain `&'static` lets every
+        // worker and upstream connection reach its stats block without touching a shared
+        // reference count (an `Arc` clone per pooled connection was a cross-core cache-line
+        // bounce on every request).
+        Box::leak(Box::new(Monitor {
             started: Instant::now(),
             workers: (0..workers)
                 .map(|_| WorkerStats::new(token_names.len(), channel_names.len()))
@@ -211,7 +214,7 @@ impl Monitor {
             baseline_fds: AtomicU64::new(0),
             token_names,
             channel_names,
-        })
+        }))
     }
 
     fn sum(&self, f: impl Fn(&WorkerStats) -> &AtomicU64) -> u64 {

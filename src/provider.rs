@@ -189,7 +189,10 @@ pub struct Usage {
 /// `"output_tokens"` (Anthropic) in a body slice without parsing it. Costs one memchr-driven
 /// search per slice when the slice carries no usage, so it can run on every relayed chunk.
 pub fn scan_usage(data: &[u8]) -> Option<Usage> {
-    let at = memchr::memmem::find(data, b"_tokens\"")?;
+    // Built once: constructing a searcher per call cost more than the search itself.
+    static TOKENS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"_tokens\""));
+    let at = TOKENS.find(data)?;
     let area = &data[at.saturating_sub(16)..];
     let prompt = number_after(area, b"\"prompt_tokens\"")
         .or_else(|| number_after(area, b"\"input_tokens\""));

@@ -83,7 +83,7 @@ pub struct UpConn {
     pub stream: Stream,
     pub slot: PoolSlot,
     pub reused: bool,
-    monitor: Arc<Monitor>,
+    monitor: &'static Monitor,
     worker: usize,
 }
 
@@ -103,7 +103,7 @@ pub struct Pool {
     slots: RefCell<Vec<Vec<Idle>>>,
     max_idle_per_slot: usize,
     pool_idle: Duration,
-    monitor: Arc<Monitor>,
+    monitor: &'static Monitor,
     worker: usize,
 }
 
@@ -112,7 +112,7 @@ impl Pool {
         slots: usize,
         max_idle_per_slot: usize,
         pool_idle: Duration,
-        monitor: Arc<Monitor>,
+        monitor: &'static Monitor,
         worker: usize,
     ) -> Pool {
         Pool {
@@ -139,7 +139,7 @@ impl Pool {
             stream,
             slot,
             reused,
-            monitor: self.monitor.clone(),
+            monitor: self.monitor,
             worker: self.worker,
         }
     }

@@ -86,6 +86,13 @@ struct Inner {
     driver_target: u64,
 }
 
+/// While anything is armed the driver wakes at least this often (in ticks). Without the cap,
+/// every arm earlier than the driver's planned wake-up (a 250 ms checkpoint while the next
+/// deadline is minutes away, say) would wake the driver task to re-plan; with it, arms more
+/// than `MAX_SLEEP_TICKS` ahead never wake anything, at the price of a few idle wake-ups a
+/// second.
+const MAX_SLEEP_TICKS: u64 = 10;
+
 /// Per-worker timing wheel. Create with [`Wheel::new`], run [`Wheel::drive`]
 /// as a task on the same worker, hand out [`Timer`]s with [`Wheel::timer`].
 pub struct Wheel {
@@ -465,7 +472,9 @@ impl Wheel {
         let next = if inner.due_len > 0 {
             Some(inner.elapsed)
         } else {
-            inner.next_expiration().map(|(_, _, tick)| tick)
+            inner
+                .next_expiration()
+                .map(|(_, _, tick)| tick.min(inner.elapsed + MAX_SLEEP_TICKS))
         };
         inner.driver_target = next.unwrap_or(u64::MAX);
         let ns = next?.checked_mul(self.tick_ns)?;

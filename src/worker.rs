@@ -40,7 +40,7 @@ pub struct Worker {
     pub id: usize,
     pub config: Arc<Config>,
     pub router: Arc<Router>,
-    pub monitor: Arc<Monitor>,
+    pub monitor: &'static Monitor,
     pub route_state: RouteState,
     pub bufs: BufPool,
     pub wheel: Rc<Wheel>,
@@ -66,7 +66,7 @@ impl Worker {
 pub struct Shared {
     pub config: Arc<Config>,
     pub router: Arc<Router>,
-    pub monitor: Arc<Monitor>,
+    pub monitor: &'static Monitor,
     pub tls: monoio_rustls::TlsConnector,
 }
 
@@ -104,7 +104,7 @@ pub fn start(shared: &Shared, n: usize) -> io::Result<Vec<std::thread::JoinHandl
     for id in 0..n {
         let config = shared.config.clone();
         let router = shared.router.clone();
-        let monitor = shared.monitor.clone();
+        let monitor = shared.monitor;
         let tls = shared.tls.clone();
         let cpu = if cpus.is_empty() {
             None
@@ -154,12 +154,12 @@ fn run_worker(
     listen: SocketAddr,
     config: Arc<Config>,
     router: Arc<Router>,
-    monitor: Arc<Monitor>,
+    monitor: &'static Monitor,
     tls: monoio_rustls::TlsConnector,
     ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
 ) {
     let setup = move |driver: u8| {
-        let monitor = monitor.clone();
+        let monitor = monitor;
         let config = config.clone();
         let router = router.clone();
         let tls = tls.clone();
@@ -234,7 +234,7 @@ fn new_worker(
     workers: usize,
     config: Arc<Config>,
     router: Arc<Router>,
-    monitor: Arc<Monitor>,
+    monitor: &'static Monitor,
     tls: monoio_rustls::TlsConnector,
 ) -> Worker {
     let mut endpoints: Vec<(crate::config::Scheme, String, u16)> = Vec::new();
@@ -268,7 +268,7 @@ fn new_worker(
             endpoints.len(),
             MAX_IDLE_PER_UPSTREAM,
             config.timeouts.pool_idle,
-            monitor.clone(),
+            monitor,
             id,
         ),
         pool_slots,
