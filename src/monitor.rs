@@ -445,6 +445,8 @@ impl Monitor {
                 "ringway_upstream_errors_total{{status=\"other\"}} {other}"
             );
         }
+        self.usage_metrics(&mut o, "token", &self.token_names, |w| &w.token_usage);
+        self.usage_metrics(&mut o, "channel", &self.channel_names, |w| &w.channel_usage);
         self.histogram(
             &mut o,
             "ringway_request_duration_seconds",
@@ -458,6 +460,46 @@ impl Monitor {
             |w| &w.latency_ttfb,
         );
         o.into_bytes()
+    }
+
+    /// `ringway_<label>_requests_total` and `ringway_<label>_tokens_total{kind}` per name.
+    fn usage_metrics(
+        &self,
+        o: &mut String,
+        label: &str,
+        names: &[String],
+        rows: impl Fn(&WorkerStats) -> &Vec<[AtomicU64; 3]>,
+    ) {
+        let total = |i: usize, k: usize| -> u64 {
+            self.workers
+                .iter()
+                .map(|w| rows(w).get(i).map(|r| r[k].load(Relaxed)).unwrap_or(0))
+                .sum()
+        };
+        let _ = writeln!(
+            o,
+            "# HELP ringway_{label}_requests_total Relayed requests by {label}.\n# TYPE ringway_{label}_requests_total counter"
+        );
+        for (i, name) in names.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "ringway_{label}_requests_total{{{label}=\"{name}\"}} {}",
+                total(i, 0)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP ringway_{label}_tokens_total Tokens reported in upstream usage, by {label}.\n# TYPE ringway_{label}_tokens_total counter"
+        );
+        for (i, name) in names.iter().enumerate() {
+            for (k, kind) in [(1, "prompt"), (2, "completion")] {
+                let _ = writeln!(
+                    o,
+                    "ringway_{label}_tokens_total{{{label}=\"{name}\",kind=\"{kind}\"}} {}",
+                    total(i, k)
+                );
+            }
+        }
     }
 
     fn histogram(
