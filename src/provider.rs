@@ -109,26 +109,51 @@ impl Scanner<'_> {
     }
 
     /// After an opening quote: returns the contents' range and whether escapes occur.
+    ///
+    /// Jumps from quote to quote with memchr and looks back over backslashes only at a quote,
+    /// so the common escapes in prompts (`\n`, `\t`) cost nothing: long message bodies are
+    /// skipped at memchr speed.
     fn string(&mut self) -> Result<(Range<usize>, bool), &'static str> {
         let start = self.i;
-        let mut escaped = false;
+        let mut from = start;
         loop {
-            match memchr::memchr2(b'"', b'\\', &self.b[self.i..]) {
-                None => return Err("unterminated string in request body"),
-                Some(off) => {
-                    self.i += off;
-                    if self.b[self.i] == b'"' {
-                        let r = start..self.i;
-                        self.i += 1;
-                        return Ok((r, escaped));
-                    }
-                    escaped = true;
-                    self.i += 2;
-                    if self.i > self.b.len() {
-                        return Err("unterminated string in request body");
-                    }
-                }
+            let Some(off) = memchr::memchr(b'"', &self.b[from..]) else {
+                return Err("unterminated string in request body");
+            };
+            let quote = from + off;
+            let mut k = quote;
+            while k > start && self.b[k - 1] == b'\\' {
+                k -= 1;
             }
+            if (quote - k) % 2 == 1 {
+                from = quote + 1;
+                continue;
+            }
+            self.i = quote + 1;
+            let escaped = memchr::memchr(b'\\', &self.b[start..quote]).is_some();
+            return Ok((start..quote, escaped));
+        }
+    }
+
+    /// Like [`Scanner::string`] without reporting escapes (one pass less over skipped values).
+    fn skip_string(&mut self) -> Result<(), &'static str> {
+        let start = self.i;
+        let mut from = start;
+        loop {
+            let Some(off) = memchr::memchr(b'"', &self.b[from..]) else {
+                return Err("unterminated string in request body");
+            };
+            let quote = from + off;
+            let mut k = quote;
+            while k > start && self.b[k - 1] == b'\\' {
+                k -= 1;
+            }
+            if (quote - k) % 2 == 1 {
+                from = quote + 1;
+                continue;
+            }
+            self.i = quote + 1;
+            return Ok(());
         }
     }
 
@@ -136,7 +161,7 @@ impl Scanner<'_> {
         match self.peek() {
             Some(b'"') => {
                 self.i += 1;
-                self.string().map(|_| ())
+                self.skip_string()
             }
             Some(b'{') | Some(b'[') => {
                 let mut depth = 0usize;
@@ -149,9 +174,7 @@ impl Scanner<'_> {
                                 return Ok(());
                             }
                         }
-                        Some(b'"') => {
-                            self.string()?;
-                        }
+                        Some(b'"') => self.skip_string()?,
                         Some(_) => {}
                         None => return Err("unterminated JSON value in request body"),
                     }
@@ -308,6 +331,10 @@ mod tests {
         );
         assert_eq!(model(r#"{"meta":{"model":"inner"},"stream":true}"#), None);
         assert_eq!(model(r#"{"model":"a\u0062c"}"#).as_deref(), Some("abc"));
+        assert_eq!(
+            model(r#"{"x":"q\"uote\\","y":["\\\"",{"model":"no"}],"model":"m\\"}"#).as_deref(),
+            Some("m\\")
+        );
         assert_eq!(model(r#"{"model":12}"#), None);
         assert_eq!(model(r#"{}"#), None);
     }
