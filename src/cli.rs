@@ -19,6 +19,7 @@ USAGE:
     ringway check-config PATH        validate, print a one-screen summary, exit 0; on error exit 2
     ringway demo [--port N]          relay + built-in mock upstream on loopback, no API key needed
     ringway mock --listen ADDR       the mock upstream alone (tests, benches, fault injection)
+        [--tls-cert CERT.pem --tls-key KEY.pem]   serve it over TLS (PEM chain, leaf first)
     ringway top [URL]                live terminal view of a running relay's health
     ringway --version | --help
 
@@ -45,16 +46,44 @@ pub fn main(args: Vec<String>) -> i32 {
             Ok(p) => crate::demo::run(p),
             Err(_) => usage_error(&format!("--port: not a port number: {port}")),
         },
-        ["mock", "--listen", addr] => match crate::mock::run(addr) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("ringway mock: {e}");
-                1
-            }
-        },
+        ["mock", rest @ ..] => mock(rest),
         ["top"] => crate::top::run("http://127.0.0.1:3000"),
         ["top", url] => crate::top::run(url),
         _ => usage_error(&format!("unrecognised arguments: {}", args.join(" "))),
+    }
+}
+
+/// `ringway mock --listen ADDR [--tls-cert CERT.pem --tls-key KEY.pem]`, flags in any order.
+fn mock(args: &[&str]) -> i32 {
+    let (mut listen, mut cert, mut key) = (None, None, None);
+    for pair in args.chunks(2) {
+        let slot = match pair[0] {
+            "--listen" => &mut listen,
+            "--tls-cert" => &mut cert,
+            "--tls-key" => &mut key,
+            other => return usage_error(&format!("mock: unrecognised argument {other}")),
+        };
+        let Some(value) = pair.get(1) else {
+            return usage_error(&format!("mock: {} needs a value", pair[0]));
+        };
+        if slot.replace(*value).is_some() {
+            return usage_error(&format!("mock: {} given twice", pair[0]));
+        }
+    }
+    let Some(listen) = listen else {
+        return usage_error("mock: --listen ADDR is required");
+    };
+    let result = match (cert, key) {
+        (None, None) => crate::mock::run(listen),
+        (Some(cert), Some(key)) => crate::mock::run_tls(listen, cert, key),
+        _ => return usage_error("mock: --tls-cert and --tls-key go together"),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ringway mock: {e}");
+            1
+        }
     }
 }
 
@@ -122,7 +151,8 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         config.channels.iter().map(|c| c.name.clone()).collect(),
     );
     let router = Arc::new(Router::new(&config));
-    let tls = crate::upstream::tls_connector(None)?;
+    // One connector per distinct channel ca_file, plus the default (webpki roots only).
+    let tls = crate::upstream::TlsConnectors::for_channels(&config.channels)?;
     let listen = config.server.listen;
     let shared = worker::Shared {
         config: Arc::new(config),

@@ -3,8 +3,9 @@
 //! the line and the dotted key at fault, so `check-config` and startup can point the operator
 //! straight at the mistake. Everything downstream may trust a `Config` without re-checking it.
 //!
-//! This module must not do IO beyond reading the one file (resolving a host name written in
-//! `server.listen` through the system resolver is the only other lookup), must not touch the
+//! This module must not do IO beyond reading the one file and the PEM files channels name in
+//! `ca_file` (resolving a host name written in `server.listen` through the system resolver is
+//! the only other lookup), must not touch the
 //! network, and must never print or embed a secret (upstream keys, client tokens) in an error
 //! message or in [`Config::summary`].
 
@@ -14,6 +15,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
@@ -109,6 +111,27 @@ pub struct ChannelConfig {
     pub priority: i64,
     pub weight: u32,
     pub timeouts: ChannelTimeouts,
+    /// Extra trusted roots for this channel's upstream (besides the webpki roots), from the
+    /// optional `ca_file` key; https channels only.
+    pub ca: Option<CaFile>,
+}
+
+/// A channel's `ca_file`, read and checked at load so start-up never reads it again.
+#[derive(Clone)]
+pub struct CaFile {
+    /// Resolved against the config file's directory when written as a relative path.
+    pub path: PathBuf,
+    /// The file's contents: PEM with at least one certificate, each usable as a trust anchor.
+    pub pem: Vec<u8>,
+}
+
+impl fmt::Debug for CaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaFile")
+            .field("path", &self.path)
+            .field("pem_bytes", &self.pem.len())
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -206,6 +229,8 @@ pub fn parse_with_env(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let cx = Cx::new(path, text);
+    // Relative `ca_file` paths resolve against the config file's directory.
+    let base_dir = path.parent().unwrap_or(Path::new(""));
     let root: Node = toml::from_str(text).map_err(|e| cx.syntax_error(&e))?;
     let root = Section {
         cx: &cx,
@@ -236,7 +261,7 @@ pub fn parse_with_env(
     let mut channel_lines: Vec<usize> = Vec::new();
     for f in root.required_array_of_tables("channels")? {
         let table = f.table()?;
-        let channel = read_channel(&table, env)?;
+        let channel = read_channel(&table, base_dir, env)?;
         let name_field = table.field("name");
         if let Some(first) = channels.iter().position(|c| c.name == channel.name) {
             let at = name_field.map_or(table.line, |f| f.line);
@@ -468,6 +493,9 @@ impl Config {
             if !overrides.is_empty() {
                 let _ = write!(out, " timeouts {}", overrides.join(","));
             }
+            if let Some(ca) = &c.ca {
+                let _ = write!(out, " ca_file {}", ca.path.display());
+            }
             out.push('\n');
         }
         let _ = writeln!(out, "tokens    {}", self.tokens.len());
@@ -553,6 +581,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "priority",
     "weight",
     "timeouts",
+    "ca_file",
 ];
 const TOKEN_KEYS: &[&str] = &["name", "key", "models"];
 
@@ -658,6 +687,7 @@ fn read_monitor(sec: &Section) -> Result<MonitorConfig, ConfigError> {
 
 fn read_channel(
     sec: &Section,
+    base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ChannelConfig, ConfigError> {
     sec.check_known(CHANNEL_KEYS)?;
@@ -759,6 +789,11 @@ fn read_channel(
         };
     }
 
+    let ca = match sec.field("ca_file") {
+        Some(f) => Some(read_ca_file(&f, url.scheme, base_dir)?),
+        None => None,
+    };
+
     Ok(ChannelConfig {
         name,
         provider,
@@ -773,7 +808,37 @@ fn read_channel(
         priority,
         weight,
         timeouts,
+        ca,
     })
+}
+
+/// `ca_file = "path"`: readable, PEM, at least one certificate, every certificate usable as a
+/// trust anchor (the same check the TLS connector makes at start, so start cannot fail on it).
+fn read_ca_file(f: &Field, scheme: Scheme, base_dir: &Path) -> Result<CaFile, ConfigError> {
+    let raw = f.nonempty_str()?;
+    if scheme == Scheme::Http {
+        return Err(f.err("ca_file needs an https base_url"));
+    }
+    let path = base_dir.join(raw);
+    let shown = path.display();
+    let pem = std::fs::read(&path).map_err(|e| f.err(&format!("cannot read {shown}: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut count = 0usize;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        count += 1;
+        let cert = cert.map_err(|e| f.err(&format!("{shown}: invalid PEM: {e}")))?;
+        roots.add(cert).map_err(|e| {
+            f.err(&format!(
+                "{shown}: certificate {count} cannot be a trusted root: {e}"
+            ))
+        })?;
+    }
+    if count == 0 {
+        return Err(f.err(&format!(
+            "{shown} contains no PEM certificate (expected -----BEGIN CERTIFICATE-----)"
+        )));
+    }
+    Ok(CaFile { path, pem })
 }
 
 fn read_token(sec: &Section) -> Result<TokenConfig, ConfigError> {
@@ -1883,6 +1948,114 @@ models = ["*"]
         assert!(e
             .to_string()
             .starts_with("/nonexistent/ringway.toml:0: cannot read"));
+    }
+
+    /// MINIMAL with an https base_url and `ca_file = <ca>` on line 7.
+    fn with_ca_file(ca: &str) -> String {
+        MINIMAL
+            .replace("http://127.0.0.1:9000", "https://127.0.0.1:9000")
+            .replace(
+                "models = [\"*\"]\n\n",
+                &format!("models = [\"*\"]\nca_file = {ca:?}\n\n"),
+            )
+    }
+
+    fn test_certs() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/certs")
+    }
+
+    #[test]
+    fn ca_file_is_read_and_resolved_against_the_config_dir() {
+        let ca = test_certs().join("ca.pem");
+        let c = parse_ok(&with_ca_file(ca.to_str().unwrap()));
+        let loaded = c.channels[0].ca.as_ref().expect("ca_file loaded");
+        assert_eq!(loaded.path, ca);
+        assert_eq!(loaded.pem, std::fs::read(&ca).unwrap());
+        assert!(c.summary().contains(&format!("ca_file {}", ca.display())));
+        assert!(parse_ok(MINIMAL).channels[0].ca.is_none());
+
+        // Relative: against the config file's directory, not the working directory.
+        let config_path = test_certs().join("ringway.toml");
+        let c = parse_with_env(&with_ca_file("ca.pem"), &config_path, &no_env).unwrap();
+        assert_eq!(c.channels[0].ca.as_ref().unwrap().path, ca);
+        let c = parse_with_env(&with_ca_file("../certs/server.pem"), &config_path, &no_env)
+            .expect("a chain of two certificates is accepted");
+        assert!(c.channels[0].ca.is_some());
+        // Relative to the config file, so the same name is missing from another directory.
+        let e = parse_err(&with_ca_file("ca.pem"));
+        assert_err(&e, 7, "channels[0].ca_file", "cannot read ca.pem");
+    }
+
+    #[test]
+    fn ca_file_errors_report_line_and_key() {
+        let ca = test_certs().join("ca.pem");
+        let http = with_ca_file(ca.to_str().unwrap())
+            .replace("https://127.0.0.1:9000", "http://127.0.0.1:9000");
+        let e = parse_err(&http);
+        assert_err(
+            &e,
+            7,
+            "channels[0].ca_file",
+            "ca_file needs an https base_url",
+        );
+
+        let e = parse_err(&with_ca_file("/nonexistent/ca.pem"));
+        assert_err(
+            &e,
+            7,
+            "channels[0].ca_file",
+            "cannot read /nonexistent/ca.pem",
+        );
+        let e = parse_err(&with_ca_file(test_certs().to_str().unwrap()));
+        assert_err(&e, 7, "channels[0].ca_file", "cannot read");
+        let e = parse_err(&with_ca_file(""));
+        assert_err(&e, 7, "channels[0].ca_file", "must not be empty");
+        let e = parse_err(&with_ca_file("x").replace("ca_file = \"x\"", "ca_file = 5"));
+        assert_err(&e, 7, "channels[0].ca_file", "expected a string");
+
+        // A PEM file without a certificate (the server's private key).
+        let key = test_certs().join("server.key");
+        let e = parse_err(&with_ca_file(key.to_str().unwrap()));
+        assert_err(&e, 7, "channels[0].ca_file", "contains no PEM certificate");
+        assert!(!e.message.contains("PRIVATE"), "{e}");
+
+        let dir = std::env::temp_dir().join(format!("ringway-config-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            parse_err(&with_ca_file(path.to_str().unwrap()))
+        };
+        let e = bad("empty.pem", "");
+        assert_err(&e, 7, "channels[0].ca_file", "contains no PEM certificate");
+        let e = bad("text.pem", "not a certificate\n");
+        assert_err(&e, 7, "channels[0].ca_file", "contains no PEM certificate");
+        let e = bad(
+            "base64.pem",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        );
+        assert_err(&e, 7, "channels[0].ca_file", "invalid PEM");
+        let e = bad(
+            "der.pem",
+            "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+        );
+        assert_err(
+            &e,
+            7,
+            "channels[0].ca_file",
+            "certificate 1 cannot be a trusted root",
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // The second channel's key names its own index and line.
+        let second = format!(
+            "{}\n[[channels]]\nname = \"d\"\nprovider = \"openai\"\nbase_url = \"http://x\"\n\
+             keys = [\"k\"]\nmodels = [\"*\"]\nca_file = {:?}\n",
+            MINIMAL,
+            ca.to_str().unwrap()
+        );
+        let e = parse_err(&second);
+        assert_err(&e, 19, "channels[1].ca_file", "https");
     }
 
     /// Malformed input of every shape must come back as an error, never a panic, and the error

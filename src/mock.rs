@@ -12,7 +12,11 @@
 //! code with the relay's own wire framing or async runtime. It uses blocking std sockets, one
 //! thread per connection, and httparse for heads, so a framing bug in the relay cannot be
 //! mirrored (and thereby hidden) by the same bug here.
+//!
+//! [`spawn_tls`] / `ringway mock --tls-cert --tls-key` serve the same behaviours over TLS
+//! (blocking rustls over the same sockets), for the relay's https upstream tests.
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,6 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection};
 
 /// The model table printed by `--help` and copied into the README.
 pub const MODELS_DOC: &str = "\
@@ -124,13 +132,24 @@ impl MockHandle {
 
 /// Binds `listen` (port 0 allowed) and serves on background threads.
 pub fn spawn(listen: &str) -> io::Result<MockHandle> {
+    spawn_with(listen, None)
+}
+
+/// Like [`spawn`], but every connection speaks TLS (rustls, TLS 1.2 and 1.3) with the given
+/// PEM certificate chain (leaf first) and PEM private key (PKCS#8, SEC1 or PKCS#1). The models
+/// behave the same; the reset and stall faults act on the TCP socket under the TLS session.
+pub fn spawn_tls(listen: &str, cert_chain_pem: &[u8], key_pem: &[u8]) -> io::Result<MockHandle> {
+    spawn_with(listen, Some(tls_server_config(cert_chain_pem, key_pem)?))
+}
+
+fn spawn_with(listen: &str, tls: Option<Arc<ServerConfig>>) -> io::Result<MockHandle> {
     let (listener, addr) = bind(listen)?;
     let shared = Arc::new(Shared::default());
     let acceptor = {
         let shared = Arc::clone(&shared);
         thread::Builder::new()
             .name("mock-accept".into())
-            .spawn(move || accept_loop(&listener, &shared))?
+            .spawn(move || accept_loop(&listener, &shared, tls.as_ref()))?
     };
     Ok(MockHandle {
         addr,
@@ -143,8 +162,43 @@ pub fn spawn(listen: &str) -> io::Result<MockHandle> {
 pub fn run(listen: &str) -> io::Result<()> {
     let (listener, addr) = bind(listen)?;
     eprintln!("mock upstream listening on {addr}");
-    accept_loop(&listener, &Arc::new(Shared::default()));
+    accept_loop(&listener, &Arc::new(Shared::default()), None);
     Ok(())
+}
+
+/// Like [`run`], serving TLS with the PEM files at `cert_path` (chain, leaf first) and
+/// `key_path`.
+pub fn run_tls(listen: &str, cert_path: &str, key_path: &str) -> io::Result<()> {
+    let read = |path: &str| {
+        std::fs::read(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot read {path}: {e}")))
+    };
+    let tls = tls_server_config(&read(cert_path)?, &read(key_path)?)?;
+    let (listener, addr) = bind(listen)?;
+    eprintln!("mock upstream listening on {addr} (TLS)");
+    accept_loop(&listener, &Arc::new(Shared::default()), Some(&tls));
+    Ok(())
+}
+
+fn tls_server_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<ServerConfig>> {
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {e}"))
+    };
+    let chain = CertificateDer::pem_slice_iter(cert_chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("certificate chain", &e))?;
+    if chain.is_empty() {
+        return Err(invalid("certificate chain", &"no PEM certificate found"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid("private key", &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("TLS versions", &e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid("certificate and key", &e))?;
+    Ok(Arc::new(config))
 }
 
 fn bind(listen: &str) -> io::Result<(TcpListener, SocketAddr)> {
@@ -177,13 +231,13 @@ impl Shared {
     }
 }
 
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, tls: Option<&Arc<ServerConfig>>) {
     while !shared.stopping() {
         if poll_fd(listener.as_raw_fd(), libc::POLLIN, ACCEPT_TICK) == 0 {
             continue;
         }
         match listener.accept() {
-            Ok((stream, _)) => serve_in_thread(stream, shared),
+            Ok((stream, _)) => serve_in_thread(stream, shared, tls),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -198,13 +252,25 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
-fn serve_in_thread(stream: TcpStream, shared: &Arc<Shared>) {
+fn serve_in_thread(stream: TcpStream, shared: &Arc<Shared>, tls: Option<&Arc<ServerConfig>>) {
     shared.total.fetch_add(1, Ordering::SeqCst);
     shared.open.fetch_add(1, Ordering::SeqCst);
-    let conn = OpenConn {
-        stream: Some(stream),
+    let mut conn = OpenConn {
+        stream: Some(Wire {
+            tcp: stream,
+            tls: None,
+        }),
         shared: Arc::clone(shared),
     };
+    // Only the TLS session is set up here; its handshake runs on the connection's own thread,
+    // inside the first read.
+    if let (Some(config), Some(wire)) = (tls, conn.stream.as_mut()) {
+        match ServerConnection::new(Arc::clone(config)) {
+            Ok(session) => wire.tls = Some(RefCell::new(session)),
+            // Dropping `conn` closes the socket and keeps the count exact.
+            Err(_) => return,
+        }
+    }
     // If the thread cannot be spawned the closure is dropped, and `conn` with it, which closes
     // the socket and keeps the count exact.
     let _ = thread::Builder::new()
@@ -216,8 +282,56 @@ fn serve_in_thread(stream: TcpStream, shared: &Arc<Shared>) {
 /// Owns an accepted socket so that `open_connections` drops only after the fd is closed, on
 /// every exit path.
 struct OpenConn {
-    stream: Option<TcpStream>,
+    stream: Option<Wire>,
     shared: Arc<Shared>,
+}
+
+/// An accepted connection: the socket, and the TLS session over it in TLS mode. Reads and
+/// writes go through the session when there is one (rustls' blocking `Stream` over `&TcpStream`,
+/// so the same handler serves both); socket-level faults (reset, hang-up polling, half-close)
+/// act on `tcp` directly. Used by one thread only, hence the `RefCell`.
+struct Wire {
+    tcp: TcpStream,
+    tls: Option<RefCell<ServerConnection>>,
+}
+
+impl Wire {
+    /// Plaintext read; `Ok(0)` at end of stream. Timeouts surface as `WouldBlock`/`TimedOut`
+    /// with any partial TLS record kept in the session, so callers simply retry.
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut tcp = &self.tcp;
+        match &self.tls {
+            None => tcp.read(buf),
+            Some(tls) => rustls::Stream::new(&mut *tls.borrow_mut(), &mut tcp).read(buf),
+        }
+    }
+
+    /// Plaintext write. Over TLS the bytes are accepted into the session and sent as far as
+    /// the socket takes them; [`Wire::flush`] pushes out the rest.
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut tcp = &self.tcp;
+        match &self.tls {
+            None => tcp.write(buf),
+            Some(tls) => rustls::Stream::new(&mut *tls.borrow_mut(), &mut tcp).write(buf),
+        }
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        let mut tcp = &self.tcp;
+        match &self.tls {
+            None => Ok(()),
+            Some(tls) => rustls::Stream::new(&mut *tls.borrow_mut(), &mut tcp).flush(),
+        }
+    }
+
+    /// Over TLS, a best-effort close_notify before an orderly close, so the peer sees a clean
+    /// end of the session rather than a truncation. A no-op on plain TCP.
+    fn close_notify(&self) {
+        if let Some(tls) = &self.tls {
+            tls.borrow_mut().send_close_notify();
+            let _ = self.flush();
+        }
+    }
 }
 
 impl OpenConn {
@@ -243,16 +357,17 @@ enum Outcome {
     Reset,
 }
 
-fn serve_connection(stream: &TcpStream, shared: &Shared) {
+fn serve_connection(stream: &Wire, shared: &Shared) {
+    let tcp = &stream.tcp;
     // Accepted sockets must block: the timeouts below exist only to notice `stop`.
-    if stream.set_nonblocking(false).is_err()
-        || stream.set_read_timeout(Some(IO_TICK)).is_err()
-        || stream.set_write_timeout(Some(IO_TICK)).is_err()
+    if tcp.set_nonblocking(false).is_err()
+        || tcp.set_read_timeout(Some(IO_TICK)).is_err()
+        || tcp.set_write_timeout(Some(IO_TICK)).is_err()
     {
         return;
     }
     // Streaming tests measure per-event arrival, which Nagle would batch.
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
     let mut inbox = Inbox {
         stream,
         shared,
@@ -289,9 +404,13 @@ fn serve_connection(stream: &TcpStream, shared: &Shared) {
         };
         match respond(reply, &request) {
             Ok(Outcome::KeepAlive) => {}
-            Ok(Outcome::Close) | Err(_) => return,
+            Ok(Outcome::Close) => {
+                stream.close_notify();
+                return;
+            }
+            Err(_) => return,
             Ok(Outcome::Reset) => {
-                let _ = set_linger_zero(stream);
+                let _ = set_linger_zero(tcp);
                 return;
             }
         }
@@ -300,7 +419,10 @@ fn serve_connection(stream: &TcpStream, shared: &Shared) {
 
 /// Closing with unread request bytes still queued makes the kernel send RST, which can destroy
 /// the error response before the peer reads it; half-close and drain for a moment first.
-fn close_gently(mut stream: &TcpStream) {
+fn close_gently(wire: &Wire) {
+    wire.close_notify();
+    // Draining the raw socket is fine over TLS too: nothing more is answered.
+    let mut stream = &wire.tcp;
     let _ = stream.shutdown(Shutdown::Write);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -404,7 +526,7 @@ enum BodyLen {
 
 /// Received bytes not yet consumed, plus the socket they come from.
 struct Inbox<'a> {
-    stream: &'a TcpStream,
+    stream: &'a Wire,
     shared: &'a Shared,
     buf: Vec<u8>,
 }
@@ -413,9 +535,8 @@ impl Inbox<'_> {
     /// Appends whatever the socket has; `Ok(0)` means the peer closed.
     fn fill(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; 16 * 1024];
-        let mut stream = self.stream;
         loop {
-            match stream.read(&mut chunk) {
+            match self.stream.read(&mut chunk) {
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
                     return Ok(n);
@@ -482,8 +603,13 @@ fn read_request(inbox: &mut Inbox<'_>) -> Result<Request, Fail> {
         && has_token(&head.headers, "expect", "100-continue")
         && !matches!(framing, BodyLen::Fixed(0));
     if expects_continue {
-        let mut stream = inbox.stream;
-        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        let interim = Reply {
+            stream: inbox.stream,
+            shared: inbox.shared,
+            n: 0,
+            close: false,
+        };
+        interim.send(b"HTTP/1.1 100 Continue\r\n\r\n")?;
     }
     let body = match framing {
         BodyLen::Fixed(len) => inbox.take(len as usize)?,
@@ -617,7 +743,7 @@ enum Framing {
 
 #[derive(Clone, Copy)]
 struct Reply<'a> {
-    stream: &'a TcpStream,
+    stream: &'a Wire,
     shared: &'a Shared,
     n: u64,
     close: bool,
@@ -648,9 +774,8 @@ impl Reply<'_> {
     /// `write_all` that wakes every [`IO_TICK`] so a peer that stops reading cannot pin the
     /// thread past `stop`.
     fn send(&self, mut bytes: &[u8]) -> io::Result<()> {
-        let mut stream = self.stream;
         while !bytes.is_empty() {
-            match stream.write(bytes) {
+            match self.stream.write(bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -658,7 +783,15 @@ impl Reply<'_> {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        // Over TLS, records the socket did not take yet must leave before a pause or a reset.
+        loop {
+            match self.stream.flush() {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) && !self.shared.stopping() => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn finished(&self) -> Outcome {
@@ -748,7 +881,13 @@ impl Reply<'_> {
                 return true;
             }
             let hangup = PEER_HANGUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
-            if poll_fd(self.stream.as_raw_fd(), PEER_HANGUP, left.min(PAUSE_TICK)) & hangup != 0 {
+            if poll_fd(
+                self.stream.tcp.as_raw_fd(),
+                PEER_HANGUP,
+                left.min(PAUSE_TICK),
+            ) & hangup
+                != 0
+            {
                 return false;
             }
         }

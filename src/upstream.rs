@@ -25,7 +25,7 @@ use monoio::BufResult;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::ServerName;
 
-use crate::config::Scheme;
+use crate::config::{ChannelConfig, Scheme};
 use crate::monitor::{bump, drop_one, Monitor};
 
 pub type TlsStream = monoio_rustls::ClientTlsStream<TcpStream>;
@@ -278,6 +278,47 @@ pub async fn tls_handshake(
         .await
         .map_err(|e| io::Error::other(e.to_string()))?;
     Ok(Stream::Tls(Box::new(s)))
+}
+
+/// The TLS client connectors for a config: the default one (webpki roots only) and one per
+/// distinct channel `ca_file` (webpki roots plus that file's certificates). Built once at start;
+/// each worker wraps every connector in its own `Rc`.
+#[derive(Clone)]
+pub struct TlsConnectors {
+    /// Index 0 is the default connector.
+    pub connectors: Vec<monoio_rustls::TlsConnector>,
+    /// For each channel (config order), its index into `connectors`.
+    pub by_channel: Vec<usize>,
+}
+
+impl TlsConnectors {
+    pub fn for_channels(channels: &[ChannelConfig]) -> io::Result<TlsConnectors> {
+        let mut connectors = vec![tls_connector(None)?];
+        let mut ca_paths: Vec<&std::path::Path> = Vec::new();
+        let mut by_channel = Vec::with_capacity(channels.len());
+        for c in channels {
+            let Some(ca) = &c.ca else {
+                by_channel.push(0);
+                continue;
+            };
+            let index = match ca_paths.iter().position(|p| *p == ca.path.as_path()) {
+                Some(i) => i + 1,
+                None => {
+                    let connector = tls_connector(Some(&ca.pem)).map_err(|e| {
+                        io::Error::new(e.kind(), format!("ca_file {}: {e}", ca.path.display()))
+                    })?;
+                    connectors.push(connector);
+                    ca_paths.push(&ca.path);
+                    connectors.len() - 1
+                }
+            };
+            by_channel.push(index);
+        }
+        Ok(TlsConnectors {
+            connectors,
+            by_channel,
+        })
+    }
 }
 
 /// The rustls client configuration: webpki roots, plus extra PEM roots for private upstreams.

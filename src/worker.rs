@@ -23,7 +23,7 @@ use crate::bufpool::BufPool;
 use crate::config::Config;
 use crate::monitor::{self, Monitor};
 use crate::route::{RouteState, Router};
-use crate::upstream::{Pool, PoolSlot, Resolver};
+use crate::upstream::{Pool, PoolSlot, Resolver, TlsConnectors};
 use crate::wheel::Wheel;
 
 /// IO buffer size: fits a typical chat request and any SSE event; large bodies grow past it.
@@ -48,7 +48,9 @@ pub struct Worker {
     /// Pool slot per channel: channels with the same (scheme, host, port) share one.
     pub pool_slots: Vec<PoolSlot>,
     pub resolver: Resolver,
-    pub tls: Rc<monoio_rustls::TlsConnector>,
+    /// TLS connector per channel (config order); channels without a `ca_file` share the
+    /// default one, channels naming the same `ca_file` share theirs.
+    pub tls: Vec<Rc<monoio_rustls::TlsConnector>>,
     /// This worker's share of `max_inflight`.
     pub max_inflight: u64,
     pub next_request: Cell<u64>,
@@ -67,7 +69,7 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub router: Arc<Router>,
     pub monitor: &'static Monitor,
-    pub tls: monoio_rustls::TlsConnector,
+    pub tls: TlsConnectors,
 }
 
 /// Which io driver to try first. `RINGWAY_FORCE_EPOLL=1` (or monoio's own
@@ -155,7 +157,7 @@ fn run_worker(
     config: Arc<Config>,
     router: Arc<Router>,
     monitor: &'static Monitor,
-    tls: monoio_rustls::TlsConnector,
+    tls: TlsConnectors,
     ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
 ) {
     let setup = move |driver: u8| {
@@ -235,14 +237,18 @@ fn new_worker(
     config: Arc<Config>,
     router: Arc<Router>,
     monitor: &'static Monitor,
-    tls: monoio_rustls::TlsConnector,
+    tls: TlsConnectors,
 ) -> Worker {
-    let mut endpoints: Vec<(crate::config::Scheme, String, u16)> = Vec::new();
+    // The connector is part of the pool key: a connection verified against one channel's
+    // ca_file must never be lent to a channel that trusts different roots.
+    let mut endpoints: Vec<(crate::config::Scheme, String, u16, usize)> = Vec::new();
     let pool_slots = router
         .channels
         .iter()
-        .map(|c| {
-            let key = (c.cfg.scheme, c.cfg.host.clone(), c.cfg.port);
+        .enumerate()
+        .map(|(i, c)| {
+            let connector = tls.by_channel.get(i).copied().unwrap_or(0);
+            let key = (c.cfg.scheme, c.cfg.host.clone(), c.cfg.port, connector);
             match endpoints.iter().position(|e| *e == key) {
                 Some(i) => i,
                 None => {
@@ -273,7 +279,11 @@ fn new_worker(
         ),
         pool_slots,
         resolver: Resolver::new(Duration::from_secs(30)),
-        tls: Rc::new(tls),
+        tls: {
+            let own: Vec<Rc<monoio_rustls::TlsConnector>> =
+                tls.connectors.into_iter().map(Rc::new).collect();
+            tls.by_channel.iter().map(|&i| own[i].clone()).collect()
+        },
         max_inflight: (config.server.max_inflight as u64)
             .div_ceil(workers as u64)
             .max(1),
