@@ -204,28 +204,6 @@ fn client_state(client: &TcpStream) -> ClientState {
     }
 }
 
-/// One non-blocking `send(2)` on a socket; never raises SIGPIPE.
-fn send_now(client: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    if data.is_empty() {
-        return Ok(0);
-    }
-    // SAFETY: a valid fd and a live slice; the kernel copies the bytes before returning.
-    let n = unsafe {
-        libc::send(
-            client.as_raw_fd(),
-            data.as_ptr().cast(),
-            data.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 enum ClientState {
     Idle,
     SentData,
@@ -1023,25 +1001,10 @@ impl Conn {
         // Sending is bounded by the response_header layer: an upstream that does not read
         // its request is as stuck as one that does not answer.
         self.deadline.arm(Layer::ResponseHeader, t.response_header);
-        // A request head (and small body) nearly always fits the socket buffer: try a plain
-        // send first and use the ring only for what is left (see `write_client`).
-        let sent = match &conn.stream {
-            Stream::Plain(tcp) => send_now(tcp, &req),
-            Stream::Tls(_) => Err(std::io::ErrorKind::WouldBlock.into()),
-        };
-        let (r, req) = match sent {
-            Ok(n) if n == req.len() => (Ok(n), req),
-            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => (Err(e), req),
-            sent => {
-                let from = sent.unwrap_or(0);
-                let len = req.len();
-                let deadline = &self.deadline;
-                let (r, slice) = monoio::select! {
-                    r = conn.stream.write_all(req.slice(from..len)) => r,
-                    _ = deadline.expired() => return (Err(Failure::Timeout(deadline.layer())), None),
-                };
-                (r, slice.into_inner())
-            }
+        let deadline = &self.deadline;
+        let (r, req) = monoio::select! {
+            r = conn.stream.write_all(req) => r,
+            _ = deadline.expired() => return (Err(Failure::Timeout(deadline.layer())), None),
         };
         if let Err(e) = r {
             return (
@@ -1228,22 +1191,7 @@ impl Conn {
     }
 
     /// Write `buf[range]` to the client under the current deadline; gives the buffer back.
-    ///
-    /// Tries a plain non-blocking `send` first: a response or an SSE chunk almost always fits
-    /// the socket buffer, and then it is done without an io_uring round trip (no completion to
-    /// reap, no extra wake-up of this task). Only what does not fit goes through the ring.
     async fn write_client(&mut self, buf: Vec<u8>, range: Range<usize>) -> Result<Vec<u8>, Flow> {
-        let mut range = range;
-        match send_now(&self.client, &buf[range.clone()]) {
-            Ok(n) if n == range.len() => return Ok(buf),
-            Ok(n) => range.start += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => {
-                bump(&self.w.stats().client_gone);
-                self.w.bufs.give(buf);
-                return Err(Flow::Close);
-            }
-        }
         let Conn {
             client, deadline, ..
         } = self;
