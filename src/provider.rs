@@ -215,12 +215,17 @@ pub fn scan_usage(data: &[u8]) -> Option<Usage> {
     // Built once: constructing a searcher per call cost more than the search itself.
     static TOKENS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"_tokens\""));
-    let at = TOKENS.find(data)?;
-    let area = &data[at.saturating_sub(16)..];
-    let prompt = number_after(area, b"\"prompt_tokens\"")
-        .or_else(|| number_after(area, b"\"input_tokens\""));
-    let completion = number_after(area, b"\"completion_tokens\"")
-        .or_else(|| number_after(area, b"\"output_tokens\""));
+    let mut prompt = None;
+    let mut completion = None;
+    for at in TOKENS.find_iter(data) {
+        let key = &data[..at];
+        let value = || number_after_colon(&data[at + 8..]);
+        if key.ends_with(b"\"prompt") || key.ends_with(b"\"input") {
+            prompt = prompt.or_else(value);
+        } else if key.ends_with(b"\"completion") || key.ends_with(b"\"output") {
+            completion = completion.or_else(value);
+        }
+    }
     if prompt.is_none() && completion.is_none() {
         return None;
     }
@@ -230,9 +235,9 @@ pub fn scan_usage(data: &[u8]) -> Option<Usage> {
     })
 }
 
-fn number_after(data: &[u8], key: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(data, key)? + key.len();
-    let mut i = at;
+/// `  : 123` -> 123.
+fn number_after_colon(data: &[u8]) -> Option<u64> {
+    let mut i = 0;
     while i < data.len() && matches!(data[i], b' ' | b':' | b'\t' | b'\r' | b'\n') {
         i += 1;
     }
