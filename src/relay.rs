@@ -45,6 +45,8 @@ const STREAM_TAILROOM: usize = 2 + wire::LAST_CHUNK.len();
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
 /// Bodies up to this size are copied behind the head so one write sends both.
 const INLINE_BODY: usize = BUF_SIZE / 2;
+/// How long a keep-alive connection may sit idle before its read buffer goes back to the pool.
+const IDLE_BUFFER_RELEASE: Duration = Duration::from_secs(1);
 /// How long an upstream may take before the relay starts watching the client for a hang-up.
 /// Fast responses never pay for the watch; slow ones are checked well within a second.
 const WATCH_GRACE: Duration = Duration::from_millis(250);
@@ -139,6 +141,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
         status_sent: 0,
         ttfb_at: None,
         accounted: false,
+        idle_canceller: Canceller::new(),
     };
     conn.run().await;
     conn.release();
@@ -164,6 +167,9 @@ struct Conn {
     ttfb_at: Option<Instant>,
     /// The current request was counted in the monitor.
     accounted: bool,
+    /// Cancels an idle keep-alive read so its buffer can be returned (one per connection:
+    /// monoio's canceller allocates).
+    idle_canceller: Canceller,
 }
 
 /// Watches the client connection while the relay waits on an upstream.
@@ -390,11 +396,45 @@ impl Conn {
             let buf = std::mem::take(&mut self.rbuf);
             let (len, cap) = (buf.len(), buf.capacity());
             let Conn {
-                client, deadline, ..
+                client,
+                deadline,
+                idle_canceller,
+                ..
             } = self;
-            let r = monoio::select! {
-                r = client.read(buf.slice_mut(len..cap)) => Some(r),
-                _ = deadline.expired() => None,
+            let r = if phase == Layer::ClientIdle && len == 0 {
+                // An idle keep-alive connection: read with the buffer (the next request usually
+                // comes at once), but if it stays quiet, take the buffer back and wait for
+                // readiness without one, so idle connections hold no read buffer.
+                deadline.checkpoint(Instant::now() + IDLE_BUFFER_RELEASE);
+                let read = client.cancelable_read(buf.slice_mut(0..cap), idle_canceller.handle());
+                let mut read = std::pin::pin!(read);
+                let first = monoio::select! {
+                    r = &mut read => Some(r),
+                    _ = deadline.expired() => None,
+                };
+                match first {
+                    Some(r) => {
+                        deadline.resume();
+                        Some(r)
+                    }
+                    None if deadline.is_due() => None,
+                    None => {
+                        *idle_canceller = std::mem::take(idle_canceller).cancel();
+                        deadline.resume();
+                        match read.await {
+                            (Err(e), b) if is_cancelled(&e) => {
+                                self.w.bufs.give(b.into_inner());
+                                continue;
+                            }
+                            r => Some(r),
+                        }
+                    }
+                }
+            } else {
+                monoio::select! {
+                    r = client.read(buf.slice_mut(len..cap)) => Some(r),
+                    _ = deadline.expired() => None,
+                }
             };
             match r {
                 None => {
