@@ -17,6 +17,10 @@
 //! 10. `finish`       — account, return the upstream connection to the pool only if its
 //!     response was read to the end, keep or close the client connection
 //!
+//! Every race between IO and a deadline is a `biased` select with the IO polled first: an op
+//! that already completed is never thrown away because its deadline fired in the same tick
+//! (that cut SSE streams mid-chunk instead of ending them with the error event).
+//!
 //! Every phase is bounded by the request's `total` deadline too. Must not: spawn tasks, or
 //! leave any IO future running past the phase that started it — when a phase loses a race
 //! against its deadline, its futures are dropped right there (io_uring ops are cancelled and
@@ -231,6 +235,7 @@ async fn upstream_wait<F: std::future::Future>(
     if watch.enabled {
         deadline.checkpoint(Instant::now() + WATCH_GRACE);
         monoio::select! {
+            biased;
             r = &mut fut => {
                 // The checkpoint must not outlive this wait: the next phase's race would
                 // mistake it for its own deadline.
@@ -245,6 +250,7 @@ async fn upstream_wait<F: std::future::Future>(
         deadline.resume();
         while watch.enabled {
             monoio::select! {
+                biased;
                 r = &mut fut => return Waited::Done(r),
                 _ = deadline.expired() => return Waited::Timeout(deadline.layer()),
                 _ = client.readable(false) => match client_state(client) {
@@ -256,6 +262,7 @@ async fn upstream_wait<F: std::future::Future>(
         }
     }
     monoio::select! {
+        biased;
         r = fut => Waited::Done(r),
         _ = deadline.expired() => Waited::Timeout(deadline.layer()),
     }
@@ -377,6 +384,7 @@ impl Conn {
                     client, deadline, ..
                 } = self;
                 let ready = monoio::select! {
+                    biased;
                     r = client.readable(false) => Some(r.is_ok()),
                     _ = deadline.expired() => None,
                 };
@@ -409,6 +417,7 @@ impl Conn {
                 let read = client.cancelable_read(buf.slice_mut(0..cap), idle_canceller.handle());
                 let mut read = std::pin::pin!(read);
                 let first = monoio::select! {
+                    biased;
                     r = &mut read => Some(r),
                     _ = deadline.expired() => None,
                 };
@@ -432,6 +441,7 @@ impl Conn {
                 }
             } else {
                 monoio::select! {
+                    biased;
                     r = client.read(buf.slice_mut(len..cap)) => Some(r),
                     _ = deadline.expired() => None,
                 }
@@ -829,6 +839,7 @@ impl Conn {
             client, deadline, ..
         } = self;
         let r = monoio::select! {
+            biased;
             r = client.read(buf.slice_mut(len..cap)) => Some(r),
             _ = deadline.expired() => None,
         };
@@ -999,10 +1010,12 @@ impl Conn {
         self.deadline.arm(Layer::Connect, t.connect);
         let deadline = &self.deadline;
         let addrs = monoio::select! {
+            biased;
             r = w.resolver.resolve(&ch.cfg.host, ch.cfg.port) => r.map_err(|e| Failure::Connect(format!("cannot resolve {}: {e}", ch.cfg.host)))?,
             _ = deadline.expired() => return Err(Failure::Timeout(deadline.layer())),
         };
         let tcp = monoio::select! {
+            biased;
             r = upstream::connect_tcp(&addrs) => r.map_err(|e| Failure::Connect(format!("cannot connect to {}:{}: {e}", ch.cfg.host, ch.cfg.port)))?,
             _ = deadline.expired() => return Err(Failure::Timeout(deadline.layer())),
         };
@@ -1011,6 +1024,7 @@ impl Conn {
             Scheme::Https => {
                 deadline.arm(Layer::TlsHandshake, t.tls_handshake);
                 monoio::select! {
+                    biased;
                     r = upstream::tls_handshake(&w.tls[channel], &ch.cfg.host, tcp) => r.map_err(|e| Failure::Connect(format!("TLS handshake with {} failed: {e}", ch.cfg.host)))?,
                     _ = deadline.expired() => return Err(Failure::Timeout(deadline.layer())),
                 }
@@ -1043,6 +1057,7 @@ impl Conn {
         self.deadline.arm(Layer::ResponseHeader, t.response_header);
         let deadline = &self.deadline;
         let (r, req) = monoio::select! {
+            biased;
             r = conn.stream.write_all(req) => r,
             _ = deadline.expired() => return (Err(Failure::Timeout(deadline.layer())), None),
         };
@@ -1057,6 +1072,7 @@ impl Conn {
             let body = self.body.clone();
             let deadline = &self.deadline;
             let (r, slice) = monoio::select! {
+                biased;
                 r = conn.stream.write_all(rbuf.slice(body)) => r,
                 _ = deadline.expired() => return (Err(Failure::Timeout(deadline.layer())), Some(req)),
             };
@@ -1231,13 +1247,29 @@ impl Conn {
     }
 
     /// Write `buf[range]` to the client under the current deadline; gives the buffer back.
+    ///
+    /// Only the client's own layer (`client_idle`) can cut a write. When an upstream-side
+    /// deadline (`total`, `stream_idle`) fires while a write is under way, the write is allowed
+    /// to finish under `client_idle` and the phase that owns the expired deadline answers it
+    /// next — dropping the write instead would cut the stream mid-chunk, since the kernel may
+    /// already have taken part of it, and the client would never see the error event.
     async fn write_client(&mut self, buf: Vec<u8>, range: Range<usize>) -> Result<Vec<u8>, Flow> {
+        let client_idle = self.w.config.timeouts.client_idle;
         let Conn {
             client, deadline, ..
         } = self;
-        let r = monoio::select! {
-            r = client.write_all(buf.slice(range)) => Some(r),
-            _ = deadline.expired() => None,
+        let write = client.write_all(buf.slice(range));
+        let mut write = std::pin::pin!(write);
+        let r = loop {
+            monoio::select! {
+                biased;
+                r = &mut write => break Some(r),
+                _ = deadline.expired() => {}
+            }
+            if deadline.layer() == Layer::ClientIdle {
+                break None;
+            }
+            deadline.arm_unclamped(Layer::ClientIdle, client_idle);
         };
         match r {
             Some((Ok(_), b)) => Ok(b.into_inner()),
@@ -1304,6 +1336,7 @@ impl Conn {
             let want = (ubuf.capacity() as u64).min(remaining) as usize;
             let deadline = &self.deadline;
             let r = monoio::select! {
+                biased;
                 r = conn.stream.read(ubuf.slice_mut(0..want)) => Some(r),
                 _ = deadline.expired() => None,
             };
@@ -1525,6 +1558,7 @@ impl Conn {
                     tcp.cancelable_read(ubuf.slice_mut(CHUNK_HEADROOM..cap), canceller.handle());
                 let mut read = std::pin::pin!(read);
                 let first = monoio::select! {
+                    biased;
                     r = &mut read => Some(r),
                     _ = self.deadline.expired() => None,
                 };
@@ -1682,6 +1716,7 @@ impl Conn {
             let c = ubuf.capacity();
             let deadline = &self.deadline;
             let r = monoio::select! {
+                biased;
                 r = conn.stream.read(ubuf.slice_mut(0..c)) => Some(r),
                 _ = deadline.expired() => None,
             };
