@@ -159,18 +159,6 @@ impl DeadlineSet {
         self.timer.arm_at(at);
     }
 
-    /// Only the request's total deadline applies (e.g. while writing to a slow client).
-    pub fn arm_total_only(&self) {
-        match self.total_at.get() {
-            Some(total) => {
-                self.layer.set(self.total_layer.get());
-                self.due.set(Some(total));
-                self.timer.arm_at(total);
-            }
-            None => self.cancel(),
-        }
-    }
-
     pub fn cancel(&self) {
         self.due.set(None);
         self.timer.cancel();

@@ -109,34 +109,23 @@ impl Scanner<'_> {
     }
 
     /// After an opening quote: returns the contents' range and whether escapes occur.
-    ///
-    /// Jumps from quote to quote with memchr and looks back over backslashes only at a quote,
-    /// so the common escapes in prompts (`\n`, `\t`) cost nothing: long message bodies are
-    /// skipped at memchr speed.
     fn string(&mut self) -> Result<(Range<usize>, bool), &'static str> {
         let start = self.i;
-        let mut from = start;
-        loop {
-            let Some(off) = memchr::memchr(b'"', &self.b[from..]) else {
-                return Err("unterminated string in request body");
-            };
-            let quote = from + off;
-            let mut k = quote;
-            while k > start && self.b[k - 1] == b'\\' {
-                k -= 1;
-            }
-            if (quote - k) % 2 == 1 {
-                from = quote + 1;
-                continue;
-            }
-            self.i = quote + 1;
-            let escaped = memchr::memchr(b'\\', &self.b[start..quote]).is_some();
-            return Ok((start..quote, escaped));
-        }
+        let quote = self.close_quote()?;
+        let escaped = memchr::memchr(b'\\', &self.b[start..quote]).is_some();
+        Ok((start..quote, escaped))
     }
 
-    /// Like [`Scanner::string`] without reporting escapes (one pass less over skipped values).
+    /// After an opening quote: moves past the closing one (escapes not reported).
     fn skip_string(&mut self) -> Result<(), &'static str> {
+        self.close_quote().map(|_| ())
+    }
+
+    /// Finds the closing quote of the string that starts at `self.i`, moves past it and returns
+    /// its index. Jumps from quote to quote with memchr and looks back over backslashes only at a
+    /// quote, so the common escapes in prompts (`\n`, `\t`) cost nothing: long message bodies are
+    /// skipped at memchr speed.
+    fn close_quote(&mut self) -> Result<usize, &'static str> {
         let start = self.i;
         let mut from = start;
         loop {
@@ -148,12 +137,11 @@ impl Scanner<'_> {
             while k > start && self.b[k - 1] == b'\\' {
                 k -= 1;
             }
-            if (quote - k) % 2 == 1 {
-                from = quote + 1;
-                continue;
+            if (quote - k).is_multiple_of(2) {
+                self.i = quote + 1;
+                return Ok(quote);
             }
-            self.i = quote + 1;
-            return Ok(());
+            from = quote + 1;
         }
     }
 

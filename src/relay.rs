@@ -508,13 +508,12 @@ impl Conn {
             (Endpoint::Health, Method::Get) => {
                 self.begin_quick(start);
                 let body = self.w.monitor.health_json();
-                self.respond_simple(200, b"application/json", &body, None)
-                    .await
+                self.respond(200, b"application/json", &body, None).await
             }
             (Endpoint::Metrics, Method::Get) => {
                 self.begin_quick(start);
                 let body = self.w.monitor.metrics_text();
-                self.respond_simple(200, b"text/plain; version=0.0.4", &body, None)
+                self.respond(200, b"text/plain; version=0.0.4", &body, None)
                     .await
             }
             (Endpoint::Models, Method::Get) => {
@@ -522,13 +521,8 @@ impl Conn {
                 let flow = match self.authenticate() {
                     Some(token) => {
                         let router = self.w.router.clone();
-                        self.respond_simple(
-                            200,
-                            b"application/json",
-                            router.models_body(token),
-                            None,
-                        )
-                        .await
+                        self.respond(200, b"application/json", router.models_body(token), None)
+                            .await
                     }
                     None => self.unauthorized().await,
                 };
@@ -1769,16 +1763,6 @@ impl Conn {
         provider::error_json(&mut body, message, kind, code);
         self.respond(status, b"application/json", &body, retry_after)
             .await
-    }
-
-    async fn respond_simple(
-        &mut self,
-        status: u16,
-        content_type: &[u8],
-        body: &[u8],
-        retry_after: Option<&[u8]>,
-    ) -> Flow {
-        self.respond(status, content_type, body, retry_after).await
     }
 
     async fn respond(
