@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Instantiates each `fn name(driver: Driver)` once per io driver.
-macro_rules! both_drivers {
-    ($( $(#[$meta:meta])* $name:ident, )*) => {
-        mod io_uring {
-            $( $(#[$meta])* #[test] fn $name() { super::$name(super::Driver::IoUring) } )*
-        }
-        mod epoll {
-            $( $(#[$meta])* #[test] fn $name() { super::$name(super::Driver::Epoll) } )*
-        }
-    };
-}
-
 both_drivers! {
     health_has_every_contract_field,
     status_and_log_level_follow_thresholds,

@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Instantiates each `fn name(driver: Driver)` once per io driver.
-/// Attributes before a name apply to both; `epoll #[...]` after it to the epoll variant only.
-macro_rules! both_drivers {
-    ($( $(#[$meta:meta])* $name:ident $(epoll #[$emeta:meta])?, )*) => {
-        mod io_uring {
-            $( $(#[$meta])* #[test] fn $name() { super::$name(super::Driver::IoUring) } )*
-        }
-        mod epoll {
-            $( $(#[$meta])* $(#[$emeta])? #[test] fn $name() { super::$name(super::Driver::Epoll) } )*
-        }
-    };
-}
-
 both_drivers! {
     non_stream_chat_is_byte_identical_and_has_request_id,
     streamed_chat_is_byte_identical_sse,

@@ -6,17 +6,6 @@ mod common;
 
 use common::*;
 
-macro_rules! both_drivers {
-    ($($name:ident),* $(,)?) => {
-        mod io_uring {
-            $( #[test] fn $name() { super::$name(super::Driver::IoUring) } )*
-        }
-        mod epoll {
-            $( #[test] fn $name() { super::$name(super::Driver::Epoll) } )*
-        }
-    };
-}
-
 both_drivers! {
     higher_priority_channel_wins,
     keys_rotate_round_robin,

@@ -17,20 +17,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Instantiates each `fn name(driver: Driver)` once per io driver.
-/// Attributes before a name apply to both; `uring #[...]` / `epoll #[...]` after it to that
-/// variant only.
-macro_rules! both_drivers {
-    ($( $(#[$meta:meta])* $name:ident $(uring #[$umeta:meta])? $(epoll #[$emeta:meta])?, )*) => {
-        mod io_uring {
-            $( $(#[$meta])* $(#[$umeta])? #[test] fn $name() { super::$name(super::Driver::IoUring) } )*
-        }
-        mod epoll {
-            $( $(#[$meta])* $(#[$emeta])? #[test] fn $name() { super::$name(super::Driver::Epoll) } )*
-        }
-    };
-}
-
 both_drivers! {
     response_header_timeout_is_504,
     stream_idle_timeout_ends_stream_with_error_event,

@@ -15,18 +15,6 @@ use common::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-/// Instantiates each `fn name(driver: Driver)` once per io driver.
-macro_rules! both_drivers {
-    ($( $(#[$meta:meta])* $name:ident, )*) => {
-        mod io_uring {
-            $( $(#[$meta])* #[test] fn $name() { super::$name(super::Driver::IoUring) } )*
-        }
-        mod epoll {
-            $( $(#[$meta])* #[test] fn $name() { super::$name(super::Driver::Epoll) } )*
-        }
-    };
-}
-
 both_drivers! {
     non_stream_chat_over_tls_is_byte_identical,
     streamed_chat_over_tls_arrives_chunk_by_chunk,

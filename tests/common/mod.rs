@@ -1052,3 +1052,18 @@ impl Client {
         self.try_read_response()
     }
 }
+
+/// Instantiates each `fn name(driver: Driver)` once per io driver, as `io_uring::name` and
+/// `epoll::name`. Attributes before a name apply to both; `uring #[...]` / `epoll #[...]` after
+/// it to that variant only. Every entry ends with a comma.
+#[macro_export]
+macro_rules! both_drivers {
+    ($( $(#[$meta:meta])* $name:ident $(uring #[$umeta:meta])? $(epoll #[$emeta:meta])?, )*) => {
+        mod io_uring {
+            $( $(#[$meta])* $(#[$umeta])? #[test] fn $name() { super::$name(super::Driver::IoUring) } )*
+        }
+        mod epoll {
+            $( $(#[$meta])* $(#[$emeta])? #[test] fn $name() { super::$name(super::Driver::Epoll) } )*
+        }
+    };
+}
