@@ -5,6 +5,10 @@
 //! process so its allocations are not counted, and the client below reuses fixed buffers, so
 //! the allocations counted during the measured requests are the relay's.
 
+mod common;
+
+use common::{free_port, KillOnDrop};
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -33,22 +37,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn wait_listening(port: u16) {
     let start = Instant::now();
@@ -95,7 +83,7 @@ fn roundtrip(conn: &mut TcpStream, req: &[u8], buf: &mut [u8]) -> u16 {
 #[test]
 fn zero_allocations_per_relayed_request_after_warmup() {
     let mock_port = free_port();
-    let _mock = Kill(
+    let _mock = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_ringway"))
             .args(["mock", "--listen", &format!("127.0.0.1:{mock_port}")])
             .stderr(Stdio::null())

@@ -37,17 +37,6 @@ const COUNTERS: [&str; 5] = [
     "requests_total",
 ];
 
-fn start(driver: Driver, cfg: &ConfigBuilder) -> Relay {
-    let relay = cfg.start(driver.env());
-    let health = relay.health();
-    assert_eq!(
-        health["io_driver"],
-        driver.health_name(),
-        "health io_driver: {health}"
-    );
-    relay
-}
-
 fn wait_health(
     relay: &Relay,
     within: Duration,

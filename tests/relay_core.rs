@@ -28,18 +28,6 @@ both_drivers! {
     check_config_accepts_good_and_names_unknown_key,
 }
 
-/// Starts the relay on `driver` and checks health reports that driver.
-fn start(driver: Driver, cfg: &ConfigBuilder) -> Relay {
-    let relay = cfg.start(driver.env());
-    let health = relay.health();
-    assert_eq!(
-        health["io_driver"],
-        driver.health_name(),
-        "health io_driver: {health}"
-    );
-    relay
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -43,7 +43,7 @@ fn higher_priority_channel_wins(driver: Driver) {
             &["mock-echo"],
             "priority = 5",
         );
-    let relay = cfg.start(driver.env());
+    let relay = start(driver, &cfg);
     for _ in 0..6 {
         assert_eq!(
             echo(&relay, "mock-echo").one("authorization"),
@@ -61,7 +61,7 @@ fn keys_rotate_round_robin(driver: Driver) {
              keys = [\"sk-k1\", \"sk-k2\", \"sk-k3\"]\nmodels = [\"mock-echo\"]\n",
             mock.base_url()
         ));
-    let relay = cfg.start(driver.env());
+    let relay = start(driver, &cfg);
     let seen: Vec<String> = (0..6)
         .map(|_| echo(&relay, "mock-echo").one("authorization").to_string())
         .collect();
@@ -95,7 +95,7 @@ fn base_url_prefix_and_trailing_v1(driver: Driver) {
             &["mock-echo-prefixed"],
             "",
         );
-    let relay = cfg.start(driver.env());
+    let relay = start(driver, &cfg);
     // `.../v1` as SDK base URLs are written must not become /v1/v1/...
     let e = echo(&relay, "mock-echo");
     assert_eq!(e.path, "/v1/chat/completions");
@@ -126,7 +126,7 @@ fn host_name_base_url_is_resolved(driver: Driver) {
             &["mock-echo"],
             "",
         );
-    let relay = cfg.start(driver.env());
+    let relay = start(driver, &cfg);
     let e = echo(&relay, "mock-echo");
     assert_eq!(e.one("host"), format!("localhost:{}", mock.addr.port()));
 }
@@ -134,7 +134,7 @@ fn host_name_base_url_is_resolved(driver: Driver) {
 fn usage_is_counted_per_token_and_channel(driver: Driver) {
     let mock = Mock::start();
     let cfg = ConfigBuilder::new(mock.addr).token("second", "sk-second", &["*"]);
-    let relay = cfg.start(driver.env());
+    let relay = start(driver, &cfg);
     // mock-fixed reports usage {prompt_tokens: 9, completion_tokens: 7}.
     for token in [TOKEN, TOKEN, "sk-second"] {
         let r = relay.roundtrip(&post_json(

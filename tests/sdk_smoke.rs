@@ -3,6 +3,10 @@
 //! Needs `python3` with `openai` installed. CI installs it and sets RINGWAY_REQUIRE_SDK=1, so
 //! there a missing package fails the test; elsewhere the test says why it skipped.
 
+mod common;
+
+use common::{free_port, KillOnDrop};
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,22 +40,6 @@ fn sdk_available() -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn openai_python_sdk_against_demo() {
     if !sdk_available() {
@@ -70,7 +58,7 @@ fn openai_python_sdk_against_demo() {
         .spawn()
         .expect("start ringway demo");
     let stdout = child.stdout.take().unwrap();
-    let _guard = Kill(child);
+    let _guard = KillOnDrop(child);
     // The demo prints its instructions once the relay is listening.
     let mut lines = BufReader::new(stdout).lines();
     let started = Instant::now();

@@ -51,24 +51,6 @@ const ANSWER_BOUND: Duration = Duration::from_secs(3);
 /// How long the upstream side (mock or holder) may take to see its connection closed.
 const CLOSE_BOUND: Duration = Duration::from_secs(3);
 
-/// Starts the relay on `driver` (plus `env`) and checks health reports that driver.
-fn start_env(driver: Driver, cfg: &ConfigBuilder, env: &[(&str, &str)]) -> Relay {
-    let mut all: Vec<(&str, &str)> = driver.env().to_vec();
-    all.extend_from_slice(env);
-    let relay = cfg.start(&all);
-    let health = relay.health();
-    assert_eq!(
-        health["io_driver"],
-        driver.health_name(),
-        "health io_driver: {health}"
-    );
-    relay
-}
-
-fn start(driver: Driver, cfg: &ConfigBuilder) -> Relay {
-    start_env(driver, cfg, &[])
-}
-
 fn timeouts(toml_lines: &str) -> String {
     format!("[timeouts]\n{toml_lines}\n")
 }

@@ -80,18 +80,6 @@ fn tls_config(mock: &TlsMock) -> ConfigBuilder {
         )
 }
 
-/// Starts the relay on `driver` and checks health reports that driver.
-fn start(driver: Driver, cfg: &ConfigBuilder) -> Relay {
-    let relay = cfg.start(driver.env());
-    let health = relay.health();
-    assert_eq!(
-        health["io_driver"],
-        driver.health_name(),
-        "health io_driver: {health}"
-    );
-    relay
-}
-
 /// A parsed response from a direct TLS exchange with the mock.
 struct Direct {
     status: u16,

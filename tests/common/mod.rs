@@ -1067,3 +1067,32 @@ macro_rules! both_drivers {
         }
     };
 }
+
+/// Starts the relay for `cfg` on `driver` and checks health reports that driver.
+pub fn start(driver: Driver, cfg: &ConfigBuilder) -> Relay {
+    start_env(driver, cfg, &[])
+}
+
+/// [`start`] with extra environment variables.
+pub fn start_env(driver: Driver, cfg: &ConfigBuilder, env: &[(&str, &str)]) -> Relay {
+    let mut all: Vec<(&str, &str)> = driver.env().to_vec();
+    all.extend_from_slice(env);
+    let relay = cfg.start(&all);
+    let health = relay.health();
+    assert_eq!(
+        health["io_driver"],
+        driver.health_name(),
+        "health io_driver: {health}"
+    );
+    relay
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
