@@ -216,11 +216,7 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<bool, WireErr
             value: Span::within(buf, value),
         });
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_decimal(value).ok_or(WireError::Malformed("bad content-length"))?;
-            if content_length.is_some_and(|c| c != n) {
-                return Err(WireError::Malformed("conflicting content-length"));
-            }
-            content_length = Some(n);
+            note_content_length(value, &mut content_length)?;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only plain `chunked` is accepted: anything else cannot be framed safely and is a
             // classic request-smuggling vector.
@@ -331,11 +327,7 @@ pub fn parse_response(
             value: Span::within(buf, value),
         });
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_decimal(value).ok_or(WireError::Malformed("bad content-length"))?;
-            if content_length.is_some_and(|c| c != n) {
-                return Err(WireError::Malformed("conflicting content-length"));
-            }
-            content_length = Some(n);
+            note_content_length(value, &mut content_length)?;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if last_token_is(value, b"chunked") {
                 chunked = true;
@@ -380,6 +372,17 @@ pub fn parse_response(
     };
     head.keep_alive = keep_alive;
     Ok(true)
+}
+
+/// One `Content-Length` header: must be a number, and repeats must agree (RFC 9112 6.3).
+#[inline]
+fn note_content_length(value: &[u8], content_length: &mut Option<u64>) -> Result<(), WireError> {
+    let n = parse_decimal(value).ok_or(WireError::Malformed("bad content-length"))?;
+    if content_length.is_some_and(|c| c != n) {
+        return Err(WireError::Malformed("conflicting content-length"));
+    }
+    *content_length = Some(n);
+    Ok(())
 }
 
 #[inline]
