@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Cap on how much of an upstream error body is read before it is normalised.
     pub max_error_body_bytes: usize,
+    /// How long an SSE stream that just relayed a chunk lets the next ones gather before
+    /// reading again (zero: every chunk is forwarded the moment it arrives).
+    pub sse_coalesce: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -175,6 +178,7 @@ impl Default for ServerConfig {
             max_header_bytes: 65536,
             max_body_bytes: 67_108_864,
             max_error_body_bytes: 65536,
+            sse_coalesce: Duration::from_millis(5),
         }
     }
 }
@@ -431,6 +435,11 @@ impl Config {
         );
         let _ = writeln!(
             out,
+            "streams   sse_coalesce {}",
+            format_duration(s.sse_coalesce)
+        );
+        let _ = writeln!(
+            out,
             "timeouts  connect {}, tls_handshake {}, response_header {}, stream_idle {}, total {}",
             format_duration(t.connect),
             format_duration(t.tls_handshake),
@@ -549,6 +558,7 @@ const SERVER_KEYS: &[&str] = &[
     "max_header_bytes",
     "max_body_bytes",
     "max_error_body_bytes",
+    "sse_coalesce",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "connect",
@@ -613,8 +623,15 @@ fn read_server(sec: &Section) -> Result<ServerConfig, ConfigError> {
             1,
             MAX_COUNT,
         )?,
+        sse_coalesce: match sec.field("sse_coalesce") {
+            Some(f) => f.duration_at_most(MAX_SSE_COALESCE)?,
+            None => d.sse_coalesce,
+        },
     })
 }
+
+/// Coalescing is a latency trade: past this it would be felt as stutter in a token stream.
+const MAX_SSE_COALESCE: Duration = Duration::from_secs(1);
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     let invalid = || {
@@ -1334,6 +1351,21 @@ impl<'a> Field<'a> {
         Ok(d)
     }
 
+    /// A duration that may be zero ("0ms" turns a feature off), up to `max`.
+    fn duration_at_most(&self, max: Duration) -> Result<Duration, ConfigError> {
+        let s = self.str().map_err(|_| {
+            self.err(&format!(
+                "expected a duration string like \"5ms\", found {}",
+                self.node.kind.describe()
+            ))
+        })?;
+        let d = parse_duration(s).map_err(|m| self.err(&m))?;
+        if d > max {
+            return Err(self.err(&format!("must be at most {}", format_duration(max))));
+        }
+        Ok(d)
+    }
+
     fn array(&self) -> Result<Vec<Field<'a>>, ConfigError> {
         let Kind::Array(items) = &self.node.kind else {
             return Err(self.wrong_type("an array"));
@@ -1514,6 +1546,19 @@ models = ["*"]
     }
 
     #[test]
+    fn sse_coalesce_may_be_zero_and_is_bounded() {
+        let c = parse_ok(&format!("[server]\nsse_coalesce = \"0ms\"\n{MINIMAL}"));
+        assert_eq!(c.server.sse_coalesce, Duration::ZERO);
+        let c = parse_ok(&format!("[server]\nsse_coalesce = \"20ms\"\n{MINIMAL}"));
+        assert_eq!(c.server.sse_coalesce, Duration::from_millis(20));
+        let e = parse_err(&format!("[server]\nsse_coalesce = \"2s\"\n{MINIMAL}"));
+        assert_eq!((e.line, e.key.as_str()), (2, "server.sse_coalesce"), "{e}");
+        assert!(e.message.contains("at most 1s"), "{e}");
+        let e = parse_err(&format!("[server]\nsse_coalesce = 5\n{MINIMAL}"));
+        assert!(e.message.contains("duration string"), "{e}");
+    }
+
+    #[test]
     fn defaults_apply_when_sections_are_absent() {
         let c = parse_ok(MINIMAL);
         assert_eq!(c.server.listen_text, "127.0.0.1:3000");
@@ -1523,6 +1568,7 @@ models = ["*"]
         assert_eq!(c.server.max_header_bytes, 65536);
         assert_eq!(c.server.max_body_bytes, 67_108_864);
         assert_eq!(c.server.max_error_body_bytes, 65536);
+        assert_eq!(c.server.sse_coalesce, Duration::from_millis(5));
         let t = c.timeouts;
         assert_eq!(t.connect, Duration::from_secs(10));
         assert_eq!(t.tls_handshake, Duration::from_secs(10));

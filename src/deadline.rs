@@ -131,11 +131,14 @@ impl DeadlineSet {
     }
 
     /// Fire early at `at` (if that is before the real deadline) without changing the layer:
-    /// the relay uses it to start watching the client only for slow upstreams.
-    pub fn checkpoint(&self, at: Instant) {
-        if self.due.get().is_some_and(|due| at < due) {
+    /// the relay uses it to start watching the client only for slow upstreams, and to end an
+    /// SSE coalescing hold. Returns whether it was armed (false: the deadline comes first).
+    pub fn checkpoint(&self, at: Instant) -> bool {
+        let before_due = self.due.get().is_some_and(|due| at < due);
+        if before_due {
             self.timer.arm_at(at);
         }
+        before_due
     }
 
     /// After an expiry: was it the real deadline, or only a checkpoint?
