@@ -7,6 +7,7 @@
 //! Must not: do IO, hold buffers, or know about routing. Everything here is a pure function of
 //! the bytes it is given, so it can be fuzzed and benchmarked without a runtime.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// httparse needs a fixed header array; 100 covers real SDK and browser traffic with room.
@@ -182,9 +183,10 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 /// Parse a request head from the front of `buf`.
 /// `Ok(false)`: incomplete, read more (the caller enforces `max_header_bytes`).
 pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<bool, WireError> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut raw);
-    let len = match req.parse(buf) {
+    // Uninitialised header slots: initialising 100 of them cost more than parsing a head.
+    let mut raw = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut raw) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(false),
         Err(httparse::Error::TooManyHeaders) => return Err(WireError::TooManyHeaders),
@@ -302,9 +304,11 @@ pub fn parse_response(
     head: &mut ResponseHead,
     request_was_head: bool,
 ) -> Result<bool, WireError> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut raw);
-    let len = match resp.parse(buf) {
+    let mut raw = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp, buf, &mut raw,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(false),
         Err(httparse::Error::TooManyHeaders) => return Err(WireError::TooManyHeaders),
