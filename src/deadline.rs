@@ -83,6 +83,10 @@ pub struct DeadlineSet {
     total_at: Cell<Option<Instant>>,
     total_layer: Cell<Layer>,
     layer: Cell<Layer>,
+    /// The last clock reading ([`DeadlineSet::now`] or an [`DeadlineSet::arm`]). Reading the
+    /// clock costs tens of ns in a VM and a request met a dozen readings; code that has just
+    /// read it and done no IO since uses [`DeadlineSet::recent`] instead.
+    clock: Cell<Instant>,
 }
 
 impl DeadlineSet {
@@ -93,7 +97,23 @@ impl DeadlineSet {
             total_at: Cell::new(None),
             total_layer: Cell::new(Layer::Total),
             layer: Cell::new(Layer::ClientIdle),
+            clock: Cell::new(Instant::now()),
         }
+    }
+
+    /// Reads the clock and remembers the reading.
+    #[inline]
+    pub fn now(&self) -> Instant {
+        let now = Instant::now();
+        self.clock.set(now);
+        now
+    }
+
+    /// The last reading: only for callers that did no IO since it was taken, or for whom a
+    /// reading that old errs on the safe side (a pool expiry check, a grace checkpoint).
+    #[inline]
+    pub fn recent(&self) -> Instant {
+        self.clock.get()
     }
 
     /// A request begins: every later phase is also bounded by `now + total`.
@@ -111,7 +131,13 @@ impl DeadlineSet {
     /// Arm for `layer`, `after` from now, clamped by the request's total deadline.
     #[inline]
     pub fn arm(&self, layer: Layer, after: Duration) {
-        self.arm_at(layer, Instant::now() + after);
+        self.arm_at(layer, self.now() + after);
+    }
+
+    /// [`DeadlineSet::arm`] from the last clock reading (see [`DeadlineSet::recent`]).
+    #[inline]
+    pub fn arm_recent(&self, layer: Layer, after: Duration) {
+        self.arm_at(layer, self.recent() + after);
     }
 
     #[inline]

@@ -233,7 +233,9 @@ async fn upstream_wait<F: std::future::Future>(
 ) -> Waited<F::Output> {
     let mut fut = std::pin::pin!(fut);
     if watch.enabled {
-        deadline.checkpoint(Instant::now() + WATCH_GRACE);
+        // From the reading taken when the wait's deadline was armed: an older start only
+        // begins the watch sooner.
+        deadline.checkpoint(deadline.recent() + WATCH_GRACE);
         monoio::select! {
             biased;
             r = &mut fut => {
@@ -413,7 +415,7 @@ impl Conn {
                 // An idle keep-alive connection: read with the buffer (the next request usually
                 // comes at once), but if it stays quiet, take the buffer back and wait for
                 // readiness without one, so idle connections hold no read buffer.
-                deadline.checkpoint(Instant::now() + IDLE_BUFFER_RELEASE);
+                deadline.checkpoint(deadline.recent() + IDLE_BUFFER_RELEASE);
                 let read = client.cancelable_read(buf.slice_mut(0..cap), idle_canceller.handle());
                 let mut read = std::pin::pin!(read);
                 let first = monoio::select! {
@@ -499,7 +501,7 @@ impl Conn {
     // ---- phase 2: dispatch --------------------------------------------------------------
 
     async fn dispatch(&mut self) -> Flow {
-        let start = Instant::now();
+        let start = self.deadline.now();
         self.set_request_id();
         self.consumed = self.head.len;
         let endpoint = endpoint_of(self.head.route_path(&self.rbuf));
@@ -576,7 +578,7 @@ impl Conn {
         self.accounted = true;
         let s = self.w.stats();
         s.count_status(self.status_sent);
-        let now = Instant::now();
+        let now = self.deadline.now();
         s.latency_total.observe(now - start);
         if let Some(t) = self.ttfb_at {
             s.latency_ttfb.observe(t - start);
@@ -904,7 +906,7 @@ impl Conn {
         let mut attempt = 0;
         let (mut conn, ubuf) = loop {
             attempt += 1;
-            let conn = match w.pool.take(slot, Instant::now()) {
+            let conn = match w.pool.take(slot, self.deadline.recent()) {
                 Some(c) => c,
                 None => match self.connect(channel).await {
                     Ok(c) => c,
@@ -954,7 +956,7 @@ impl Conn {
         match flow {
             Ok((flow, reusable)) => {
                 if reusable {
-                    w.pool.put_back(conn, Instant::now());
+                    w.pool.put_back(conn, self.deadline.recent());
                 }
                 flow
             }
@@ -1288,8 +1290,10 @@ impl Conn {
 
     fn mark_first_byte(&mut self, status: u16) {
         self.status_sent = status;
+        // Always a fresh reading: callers arm their write deadline from it.
+        let now = self.deadline.now();
         if self.ttfb_at.is_none() {
-            self.ttfb_at = Some(Instant::now());
+            self.ttfb_at = Some(now);
         }
     }
 
@@ -1312,7 +1316,7 @@ impl Conn {
         self.write_client_head(&mut out, &ubuf, ClientFraming::Length(n), close);
         self.mark_first_byte(self.resp.status);
         let mut remaining = n - first as u64;
-        self.deadline.arm(Layer::ClientIdle, t.client_idle);
+        self.deadline.arm_recent(Layer::ClientIdle, t.client_idle);
         if out.len() + first <= out.capacity() {
             out.extend_from_slice(&ubuf[hl..hl + first]);
             let len = out.len();
