@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Added p99 at a fixed rate, repeated: the lab's latency.py measures direct once and each relay
+once, so on a shared VM one noisy 10 s window decides the figure. This runs ROUNDS rounds of
+direct, nginx, ringway back to back (each relay's added p99 taken against the direct run of its
+own round) and prints every round plus the medians. Uses the lab's own pieces.
+Usage: perf/latency_rounds.py [RATE] [ROUNDS]   (defaults 5000, 5)
+"""
+import os, statistics, sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "lab"))
+import peerbench as pb
+import latency as lat
+
+
+def relay(t):
+    if t == "ringway":
+        return [os.environ.get("RINGWAY_BIN", "target/release/ringway"), "--config",
+                os.path.join(pb.LAB, "ringway-bench.toml")], 18104
+    cmd, port, _ = pb.TARGETS[t]
+    return cmd, port
+
+
+def main():
+    rate = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    up = pb.start(["nginx", "-c", os.path.join(pb.LAB, "upstream-nginx.conf")], 0)
+    assert pb.wait_port(18080)
+    added = {"nginx": [], "ringway": []}
+    try:
+        for r in range(rounds):
+            direct = lat.oha(18080, rate)["p99_us"]
+            line = [f"round {r + 1}: direct p99 {direct} us"]
+            for t in ("nginx", "ringway"):
+                cmd, port = relay(t)
+                p = pb.start(cmd, 1)
+                assert pb.wait_port(port, 30), f"{t} did not start"
+                lat.oha(port, rate, 3)
+                res = lat.oha(port, rate, 10)
+                pb.stop(p)
+                added[t].append(res["p99_us"] - direct)
+                line.append(f"{t} p99 {res['p99_us']} us (+{res['p99_us'] - direct})")
+            print(", ".join(line), flush=True)
+    finally:
+        pb.stop(up)
+    med = {t: statistics.median(v) for t, v in added.items()}
+    print(f"median added p99: nginx +{med['nginx']} us, ringway +{med['ringway']} us", flush=True)
+
+
+if __name__ == "__main__":
+    main()
