@@ -26,6 +26,7 @@ both_drivers! {
     upstream_connect_failure_is_502,
     model_map_renames_only_the_model,
     check_config_accepts_good_and_names_unknown_key,
+    oversize_head_answer_survives_unread_body,
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -694,5 +695,34 @@ fn check_config_accepts_good_and_names_unknown_key(driver: Driver) {
 
     for p in [&good, &bad, &bad2] {
         let _ = std::fs::remove_file(p);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error answers survive unread request bytes
+
+/// A head over the limit followed by a large body the relay never reads: the 431 must still
+/// reach the client (closing with unread bytes would send a reset that can destroy it).
+fn oversize_head_answer_survives_unread_body(driver: Driver) {
+    let mock = Mock::start();
+    let relay = start(
+        driver,
+        &ConfigBuilder::new(mock.addr).server("max_header_bytes = 4096"),
+    );
+    for _ in 0..20 {
+        let mut c = relay.client();
+        let big = "a".repeat(8 * 1024);
+        let body = vec![b'x'; 256 * 1024];
+        let mut req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nx-big: {big}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        let _ = c.try_send(&req);
+        let r = c
+            .try_read_response()
+            .unwrap_or_else(|e| panic!("the 431 answer was lost: {e:?}"));
+        assert_error_shape(&r, 431, Some("request_header_too_large"));
     }
 }
