@@ -17,17 +17,6 @@ both_drivers! {
 unanswered_requests_are_not_counted_as_1xx,
 }
 
-const LAYERS: [&str; 8] = [
-    "connect",
-    "tls_handshake",
-    "response_header",
-    "stream_idle",
-    "total",
-    "client_header",
-    "client_body",
-    "client_idle",
-];
-
 /// Whole-number counters and gauges every health object and every per-worker object carries.
 const COUNTERS: [&str; 5] = [
     "inflight_requests",
@@ -62,7 +51,7 @@ fn assert_counters(obj: &serde_json::Value, what: &str) {
     let t = obj["timeouts"]
         .as_object()
         .unwrap_or_else(|| panic!("{what}: timeouts is not an object: {obj}"));
-    for l in LAYERS {
+    for l in TIMEOUT_LAYERS {
         assert!(
             t.get(l).is_some_and(|v| v.is_u64()),
             "{what}: timeouts.{l} missing: {obj}"
@@ -139,7 +128,7 @@ fn health_has_every_contract_field(driver: Driver) {
         let sum: u64 = per.iter().map(|w| json_u64(w, f)).sum();
         assert_eq!(sum, json_u64(&h, f), "{f}: per_worker does not sum up: {h}");
     }
-    for l in LAYERS {
+    for l in TIMEOUT_LAYERS {
         let key = format!("timeouts.{l}");
         let sum: u64 = per.iter().map(|w| json_u64(w, &key)).sum();
         assert_eq!(
@@ -384,7 +373,7 @@ fn metrics_are_prometheus_text_and_move_with_traffic(driver: Driver) {
     for class in ["2xx", "4xx", "5xx"] {
         required.push(format!("ringway_requests_total{{class=\"{class}\"}}"));
     }
-    for l in LAYERS {
+    for l in TIMEOUT_LAYERS {
         required.push(format!("ringway_timeouts_total{{layer=\"{l}\"}}"));
     }
     for h in [

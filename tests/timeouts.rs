@@ -34,18 +34,6 @@ both_drivers! {
     client_gone_mid_stream,
 }
 
-/// The health `timeouts` layers of the contract.
-const LAYERS: [&str; 8] = [
-    "connect",
-    "tls_handshake",
-    "response_header",
-    "stream_idle",
-    "total",
-    "client_header",
-    "client_body",
-    "client_idle",
-];
-
 /// Upper bound on how long any timeout of a few hundred ms may take to be answered.
 const ANSWER_BOUND: Duration = Duration::from_secs(3);
 /// How long the upstream side (mock or holder) may take to see its connection closed.
@@ -101,7 +89,7 @@ fn assert_timeout_counted(
         "health {key} did not reach {want}: before {before}, after {after}"
     );
     assert_eq!(json_u64(&after, &key), want, "{key}: {after}");
-    for other in LAYERS.iter().filter(|l| **l != layer) {
+    for other in TIMEOUT_LAYERS.iter().filter(|l| **l != layer) {
         let k = format!("timeouts.{other}");
         assert_eq!(
             json_u64(before, &k),
@@ -750,7 +738,7 @@ fn assert_client_gone_counted(relay: &Relay, before: &serde_json::Value) {
         "client_gone not counted or request still in flight: before {before}, after {h}"
     );
     assert_eq!(json_u64(&h, "client_gone"), want, "{h}");
-    for layer in LAYERS {
+    for layer in TIMEOUT_LAYERS {
         let k = format!("timeouts.{layer}");
         assert_eq!(
             json_u64(before, &k),

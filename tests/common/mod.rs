@@ -1068,6 +1068,18 @@ macro_rules! both_drivers {
     };
 }
 
+/// The layers of the contract's health `timeouts` object.
+pub const TIMEOUT_LAYERS: [&str; 8] = [
+    "connect",
+    "tls_handshake",
+    "response_header",
+    "stream_idle",
+    "total",
+    "client_header",
+    "client_body",
+    "client_idle",
+];
+
 /// Starts the relay for `cfg` on `driver` and checks health reports that driver.
 pub fn start(driver: Driver, cfg: &ConfigBuilder) -> Relay {
     start_env(driver, cfg, &[])
