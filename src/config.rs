@@ -1334,19 +1334,11 @@ impl<'a> Field<'a> {
         }
     }
 
+    /// A timeout: above zero, at most [`MAX_DURATION`].
     fn duration(&self) -> Result<Duration, ConfigError> {
-        let s = self.str().map_err(|_| {
-            self.err(&format!(
-                "expected a duration string like \"10s\", found {}",
-                self.node.kind.describe()
-            ))
-        })?;
-        let d = parse_duration(s).map_err(|m| self.err(&m))?;
+        let d = self.duration_at_most(MAX_DURATION)?;
         if d.is_zero() {
             return Err(self.err("must be > 0"));
-        }
-        if d > MAX_DURATION {
-            return Err(self.err("must be at most 720h (30 days)"));
         }
         Ok(d)
     }
@@ -1355,13 +1347,18 @@ impl<'a> Field<'a> {
     fn duration_at_most(&self, max: Duration) -> Result<Duration, ConfigError> {
         let s = self.str().map_err(|_| {
             self.err(&format!(
-                "expected a duration string like \"5ms\", found {}",
+                "expected a duration string like \"10s\", found {}",
                 self.node.kind.describe()
             ))
         })?;
         let d = parse_duration(s).map_err(|m| self.err(&m))?;
         if d > max {
-            return Err(self.err(&format!("must be at most {}", format_duration(max))));
+            let days = if max == MAX_DURATION {
+                " (30 days)"
+            } else {
+                ""
+            };
+            return Err(self.err(&format!("must be at most {}{days}", format_duration(max))));
         }
         Ok(d)
     }

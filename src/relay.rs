@@ -1383,7 +1383,7 @@ impl Conn {
         let mut out = self.w.bufs.take();
         self.write_client_head(&mut out, &ubuf, framing, close);
         self.mark_first_byte(self.resp.status);
-        self.deadline.arm(Layer::ClientIdle, t.client_idle);
+        self.deadline.arm_recent(Layer::ClientIdle, t.client_idle);
         let len = out.len();
         let out = self.write_client(out, 0..len).await?;
         self.w.bufs.give(out);
@@ -1409,9 +1409,9 @@ impl Conn {
         let mut canceller = Canceller::new();
         let mut tail: [u8; 2] = [b'\n', b'\n'];
         let mut upstream_done = false;
-        // Set once a chunk went out: the first one is never held back, so time to first
-        // token is untouched by coalescing.
-        let mut gather = false;
+        // The wait before the next read: set only after a chunk went out, so the first one is
+        // never held back and time to first token is untouched by coalescing.
+        let mut hold = Duration::ZERO;
         let coalesce = if event_stream {
             self.w.config.server.sse_coalesce
         } else {
@@ -1472,14 +1472,15 @@ impl Conn {
                     let flow = if close { Flow::Close } else { Flow::Keep };
                     return Ok((flow, chunked_in && self.resp.keep_alive && !extra));
                 }
-                gather = data_len > 0 && !coalesce.is_zero();
+                if data_len > 0 {
+                    hold = coalesce;
+                }
             }
 
             // Wait for more upstream bytes.
-            let hold = if gather { coalesce } else { Duration::ZERO };
-            gather = false;
+            let wait = std::mem::take(&mut hold);
             match self
-                .read_stream(conn, ubuf, t, event_stream, hold, &mut canceller)
+                .read_stream(conn, ubuf, t, event_stream, wait, &mut canceller)
                 .await
             {
                 StreamRead::Data(b) => ubuf = b,
@@ -1544,7 +1545,7 @@ impl Conn {
         hold: Duration,
         canceller: &mut Canceller,
     ) -> StreamRead {
-        let now = Instant::now();
+        let now = self.deadline.now();
         self.deadline.arm_at(Layer::StreamIdle, now + t.stream_idle);
         // A hold that would reach the deadline is skipped: bytes that arrive during it must
         // still count against stream_idle and total.
