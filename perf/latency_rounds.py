@@ -3,46 +3,59 @@
 once, so on a shared VM one noisy 10 s window decides the figure. This runs ROUNDS rounds of
 direct, nginx, ringway back to back (each relay's added p99 taken against the direct run of its
 own round) and prints every round plus the medians. Uses the lab's own pieces.
-Usage: perf/latency_rounds.py [RATE] [ROUNDS]   (defaults 5000, 5)
+Usage: perf/latency_rounds.py [RATE] [ROUNDS] [TARGET ...]   (defaults 5000, 5, nginx ringway)
+A TARGET is a lab peer (nginx, haproxy), `ringway` (the lab's config), or `ringway=CONFIG.toml`
+(ringway with another config on the lab's port 18104, e.g. one that sets busy_poll).
 """
-import os, statistics, sys
+import os, statistics, sys, time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "lab"))
 import peerbench as pb
 import latency as lat
 
 
 def relay(t):
-    if t == "ringway":
-        return [os.environ.get("RINGWAY_BIN", "target/release/ringway"), "--config",
-                os.path.join(pb.LAB, "ringway-bench.toml")], 18104
+    if t == "ringway" or t.startswith("ringway="):
+        config = t.split("=", 1)[1] if "=" in t else os.path.join(pb.LAB, "ringway-bench.toml")
+        return [os.environ.get("RINGWAY_BIN", "target/release/ringway"), "--config", config], 18104
     cmd, port, _ = pb.TARGETS[t]
     return cmd, port
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, from /proc (fields 14 and 15 of stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
     rate = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    targets = sys.argv[3:] or ["nginx", "ringway"]
     up = pb.start(["nginx", "-c", os.path.join(pb.LAB, "upstream-nginx.conf")], 0)
     assert pb.wait_port(18080)
-    added = {"nginx": [], "ringway": []}
+    added = {t: [] for t in targets}
     try:
         for r in range(rounds):
             direct = lat.oha(18080, rate)["p99_us"]
             line = [f"round {r + 1}: direct p99 {direct} us"]
-            for t in ("nginx", "ringway"):
+            for t in targets:
                 cmd, port = relay(t)
                 p = pb.start(cmd, 1)
                 assert pb.wait_port(port, 30), f"{t} did not start"
                 lat.oha(port, rate, 3)
+                cpu0, wall0 = cpu_seconds(p.pid), time.monotonic()
                 res = lat.oha(port, rate, 10)
+                busy = (cpu_seconds(p.pid) - cpu0) / (time.monotonic() - wall0)
                 pb.stop(p)
                 added[t].append(res["p99_us"] - direct)
-                line.append(f"{t} p99 {res['p99_us']} us (+{res['p99_us'] - direct})")
+                line.append(f"{t} p50 {res['p50_us']} p99 {res['p99_us']} us "
+                            f"(+{res['p99_us'] - direct}, relay CPU {busy:.0%})")
             print(", ".join(line), flush=True)
     finally:
         pb.stop(up)
     med = {t: statistics.median(v) for t, v in added.items()}
-    print(f"median added p99: nginx +{med['nginx']} us, ringway +{med['ringway']} us", flush=True)
+    print("median added p99: " + ", ".join(f"{t} +{m} us" for t, m in med.items()), flush=True)
 
 
 if __name__ == "__main__":

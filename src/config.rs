@@ -48,6 +48,9 @@ pub struct ServerConfig {
     /// How long an SSE stream that just relayed a chunk lets the next ones gather before
     /// reading again (zero: every chunk is forwarded the moment it arrives).
     pub sse_coalesce: Duration,
+    /// How long a worker keeps polling for completions after its last request event before it
+    /// sleeps (zero: it sleeps at once). Trades CPU for the wake-up latency of an idle core.
+    pub busy_poll: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -179,6 +182,7 @@ impl Default for ServerConfig {
             max_body_bytes: 67_108_864,
             max_error_body_bytes: 65536,
             sse_coalesce: Duration::from_millis(5),
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -369,21 +373,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(invalid());
     }
     let n: u64 = digits.parse().map_err(|_| invalid())?;
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
+    let micros_per_unit: u64 = match unit {
+        "us" | "µs" => 1,
+        "ms" => 1000,
+        "s" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
         _ => return Err(invalid()),
     };
-    n.checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
+    n.checked_mul(micros_per_unit)
+        .map(Duration::from_micros)
         .ok_or_else(invalid)
 }
 
 /// Renders a duration in the largest unit that is exact, the inverse of [`parse_duration`].
 pub fn format_duration(d: Duration) -> String {
     if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        if d.subsec_nanos().is_multiple_of(1000) {
+            return format!("{}us", d.as_micros());
+        }
         return format!("{d:?}");
     }
     let ms = d.as_millis();
@@ -435,8 +443,9 @@ impl Config {
         );
         let _ = writeln!(
             out,
-            "streams   sse_coalesce {}",
-            format_duration(s.sse_coalesce)
+            "streams   sse_coalesce {}, busy_poll {}",
+            format_duration(s.sse_coalesce),
+            format_duration(s.busy_poll)
         );
         let _ = writeln!(
             out,
@@ -559,6 +568,7 @@ const SERVER_KEYS: &[&str] = &[
     "max_body_bytes",
     "max_error_body_bytes",
     "sse_coalesce",
+    "busy_poll",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "connect",
@@ -626,6 +636,10 @@ fn read_server(sec: &Section) -> Result<ServerConfig, ConfigError> {
         sse_coalesce: match sec.field("sse_coalesce") {
             Some(f) => f.duration_at_most(MAX_SSE_COALESCE)?,
             None => d.sse_coalesce,
+        },
+        busy_poll: match sec.field("busy_poll") {
+            Some(f) => f.duration_at_most(crate::busy::MAX_BUSY_POLL)?,
+            None => d.busy_poll,
         },
     })
 }
@@ -1556,6 +1570,20 @@ models = ["*"]
     }
 
     #[test]
+    fn busy_poll_is_off_by_default_and_bounded() {
+        assert_eq!(parse_ok(MINIMAL).server.busy_poll, Duration::ZERO);
+        let c = parse_ok(&format!("[server]\nbusy_poll = \"300us\"\n{MINIMAL}"));
+        assert_eq!(c.server.busy_poll, Duration::from_micros(300));
+        let e = parse_err(&format!(
+            "[server]\nworkers = 1\nbusy_poll = \"1s\"\n{MINIMAL}"
+        ));
+        assert_eq!((e.line, e.key.as_str()), (3, "server.busy_poll"), "{e}");
+        assert!(e.message.contains("at most 10ms"), "{e}");
+        let e = parse_err(&format!("[server]\nbusy_poll = \"fast\"\n{MINIMAL}"));
+        assert_eq!(e.key, "server.busy_poll", "{e}");
+    }
+
+    #[test]
     fn defaults_apply_when_sections_are_absent() {
         let c = parse_ok(MINIMAL);
         assert_eq!(c.server.listen_text, "127.0.0.1:3000");
@@ -1916,7 +1944,11 @@ models = ["*"]
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
-        for d in ["250ms", "10s", "15m", "1h", "90s", "1500ms"] {
+        assert_eq!(parse_duration("200us"), Ok(Duration::from_micros(200)));
+        assert_eq!(parse_duration("200µs"), Ok(Duration::from_micros(200)));
+        for d in [
+            "250ms", "10s", "15m", "1h", "90s", "1500ms", "200us", "1500us",
+        ] {
             assert_eq!(format_duration(parse_duration(d).unwrap()), d);
         }
     }

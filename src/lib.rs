@@ -20,6 +20,7 @@
 //! | `mock`     | the fault-injecting mock upstream |
 
 pub mod bufpool;
+pub mod busy;
 pub mod cli;
 pub mod config;
 pub mod deadline;

@@ -305,10 +305,12 @@ impl Conn {
             if self.read_head().await.is_err() {
                 return;
             }
+            self.w.activity.note();
             self.status_sent = 0;
             self.ttfb_at = None;
             self.accounted = false;
             let flow = self.dispatch().await;
+            self.w.activity.note();
             self.deadline.end_request();
             if flow == Flow::Close || !self.head.keep_alive {
                 return;

@@ -55,6 +55,8 @@ pub struct Worker {
     pub max_inflight: u64,
     pub next_request: Cell<u64>,
     pub started_nanos: u64,
+    /// Request events, for the busy-poll spinner (see [`crate::busy`]).
+    pub activity: Rc<crate::busy::Activity>,
 }
 
 impl Worker {
@@ -160,7 +162,7 @@ fn run_worker(
     tls: TlsConnectors,
     ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
 ) {
-    let setup = move |driver: u8| {
+    let setup = move |driver: u8, reaper: crate::busy::Reaper| {
         let monitor = monitor;
         let config = config.clone();
         let router = router.clone();
@@ -180,18 +182,20 @@ fn run_worker(
             };
             let _ = ready.send(Ok(listen));
             let worker = Rc::new(new_worker(id, workers, config, router, monitor, tls));
-            serve(worker, listener).await;
+            serve(worker, listener, reaper).await;
         }
     };
     let entries = 4096;
     if !epoll_forced() {
         for flags in [true, false] {
-            let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .with_entries(entries)
-                .uring_builder(uring_builder(flags))
-                .enable_timer()
-                .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(2)))
-                .build();
+            let (rt, ring) = crate::busy::build_and_find_ring(|| {
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(entries)
+                    .uring_builder(uring_builder(flags))
+                    .enable_timer()
+                    .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(2)))
+                    .build()
+            });
             match rt {
                 Ok(mut rt) => {
                     if !flags && id == 0 {
@@ -199,7 +203,14 @@ fn run_worker(
                             "io_uring: COOP_TASKRUN/SINGLE_ISSUER/DEFER_TASKRUN not supported; using default ring flags",
                         );
                     }
-                    rt.block_on(setup(monitor::IO_URING));
+                    // Only a DEFER_TASKRUN ring needs the spinner's own enter; without it any
+                    // enter of monoio's posts completions.
+                    let reaper = match (flags, ring) {
+                        (false, _) => crate::busy::Reaper::Driver,
+                        (true, Some(fd)) => crate::busy::Reaper::Ring(fd),
+                        (true, None) => crate::busy::Reaper::Unknown,
+                    };
+                    rt.block_on(setup(monitor::IO_URING, reaper));
                     return;
                 }
                 Err(e) if !flags && id == 0 => crate::log::warn(&format!(
@@ -216,7 +227,7 @@ fn run_worker(
         .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(2)))
         .build()
     {
-        Ok(mut rt) => rt.block_on(setup(monitor::EPOLL)),
+        Ok(mut rt) => rt.block_on(setup(monitor::EPOLL, crate::busy::Reaper::Driver)),
         Err(e) => {
             crate::log::error(&format!("worker {id}: cannot build any runtime: {e}"));
         }
@@ -289,14 +300,27 @@ fn new_worker(
             .max(1),
         next_request: Cell::new(0),
         started_nanos,
+        activity: Rc::default(),
         config,
         router,
         monitor,
     }
 }
 
-async fn serve(worker: Rc<Worker>, listener: TcpListener) {
+async fn serve(worker: Rc<Worker>, listener: TcpListener, reaper: crate::busy::Reaper) {
     monoio::spawn(worker.wheel.clone().drive());
+    let busy_poll = worker.config.server.busy_poll;
+    if !busy_poll.is_zero() {
+        if reaper == crate::busy::Reaper::Unknown {
+            crate::log::warn("busy_poll: this worker's ring was not found; busy polling is off");
+        } else {
+            monoio::spawn(crate::busy::spin(
+                worker.activity.clone(),
+                reaper,
+                busy_poll,
+            ));
+        }
+    }
     monoio::spawn(janitor(worker.clone()));
     if worker.id == 0 {
         monoio::spawn(health_logger(worker.clone()));
