@@ -117,7 +117,7 @@ fn reap(ring: RawFd) {
 }
 
 /// The spinner: one per worker when `busy_poll` is set. While events keep coming less than
-/// `window` apart it stays runnable, so the runtime never sleeps; `window` after the last one
+/// `busy_poll` (the window) apart it stays runnable, so the runtime never sleeps; `window` after the last one
 /// it waits for the next event with nothing armed.
 ///
 /// Two rules keep it from starving anything:
@@ -127,12 +127,12 @@ fn reap(ring: RawFd) {
 /// - at least once a millisecond it lets the runtime park with a zero timeout (a monoio timer
 ///   that is already due), because monoio's timers and cross-thread wakes (DNS answers from
 ///   the blocking pool) are only processed when the runtime parks.
-pub async fn spin(activity: Rc<Activity>, reaper: Reaper, window: Duration) {
-    let ring = match reaper {
-        Reaper::Ring(fd) => Some(fd),
-        Reaper::Driver => None,
-        Reaper::Unknown => return,
-    };
+///
+/// `ring` is the worker's own `DEFER_TASKRUN` ring to enter on every turn, or `None` where
+/// monoio's own zero-timeout poll posts completions ([`Reaper::Driver`]).
+pub async fn spin(worker: Rc<crate::worker::Worker>, ring: Option<RawFd>) {
+    let activity = &worker.activity;
+    let window = worker.config.server.busy_poll;
     let bounce = Rc::new(Bounce::default());
     // The bouncer lives exactly as long as the spinner: it is dropped with this future's task
     // only if the worker shuts down, which ends both.

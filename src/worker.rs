@@ -56,7 +56,7 @@ pub struct Worker {
     pub next_request: Cell<u64>,
     pub started_nanos: u64,
     /// Request events, for the busy-poll spinner (see [`crate::busy`]).
-    pub activity: Rc<crate::busy::Activity>,
+    pub activity: crate::busy::Activity,
 }
 
 impl Worker {
@@ -300,7 +300,7 @@ fn new_worker(
             .max(1),
         next_request: Cell::new(0),
         started_nanos,
-        activity: Rc::default(),
+        activity: Default::default(),
         config,
         router,
         monitor,
@@ -309,16 +309,14 @@ fn new_worker(
 
 async fn serve(worker: Rc<Worker>, listener: TcpListener, reaper: crate::busy::Reaper) {
     monoio::spawn(worker.wheel.clone().drive());
-    let busy_poll = worker.config.server.busy_poll;
-    if !busy_poll.is_zero() {
-        if reaper == crate::busy::Reaper::Unknown {
-            crate::log::warn("busy_poll: this worker's ring was not found; busy polling is off");
-        } else {
-            monoio::spawn(crate::busy::spin(
-                worker.activity.clone(),
-                reaper,
-                busy_poll,
-            ));
+    if !worker.config.server.busy_poll.is_zero() {
+        use crate::busy::{spin, Reaper};
+        match reaper {
+            Reaper::Driver => drop(monoio::spawn(spin(worker.clone(), None))),
+            Reaper::Ring(fd) => drop(monoio::spawn(spin(worker.clone(), Some(fd)))),
+            Reaper::Unknown => {
+                crate::log::warn("busy_poll: this worker's ring was not found; busy polling is off")
+            }
         }
     }
     monoio::spawn(janitor(worker.clone()));
