@@ -15,6 +15,7 @@ Env: DUR (seconds per measured window, default 10), RINGWAY_BIN.
 import os, statistics, sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "lab"))
 import peerbench as pb
+import latency_rounds
 
 
 def relay(t):
@@ -22,11 +23,7 @@ def relay(t):
         return ["target/release/examples/floor_relay"], 18104
     if "/" in t and "=" not in t:
         return [t], 18104
-    if t == "ringway" or t.startswith("ringway="):
-        config = t.split("=", 1)[1] if "=" in t else os.path.join(pb.LAB, "ringway-bench.toml")
-        return [os.environ.get("RINGWAY_BIN", "target/release/ringway"), "--config", config], 18104
-    cmd, port, _ = pb.TARGETS[t]
-    return cmd, port
+    return latency_rounds.relay(t)
 
 
 def wait_closed(port, timeout=10):
