@@ -165,6 +165,7 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         crate::monitor::open_fds(),
         std::sync::atomic::Ordering::Relaxed,
     );
+    monitor.mark_ready();
     crate::log::info(&format!(
         "ringway {} listening on {listen} with {n} worker(s), io driver {}",
         env!("CARGO_PKG_VERSION"),

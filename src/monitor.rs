@@ -8,7 +8,10 @@
 //! Must not: lock, or do anything on the request path beyond relaxed counter updates.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicU8,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::time::{Duration, Instant};
 
 use crate::deadline::Layer;
@@ -176,6 +179,10 @@ pub struct Monitor {
     /// Idle upstream connections are not counted as leaks in `open_fds`; this is what a fresh
     /// process holds (listeners, rings, stdio), read once when all workers are up.
     pub baseline_fds: AtomicU64,
+    /// Set once every worker is listening and `baseline_fds` is taken. Until then a worker that
+    /// is already up answers health with 503 `"starting"`: with SO_REUSEPORT it can be reached
+    /// while its siblings are still building their runtimes.
+    ready: AtomicBool,
     pub token_names: Vec<String>,
     pub channel_names: Vec<String>,
 }
@@ -212,6 +219,7 @@ impl Monitor {
             warn_inflight,
             alert_inflight,
             baseline_fds: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
             token_names,
             channel_names,
         }))
@@ -225,7 +233,23 @@ impl Monitor {
         self.sum(|w| &w.inflight)
     }
 
+    /// The process has started: every worker listens and the fd baseline is taken.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Acquire)
+    }
+
     pub fn status(&self) -> &'static str {
+        self.status_when(self.is_ready())
+    }
+
+    fn status_when(&self, ready: bool) -> &'static str {
+        if !ready {
+            return "starting";
+        }
         let n = self.inflight();
         if n > self.alert_inflight {
             "alert"
@@ -280,10 +304,17 @@ impl Monitor {
         m
     }
 
-    pub fn health_json(&self) -> Vec<u8> {
+    /// The health object, and whether the process was ready when it was taken (one reading
+    /// decides both the answer's status code and its `status` field).
+    pub fn health(&self) -> (bool, Vec<u8>) {
+        let ready = self.is_ready();
+        (ready, self.health_json_when(ready))
+    }
+
+    fn health_json_when(&self, ready: bool) -> Vec<u8> {
         let all: Vec<&WorkerStats> = self.workers.iter().collect();
         let mut m = serde_json::Map::new();
-        m.insert("status".into(), self.status().into());
+        m.insert("status".into(), self.status_when(ready).into());
         m.insert(
             "uptime_seconds".into(),
             self.started.elapsed().as_secs().into(),

@@ -511,8 +511,11 @@ impl Conn {
         let flow = match (endpoint, method) {
             (Endpoint::Health, Method::Get) => {
                 self.begin_quick(start);
-                let body = self.w.monitor.health_json();
-                self.respond(200, b"application/json", &body, None).await
+                // 503 until the whole process is up, so a health check never passes a relay
+                // whose other workers are still starting.
+                let (ready, body) = self.w.monitor.health();
+                let status = if ready { 200 } else { 503 };
+                self.respond(status, b"application/json", &body, None).await
             }
             (Endpoint::Metrics, Method::Get) => {
                 self.begin_quick(start);
