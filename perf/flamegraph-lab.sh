@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 OUT=${1:-docs/flamegraph-hotpath.svg}
 LAB=../shared/lab
 cargo build --release -q
+# The renderer first: installing it inside the sampling window would profile an idle relay.
+command -v inferno-flamegraph >/dev/null || cargo install inferno --locked -q
 taskset -c 0 nginx -c "$(realpath $LAB/upstream-nginx.conf)" &
 up=$!
 taskset -c 1 target/release/ringway --config $LAB/ringway-bench.toml 2>/tmp/ringway-flame.log &

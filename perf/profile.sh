@@ -18,5 +18,9 @@ fi
 data=$(mktemp --suffix=.perf.data)
 trap 'rm -f "$data"' EXIT
 perf record -e cpu-clock -F 999 -g --call-graph dwarf,16384 -p "$PID" -o "$data" -- sleep "$SECS" 2>/dev/null
-perf script -i "$data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph --title "ringway (pid $PID, ${SECS}s)" > "$OUT"
+# Render to a temporary file, so a failed run leaves an existing OUT as it was.
+svg=$(mktemp --suffix=.svg)
+trap 'rm -f "$data" "$svg"' EXIT
+perf script -i "$data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph --title "ringway (pid $PID, ${SECS}s)" > "$svg"
+mv "$svg" "$OUT"
 echo "wrote $OUT"
