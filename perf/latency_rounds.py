@@ -21,13 +21,6 @@ def relay(t):
     return cmd, port
 
 
-def cpu_seconds(pid):
-    """utime + stime of a process, from /proc (fields 14 and 15 of stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main():
     rate = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
@@ -44,9 +37,9 @@ def main():
                 p = pb.start(cmd, 1)
                 assert pb.wait_port(port, 30), f"{t} did not start"
                 lat.oha(port, rate, 3)
-                cpu0, wall0 = cpu_seconds(p.pid), time.monotonic()
+                cpu0, wall0 = pb.cpu_secs(p.pid), time.monotonic()
                 res = lat.oha(port, rate, 10)
-                busy = (cpu_seconds(p.pid) - cpu0) / (time.monotonic() - wall0)
+                busy = (pb.cpu_secs(p.pid) - cpu0) / (time.monotonic() - wall0)
                 pb.stop(p)
                 added[t].append(res["p99_us"] - direct)
                 line.append(f"{t} p50 {res['p50_us']} p99 {res['p99_us']} us "
