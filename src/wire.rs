@@ -686,23 +686,33 @@ pub fn dechunk_in_place(
     }
 }
 
+/// The standard reason phrase (RFC 9110 names), for heads ringway writes itself and for
+/// upstream heads that came without one.
 pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
+    known_reason_phrase(status).unwrap_or("Unknown")
+}
+
+pub fn known_reason_phrase(status: u16) -> Option<&'static str> {
+    Some(match status {
         100 => "Continue",
         200 => "OK",
         201 => "Created",
         202 => "Accepted",
         204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
+        402 => "Payment Required",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
         411 => "Length Required",
-        413 => "Payload Too Large",
-        422 => "Unprocessable Entity",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -710,8 +720,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
-        _ => "Unknown",
-    }
+        _ => return None,
+    })
 }
 
 /// Append `HTTP/1.1 <status> <reason>\r\n`.
