@@ -68,10 +68,14 @@ pub enum Reaper {
 /// starting at once cannot take each other's ring.
 static RING_SETUP: Mutex<()> = Mutex::new(());
 
-/// Build something that creates one io_uring instance on this thread and return it with the
-/// new ring's fd, if exactly one new ring fd appeared (otherwise `None`: busy polling is then
-/// left off for this worker rather than entering a ring that may belong to someone else).
-pub fn build_and_find_ring<T>(build: impl FnOnce() -> T) -> (T, Option<RawFd>) {
+/// Build something that creates one io_uring instance on this thread and, when `find` is set
+/// (busy polling is on), return it with the new ring's fd if exactly one new ring fd appeared
+/// (otherwise `None`: busy polling is then left off for this worker rather than entering a ring
+/// that may belong to someone else). Without `find` nothing is scanned or locked.
+pub fn build_and_find_ring<T>(find: bool, build: impl FnOnce() -> T) -> (T, Option<RawFd>) {
+    if !find {
+        return (build(), None);
+    }
     let _guard = RING_SETUP.lock().unwrap_or_else(|p| p.into_inner());
     let before = io_uring_fds();
     let built = build();
@@ -117,8 +121,8 @@ fn reap(ring: RawFd) {
 }
 
 /// The spinner: one per worker when `busy_poll` is set. While events keep coming less than
-/// `busy_poll` (the window) apart it stays runnable, so the runtime never sleeps; `window` after the last one
-/// it waits for the next event with nothing armed.
+/// `busy_poll` (the window) apart it stays runnable, so the runtime never sleeps; one window
+/// after the last event it waits for the next one with nothing armed.
 ///
 /// Two rules keep it from starving anything:
 /// - it never wakes itself from inside its own poll (monoio puts such a task back at the front

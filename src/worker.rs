@@ -162,6 +162,8 @@ fn run_worker(
     tls: TlsConnectors,
     ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
 ) {
+    // The ring's fd is looked for only when the spinner will need it.
+    let busy_poll = !config.server.busy_poll.is_zero();
     let setup = move |driver: u8, reaper: crate::busy::Reaper| {
         let monitor = monitor;
         let config = config.clone();
@@ -188,7 +190,7 @@ fn run_worker(
     let entries = 4096;
     if !epoll_forced() {
         for flags in [true, false] {
-            let (rt, ring) = crate::busy::build_and_find_ring(|| {
+            let (rt, ring) = crate::busy::build_and_find_ring(busy_poll, || {
                 monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
                     .with_entries(entries)
                     .uring_builder(uring_builder(flags))
@@ -205,10 +207,10 @@ fn run_worker(
                     }
                     // Only a DEFER_TASKRUN ring needs the spinner's own enter; without it any
                     // enter of monoio's posts completions.
-                    let reaper = match (flags, ring) {
-                        (false, _) => crate::busy::Reaper::Driver,
-                        (true, Some(fd)) => crate::busy::Reaper::Ring(fd),
-                        (true, None) => crate::busy::Reaper::Unknown,
+                    let reaper = match ring {
+                        _ if !busy_poll || !flags => crate::busy::Reaper::Driver,
+                        Some(fd) => crate::busy::Reaper::Ring(fd),
+                        None => crate::busy::Reaper::Unknown,
                     };
                     rt.block_on(setup(monitor::IO_URING, reaper));
                     return;

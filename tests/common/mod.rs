@@ -352,12 +352,12 @@ impl Relay {
         }
     }
 
-    /// Everything the relay wrote to stderr so far.
     /// The relay's process id (for reading its CPU time from /proc).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Everything the relay wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
