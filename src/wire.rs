@@ -167,7 +167,8 @@ impl RequestHead {
 
 /// Headers the relay sets itself on the upstream request (or deliberately drops):
 /// identity and framing are per hop; `accept-encoding` is dropped so that streamed bodies stay
-/// plain text the relay can inspect (SSE error injection, usage accounting).
+/// plain text the relay can inspect (SSE error injection, usage accounting); `x-request-id`
+/// is always the relay's one id for the request (the client's own when it was acceptable).
 const REPLACED_REQUEST_HEADERS: &[&[u8]] = &[
     b"host",
     b"content-length",
@@ -175,6 +176,7 @@ const REPLACED_REQUEST_HEADERS: &[&[u8]] = &[
     b"x-api-key",
     b"expect",
     b"accept-encoding",
+    b"x-request-id",
 ];
 
 const HOP_BY_HOP: &[&[u8]] = &[
@@ -1045,7 +1047,8 @@ mod tests {
             let t = format!("POST / HTTP/1.1\r\nTransfer-Encoding: {te}\r\n\r\n");
             assert_eq!(req(&t).unwrap_err(), WireError::UnsupportedCoding, "{te}");
         }
-        let t = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let t =
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(req(t).unwrap_err(), WireError::UnsupportedCoding);
         let (_, h) = req("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap();
         assert_eq!(h.body, BodyKind::Chunked);
