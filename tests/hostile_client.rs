@@ -48,8 +48,9 @@ fn transfer_encoding_on_http_1_0_is_refused(driver: Driver) {
     let mock = Mock::start();
     let relay = start(driver, &ConfigBuilder::new(mock.addr));
     let body = chat_body("mock-fixed", false);
+    // Without a Content-Length, so only the HTTP version makes the coding wrong.
     let raw = format!(
-        "POST /v1/chat/completions HTTP/1.0\r\nHost: r\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/chat/completions HTTP/1.0\r\nHost: r\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
         body.len()
     );
     let (r, closed) = refused(&relay, raw.as_bytes());
