@@ -89,8 +89,8 @@ pub struct MonitorConfig {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Provider {
+    /// Any OpenAI-compatible API: OpenAI, xAI, DeepSeek, vLLM, ...
     OpenAi,
-    Anthropic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -481,7 +481,6 @@ impl Config {
         for c in &self.channels {
             let provider = match c.provider {
                 Provider::OpenAi => "openai",
-                Provider::Anthropic => "anthropic",
             };
             let _ = write!(
                 out,
@@ -734,7 +733,13 @@ fn read_channel(
     let provider_field = sec.required("provider")?;
     let provider = match provider_field.str()? {
         "openai" => Provider::OpenAi,
-        "anthropic" => Provider::Anthropic,
+        // Refused rather than accepted and misused: an Anthropic upstream would get
+        // `Authorization: Bearer` and the client's OpenAI path.
+        "anthropic" => {
+            return Err(provider_field.err(
+                "provider \"anthropic\" is not supported yet: ringway does not speak Anthropic's Messages API to upstreams (use an OpenAI-compatible base_url)",
+            ))
+        }
         other => {
             return Err(provider_field.err(&format!(
                 "unknown provider {other:?} (expected \"openai\" or \"anthropic\")"

@@ -75,6 +75,24 @@ impl Layer {
     }
 }
 
+impl crate::config::Timeouts {
+    /// The configured duration of `layer`.
+    pub fn layer(&self, layer: Layer) -> std::time::Duration {
+        match layer {
+            Layer::ClientIdle => self.client_idle,
+            Layer::ClientHeader => self.client_header,
+            Layer::ClientBody => self.client_body,
+            Layer::Connect => self.connect,
+            Layer::TlsHandshake => self.tls_handshake,
+            Layer::ResponseHeader => self.response_header,
+            Layer::StreamIdle => self.stream_idle,
+            Layer::Total => self.total,
+            Layer::Quick => self.quick,
+            Layer::PoolIdle => self.pool_idle,
+        }
+    }
+}
+
 /// One connection's deadline: a single wheel slot re-armed as phases change.
 pub struct DeadlineSet {
     timer: Timer,
@@ -197,6 +215,21 @@ impl DeadlineSet {
     #[inline]
     pub fn expired(&self) -> Expired<'_> {
         self.timer.expired()
+    }
+
+    /// Race `io` against the armed deadline, `io` polled first: an op that completed is never
+    /// thrown away because its deadline fired in the same tick (that once cut SSE streams
+    /// mid-chunk instead of ending them with the error event). `Err(layer)` when the deadline
+    /// won; `io` is dropped right there (io_uring ops cancelled, their buffers released when
+    /// the kernel lets go). A checkpoint counts as the deadline here: callers that arm one
+    /// race by hand.
+    #[inline]
+    pub async fn race<F: std::future::Future>(&self, io: F) -> Result<F::Output, Layer> {
+        monoio::select! {
+            biased;
+            r = io => Ok(r),
+            _ = self.expired() => Err(self.layer()),
+        }
     }
 
     pub fn is_expired(&self) -> bool {

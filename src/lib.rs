@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod deadline;
 pub mod demo;
+pub mod error;
 pub mod log;
 pub mod mock;
 pub mod monitor;
