@@ -35,7 +35,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::bufpool::BufPool;
 use crate::config::Config;
-use crate::monitor::{self, add, bump, Monitor};
+use crate::monitor::{self, bump, Monitor};
 use crate::route::{RouteState, Router};
 use crate::upstream::{Pool, PoolSlot, Resolver, TlsConnectors};
 use crate::wheel::Wheel;
@@ -326,7 +326,7 @@ fn new_worker(
             .max(1),
         max_connections: config.server.max_connections.div_ceil(workers).max(1),
         connections: Cell::new(0),
-        idle: IdleConnections::new(),
+        idle: IdleConnections::counting(&monitor.workers[id].idle_shed),
         next_request: Cell::new(0),
         started_nanos,
         activity: Default::default(),
@@ -360,6 +360,7 @@ async fn serve(
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
+                admission.nothing_to_shed = false;
                 if worker.connections.get() >= worker.max_connections
                     && !admission.room_at_bound(&worker)
                 {
@@ -427,6 +428,10 @@ struct Admission {
     /// `/dev/null`, held open so that at the fd limit one descriptor can be freed to accept a
     /// pending connection and close it (instead of leaving it in the kernel's queue).
     spare: Option<OwnedFd>,
+    /// The last fd-limit failure found no idle connection to close. Only the second such
+    /// failure in a row refuses a pending connection: connections accepted just before may not
+    /// have reached their idle wait yet (the epoll driver accepts several without yielding).
+    nothing_to_shed: bool,
     accept_log: RateLimit,
     bound_log: RateLimit,
 }
@@ -463,6 +468,7 @@ impl Admission {
     fn new() -> Admission {
         Admission {
             spare: open_spare(),
+            nothing_to_shed: false,
             accept_log: RateLimit::default(),
             bound_log: RateLimit::default(),
         }
@@ -473,14 +479,12 @@ impl Admission {
     fn room_at_bound(&mut self, worker: &Worker) -> bool {
         let stats = worker.stats();
         let shed = worker.idle.shed_oldest(1);
-        if shed > 0 {
-            bump(&stats.idle_shed);
-        } else {
+        if shed == 0 {
             bump(&stats.connections_rejected);
         }
         if let Some([_, shed, refused]) = self.bound_log.note(shed, shed == 0) {
             crate::log::warn(&format!(
-                "worker {}: at max_connections ({} per worker): closed {shed} idle connection(s) to make room, refused {refused} new one(s) since the last line",
+                "worker {}: at max_connections ({} per worker): {shed} idle connection(s) asked to close to make room, {refused} new one(s) refused since the last line",
                 worker.id, worker.max_connections
             ));
         }
@@ -497,26 +501,35 @@ impl Admission {
             e.raw_os_error(),
             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
         );
-        let (shed, refused) = if exhausted {
+        // (idle connections closed, pending connection refused, retry soon)
+        let (shed, refused, soon) = if exhausted {
             let shed = worker.idle.shed_oldest(SHED_BATCH);
-            add(&stats.idle_shed, shed as u64);
-            let refused = shed == 0 && self.refuse_pending(worker, listener);
-            (shed, refused)
+            if shed > 0 {
+                self.nothing_to_shed = false;
+                (shed, false, true)
+            } else if !self.nothing_to_shed {
+                // Give connections accepted just before a turn to reach their idle wait.
+                self.nothing_to_shed = true;
+                (0, false, true)
+            } else {
+                let refused = self.refuse_pending(worker, listener);
+                (0, refused, refused)
+            }
         } else {
-            (0, false)
+            (0, false, false)
         };
         if let Some([n, shed, refused]) = self.accept_log.note(shed, refused) {
             let mut line = format!("worker {}: accept failed: {e}", worker.id);
             if n > 1 || shed > 0 || refused > 0 {
                 line.push_str(&format!(
-                    " ({} more failure(s), {shed} idle connection(s) closed to make room, {refused} connection(s) refused since the last line)",
+                    " ({} more failure(s), {shed} idle connection(s) asked to close to make room, {refused} connection(s) refused since the last line)",
                     n - 1
                 ));
             }
             crate::log::warn(&line);
         }
         match e.raw_os_error() {
-            _ if exhausted && (shed > 0 || refused) => FD_RETRY_SOON,
+            _ if exhausted && soon => FD_RETRY_SOON,
             _ if exhausted => FD_RETRY_LATER,
             // The peer gave up before the accept, or a signal: nothing to wait for.
             Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) => Duration::ZERO,
@@ -565,6 +578,9 @@ const NIL: u32 = u32::MAX;
 /// warm-up none of it allocates. Single-threaded, no locks: one per worker.
 pub struct IdleConnections {
     list: RefCell<IdleList>,
+    /// Counts the connections that did close because they were shed (one whose request
+    /// arrived in the same instant is served instead, and not counted).
+    closed: Option<&'static std::sync::atomic::AtomicU64>,
 }
 
 struct IdleList {
@@ -594,6 +610,8 @@ enum SlotState {
     Waiting,
     /// Picked by `shed_oldest`: unlinked; the guard still owns the slot.
     Shed,
+    /// Its `shed` future completed (and was counted): the connection is closing.
+    Closing,
 }
 
 impl Default for IdleConnections {
@@ -612,6 +630,16 @@ impl IdleConnections {
                 free: NIL,
                 len: 0,
             }),
+            closed: None,
+        }
+    }
+
+    /// Like [`IdleConnections::new`], counting each connection that closes because it was
+    /// shed in `closed` (the worker's monitor counter).
+    pub fn counting(closed: &'static std::sync::atomic::AtomicU64) -> IdleConnections {
+        IdleConnections {
+            closed: Some(closed),
+            ..IdleConnections::new()
         }
     }
 
@@ -708,14 +736,18 @@ pub struct IdleGuard<'a> {
 }
 
 impl IdleGuard<'_> {
-    /// Completes once the worker asked this connection to close to make room.
+    /// Completes once the worker asked this connection to close to make room. Its completion
+    /// is counted as a closed connection: a caller that sees it must close.
     pub fn shed(&self) -> Shed<'_> {
         Shed { guard: self }
     }
 
     /// Whether the worker asked this connection to close.
     pub fn is_shed(&self) -> bool {
-        self.idle.list.borrow().slots[self.slot as usize].state == SlotState::Shed
+        matches!(
+            self.idle.list.borrow().slots[self.slot as usize].state,
+            SlotState::Shed | SlotState::Closing
+        )
     }
 }
 
@@ -747,10 +779,19 @@ impl Future for Shed<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut l = self.guard.idle.list.borrow_mut();
+        let idle = self.guard.idle;
+        let mut l = idle.list.borrow_mut();
         let s = &mut l.slots[self.guard.slot as usize];
-        if s.state == SlotState::Shed {
-            return Poll::Ready(());
+        match s.state {
+            SlotState::Shed => {
+                s.state = SlotState::Closing;
+                if let Some(c) = idle.closed {
+                    bump(c);
+                }
+                return Poll::Ready(());
+            }
+            SlotState::Closing => return Poll::Ready(()),
+            SlotState::Waiting | SlotState::Free => {}
         }
         let old = match &s.waker {
             Some(w) if w.will_wake(cx.waker()) => None,
@@ -997,7 +1038,9 @@ mod tests {
 
     #[test]
     fn idle_connections_are_shed_oldest_first_and_woken() {
-        let idle = IdleConnections::new();
+        let closed: &'static std::sync::atomic::AtomicU64 =
+            Box::leak(Box::new(std::sync::atomic::AtomicU64::new(0)));
+        let idle = IdleConnections::counting(closed);
         let counters: Vec<Arc<CountWake>> = (0..4)
             .map(|_| Arc::new(CountWake(AtomicUsize::new(0))))
             .collect();
@@ -1018,10 +1061,16 @@ mod tests {
             .collect();
         assert_eq!(ready, [true, true, false, false]);
         assert!(guards[0].is_shed() && !guards[2].is_shed());
+        // Counted once each, when the future completes (the connection closes), not when asked.
+        assert_eq!(closed.load(Relaxed), 2);
+        assert!(poll_shed(&guards[0], &wakers[0]));
+        assert_eq!(closed.load(Relaxed), 2);
         // Asking for more than there are sheds what is left.
         assert_eq!(idle.shed_oldest(10), 2);
         assert_eq!(idle.shed_oldest(1), 0);
         assert!(idle.is_empty());
+        // Asked but never completed (its request arrived first): not counted.
+        assert_eq!(closed.load(Relaxed), 2);
         drop(guards);
         assert!(idle.is_empty());
     }
