@@ -112,11 +112,21 @@ async fn read_head(
             }
         }
         if conn.rbuf.capacity() == 0 {
-            // Readiness first: an idle connection holds no read buffer.
-            match conn.deadline.race(conn.client.readable(false)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(None),
-                Err(_) => return Err(head_timeout(conn, phase)),
+            // Readiness first: an idle connection holds no read buffer. While it waits it is
+            // on the worker's idle list: at max_connections or the fd limit the worker closes
+            // the longest-idle connections first to make room (worker.rs, IdleConnections).
+            let idle = conn.w.idle.enter();
+            let ready = monoio::select! {
+                biased;
+                r = conn.client.readable(false) => Some(r.is_ok()),
+                _ = conn.deadline.expired() => None,
+                _ = idle.shed() => Some(false),
+            };
+            drop(idle);
+            match ready {
+                Some(true) => {}
+                Some(false) => return Err(None),
+                None => return Err(head_timeout(conn, phase)),
             }
             conn.rbuf = conn.w.bufs.take();
         }
