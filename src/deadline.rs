@@ -10,88 +10,8 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+pub use crate::config::Layer;
 use crate::wheel::{Expired, Timer};
-
-/// The timeout layers of the contract, in the order a request meets them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Layer {
-    ClientIdle = 0,
-    ClientHeader,
-    ClientBody,
-    Connect,
-    TlsHandshake,
-    ResponseHeader,
-    StreamIdle,
-    Total,
-    Quick,
-    PoolIdle,
-}
-
-impl Layer {
-    pub const COUNT: usize = 10;
-    pub const ALL: [Layer; Layer::COUNT] = [
-        Layer::ClientIdle,
-        Layer::ClientHeader,
-        Layer::ClientBody,
-        Layer::Connect,
-        Layer::TlsHandshake,
-        Layer::ResponseHeader,
-        Layer::StreamIdle,
-        Layer::Total,
-        Layer::Quick,
-        Layer::PoolIdle,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Layer::ClientIdle => "client_idle",
-            Layer::ClientHeader => "client_header",
-            Layer::ClientBody => "client_body",
-            Layer::Connect => "connect",
-            Layer::TlsHandshake => "tls_handshake",
-            Layer::ResponseHeader => "response_header",
-            Layer::StreamIdle => "stream_idle",
-            Layer::Total => "total",
-            Layer::Quick => "quick",
-            Layer::PoolIdle => "pool_idle",
-        }
-    }
-
-    /// The error code clients see, e.g. `response_header_timeout`.
-    pub fn code(self) -> &'static str {
-        match self {
-            Layer::ClientIdle => "client_idle_timeout",
-            Layer::ClientHeader => "client_header_timeout",
-            Layer::ClientBody => "client_body_timeout",
-            Layer::Connect => "connect_timeout",
-            Layer::TlsHandshake => "tls_handshake_timeout",
-            Layer::ResponseHeader => "response_header_timeout",
-            Layer::StreamIdle => "stream_idle_timeout",
-            Layer::Total => "total_timeout",
-            Layer::Quick => "quick_timeout",
-            Layer::PoolIdle => "pool_idle_timeout",
-        }
-    }
-}
-
-impl crate::config::Timeouts {
-    /// The configured duration of `layer`.
-    pub fn layer(&self, layer: Layer) -> std::time::Duration {
-        match layer {
-            Layer::ClientIdle => self.client_idle,
-            Layer::ClientHeader => self.client_header,
-            Layer::ClientBody => self.client_body,
-            Layer::Connect => self.connect,
-            Layer::TlsHandshake => self.tls_handshake,
-            Layer::ResponseHeader => self.response_header,
-            Layer::StreamIdle => self.stream_idle,
-            Layer::Total => self.total,
-            Layer::Quick => self.quick,
-            Layer::PoolIdle => self.pool_idle,
-        }
-    }
-}
 
 /// One connection's deadline: a single wheel slot re-armed as phases change.
 pub struct DeadlineSet {

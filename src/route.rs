@@ -130,13 +130,7 @@ impl Router {
                 } else {
                     format!("{host}:{}", c.port)
                 };
-                let mut timeouts = config.timeouts;
-                let o = &c.timeouts;
-                timeouts.connect = o.connect.unwrap_or(timeouts.connect);
-                timeouts.tls_handshake = o.tls_handshake.unwrap_or(timeouts.tls_handshake);
-                timeouts.response_header = o.response_header.unwrap_or(timeouts.response_header);
-                timeouts.stream_idle = o.stream_idle.unwrap_or(timeouts.stream_idle);
-                timeouts.total = o.total.unwrap_or(timeouts.total);
+                let timeouts = c.timeouts.apply(&config.timeouts);
                 let adapter = Adapter::for_provider(c.provider);
                 Channel {
                     cfg: c.clone(),
@@ -291,5 +285,38 @@ impl RouteState {
         x ^= x >> 27;
         self.rng.set(x);
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+// ---- routing predicates of the config types ----------------------------------------------
+
+/// `"*"` matches anything, `"abc*"` matches by prefix, anything else must match exactly.
+pub fn glob_match(pattern: &str, s: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => s.starts_with(prefix),
+        None => pattern == s,
+    }
+}
+
+impl ChannelConfig {
+    /// True if a `models` pattern matches, or if `model_map` names the model: a mapped alias
+    /// is served by construction even when only its target is listed in `models`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|p| glob_match(p, model))
+            || self.model_map.iter().any(|(from, _)| from == model)
+    }
+
+    /// The model name to send upstream for a client's `model`.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.model_map
+            .iter()
+            .find(|(from, _)| from == model)
+            .map_or(model, |(_, to)| to.as_str())
+    }
+}
+
+impl TokenConfig {
+    pub fn allows(&self, model: &str) -> bool {
+        self.models.iter().any(|p| glob_match(p, model))
     }
 }

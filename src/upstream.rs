@@ -351,7 +351,7 @@ impl Upstreams {
     ) -> Result<UpConn, ConnectError> {
         let cfg = &channel.cfg;
         let t = channel.timeouts;
-        deadline.arm(Layer::Connect, t.connect);
+        deadline.arm(Layer::Connect, t[Layer::Connect]);
         let addrs = deadline
             .race(self.resolver.resolve(&cfg.host, cfg.port))
             .await
@@ -368,7 +368,7 @@ impl Upstreams {
         let stream = match cfg.scheme {
             Scheme::Http => Stream::Plain(tcp),
             Scheme::Https => {
-                deadline.arm(Layer::TlsHandshake, t.tls_handshake);
+                deadline.arm(Layer::TlsHandshake, t[Layer::TlsHandshake]);
                 deadline
                     .race(tls_handshake(&rt.tls, &cfg.host, tcp))
                     .await

@@ -282,7 +282,14 @@ fn new_worker(
         route_state: RouteState::new(seed ^ started_nanos),
         bufs: BufPool::new(BUF_SIZE, MAX_FREE_BUFFERS),
         wheel: Wheel::new(WHEEL_TICK),
-        upstreams: Upstreams::new(&router, tls, config.timeouts.pool_idle, monitor, id, seed),
+        upstreams: Upstreams::new(
+            &router,
+            tls,
+            config.timeouts[crate::config::Layer::PoolIdle],
+            monitor,
+            id,
+            seed,
+        ),
         max_inflight: (config.server.max_inflight as u64)
             .div_ceil(workers as u64)
             .max(1),

@@ -41,7 +41,7 @@ pub async fn admit(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Admitted, H
     };
     ex.token = Some(token);
     conn.deadline
-        .begin_request(ex.start, w.config.timeouts.total, Layer::Total);
+        .begin_request(ex.start, w.config.timeouts[Layer::Total], Layer::Total);
     read_body(conn, ex).await?;
     if w.stats().inflight.load(Relaxed) >= w.max_inflight {
         bump(&w.stats().overloaded);
@@ -130,7 +130,7 @@ async fn send_continue(conn: &mut Conn) -> Result<(), Halt> {
 /// Read more of the body: silence is bounded by `client_body`, the whole body by `body_due`
 /// (`client_body_total` after the head), both answered 408; `total` answers 504.
 async fn read_more(conn: &mut Conn, t: &Timeouts, body_due: Instant) -> Result<(), Halt> {
-    let silence_due = conn.deadline.now() + t.client_body;
+    let silence_due = conn.deadline.now() + t[Layer::ClientBody];
     conn.deadline
         .arm_at(Layer::ClientBody, silence_due.min(body_due));
     let buf = std::mem::take(&mut conn.rbuf);

@@ -219,7 +219,8 @@ async fn send_and_await_head(
     };
     // Sending is bounded by the response_header layer: an upstream that does not read its
     // request is as stuck as one that does not answer.
-    conn.deadline.arm(Layer::ResponseHeader, t.response_header);
+    conn.deadline
+        .arm(Layer::ResponseHeader, t[Layer::ResponseHeader]);
     let (r, req) = match conn.deadline.race(upconn.stream.write_all(req)).await {
         Ok(done) => done,
         Err(layer) => return (Err(timeout(conn, layer)), None),

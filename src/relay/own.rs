@@ -72,7 +72,7 @@ pub async fn respond(
     ex.mark_first_byte(status, now);
     // Unclamped: this may be the answer to an expired total, which must still go out.
     conn.deadline
-        .arm_unclamped(Layer::ClientIdle, conn.w.config.timeouts.client_idle);
+        .arm_unclamped(Layer::ClientIdle, conn.w.config.timeouts[Layer::ClientIdle]);
     let len = out.len();
     match write_client(conn, out, 0..len).await {
         Ok(out) => {
@@ -99,7 +99,7 @@ pub async fn write_client(
     buf: Vec<u8>,
     range: Range<usize>,
 ) -> Result<Vec<u8>, Flow> {
-    let client_idle = conn.w.config.timeouts.client_idle;
+    let client_idle = conn.w.config.timeouts[Layer::ClientIdle];
     let Conn {
         client, deadline, ..
     } = conn;

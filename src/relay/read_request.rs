@@ -84,7 +84,7 @@ async fn read_head(
     } else {
         Layer::ClientHeader
     };
-    conn.deadline.arm(phase, t.layer(phase));
+    conn.deadline.arm(phase, t[phase]);
     loop {
         if !conn.rbuf.is_empty() {
             match wire::parse_request(&conn.rbuf, head) {
@@ -108,7 +108,7 @@ async fn read_head(
             }
             if phase == Layer::ClientIdle {
                 phase = Layer::ClientHeader;
-                conn.deadline.arm(phase, t.client_header);
+                conn.deadline.arm(phase, t[Layer::ClientHeader]);
             }
         }
         if conn.rbuf.capacity() == 0 {

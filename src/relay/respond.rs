@@ -31,7 +31,7 @@ use super::{Conn, Flow, Halt};
 pub async fn operations(conn: &mut Conn, ex: &mut Exchange<'_>) -> Flow {
     let w = conn.w.clone();
     conn.deadline
-        .begin_request(ex.start, w.config.timeouts.quick, Layer::Quick);
+        .begin_request(ex.start, w.config.timeouts[Layer::Quick], Layer::Quick);
     match ex.endpoint {
         Endpoint::Health => {
             // 503 until the whole process is up, so a health check never passes a relay
@@ -204,7 +204,8 @@ async fn relay_fixed(
     let now = conn.deadline.now();
     ex.mark_first_byte(ex.resp.status, now);
     let mut remaining = n - first as u64;
-    conn.deadline.arm_recent(Layer::ClientIdle, t.client_idle);
+    conn.deadline
+        .arm_recent(Layer::ClientIdle, t[Layer::ClientIdle]);
     if out.len() + first <= out.capacity() {
         out.extend_from_slice(&ubuf[hl..hl + first]);
         let len = out.len();
@@ -219,7 +220,7 @@ async fn relay_fixed(
             .map_err(halt)?;
     }
     while remaining > 0 {
-        conn.deadline.arm(Layer::StreamIdle, t.stream_idle);
+        conn.deadline.arm(Layer::StreamIdle, t[Layer::StreamIdle]);
         ubuf.clear();
         // The whole buffer, not just what is left of the body: a read that brings more than
         // the body shows the upstream sent something after it.
@@ -246,7 +247,7 @@ async fn relay_fixed(
             }
         }
         note_usage(ex, &ubuf);
-        conn.deadline.arm(Layer::ClientIdle, t.client_idle);
+        conn.deadline.arm(Layer::ClientIdle, t[Layer::ClientIdle]);
         let len = ubuf.len();
         ubuf = write_client(conn, ubuf, 0..len).await.map_err(halt)?;
     }
@@ -328,7 +329,7 @@ async fn upstream_error(
         if complete || body.len() >= cap {
             break;
         }
-        conn.deadline.arm(Layer::StreamIdle, t.stream_idle);
+        conn.deadline.arm(Layer::StreamIdle, t[Layer::StreamIdle]);
         ubuf.clear();
         let c = ubuf.capacity();
         match conn

@@ -67,7 +67,8 @@ pub async fn relay_stream(
     write_client_head(conn, ex, &mut out, &ubuf, channel, framing, close);
     let now = conn.deadline.now();
     ex.mark_first_byte(ex.resp.status, now);
-    conn.deadline.arm_recent(Layer::ClientIdle, t.client_idle);
+    conn.deadline
+        .arm_recent(Layer::ClientIdle, t[Layer::ClientIdle]);
     let len = out.len();
     let out = write_client(conn, out, 0..len).await.map_err(halt)?;
     conn.w.bufs.give(out);
@@ -230,7 +231,8 @@ async fn read_stream(
     canceller: &mut Canceller,
 ) -> StreamRead {
     let now = conn.deadline.now();
-    conn.deadline.arm_at(Layer::StreamIdle, now + t.stream_idle);
+    conn.deadline
+        .arm_at(Layer::StreamIdle, now + t[Layer::StreamIdle]);
     // A hold that would reach the deadline is skipped: bytes that arrive during it must still
     // count against stream_idle and total.
     if !hold.is_zero() && conn.deadline.checkpoint(now + hold) {
@@ -332,7 +334,7 @@ async fn end_with_error(
     buf.extend_from_slice(b"\r\n");
     buf.extend_from_slice(wire::LAST_CHUNK);
     conn.deadline
-        .arm_unclamped(Layer::ClientIdle, conn.w.config.timeouts.client_idle);
+        .arm_unclamped(Layer::ClientIdle, conn.w.config.timeouts[Layer::ClientIdle]);
     let end = buf.len();
     let buf = write_client(conn, buf, start..end).await.map_err(halt)?;
     conn.w.bufs.give(buf);
