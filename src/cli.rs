@@ -1,7 +1,9 @@
 //! The command line: `ringway --config PATH`, `check-config`, `demo`, `mock`, `top`.
 //!
 //! Owns: argument parsing, turning a validated config into running workers, and exit codes
-//! (0 ok, 2 bad config or usage, 1 runtime failure). Must not: contain relay logic.
+//! (0 ok, 2 bad config or usage, 1 runtime failure, including an address another process
+//! listens on). Config warnings are printed by `check-config` (stderr, exit status still 0)
+//! and logged once as WARN when the relay starts. Must not: contain relay logic.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -96,6 +98,31 @@ fn check_config(path: &Path) -> i32 {
     match config::load(path) {
         Ok(c) => {
             print!("{}", c.summary());
+            let fds = worker::FdBudget::of(&c);
+            let limit = |n: u64| {
+                if n == u64::MAX {
+                    "unlimited".to_string()
+                } else {
+                    n.to_string()
+                }
+            };
+            print!(
+                "fds       about {} needed (max_connections + max_inflight + {} for the process); RLIMIT_NOFILE {}, hard {}",
+                fds.needed,
+                fds.reserve,
+                limit(fds.soft),
+                limit(fds.hard)
+            );
+            if fds.target_soft() > fds.soft {
+                print!(" (raised to {} at start)", fds.target_soft());
+            }
+            println!();
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
+            if let Some(w) = fds.warning(&c) {
+                eprintln!("warning: {}: {w}", c.path.display());
+            }
             println!("config OK");
             0
         }
@@ -114,6 +141,9 @@ fn run_relay(path: &Path) -> i32 {
             return 2;
         }
     };
+    for w in &config.warnings {
+        crate::log::warn(&format!("config: {w}"));
+    }
     match start(config) {
         Ok(running) => {
             running.wait();
@@ -143,6 +173,7 @@ impl Running {
 /// Start workers for a validated config; returns once every listener is bound.
 pub fn start(config: Config) -> std::io::Result<Running> {
     let n = config.effective_workers();
+    worker::prepare_fd_limit(&config);
     let monitor = Monitor::new(
         n,
         config.monitor.warn_inflight as u64,

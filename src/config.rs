@@ -3,9 +3,13 @@
 //! the line and the dotted key at fault, so `check-config` and startup can point the operator
 //! straight at the mistake. Everything downstream may trust a `Config` without re-checking it.
 //!
-//! This module must not do IO beyond reading the one file and the PEM files channels name in
-//! `ca_file` (resolving a host name written in `server.listen` through the system resolver is
-//! the only other lookup), must not touch the
+//! It also collects [`ConfigWarning`]s: settings that are valid but probably not what the
+//! operator meant (a threshold that can never be reached, a config file other users can read).
+//! They never fail a load; `check-config` prints them and the relay logs them once at start.
+//!
+//! This module must not do IO beyond reading the one file (and its permission bits) and the
+//! PEM files channels name in `ca_file` (resolving a host name written in `server.listen`
+//! through the system resolver is the only other lookup), must not touch the
 //! network, and must never print or embed a secret (upstream keys, client tokens) in an error
 //! message or in [`Config::summary`].
 
@@ -31,6 +35,8 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
     /// In file order; never empty, keys unique.
     pub tokens: Vec<TokenConfig>,
+    /// Valid but suspicious settings, in file order (the file's permissions last).
+    pub warnings: Vec<ConfigWarning>,
 }
 
 #[derive(Clone, Debug)]
@@ -41,6 +47,9 @@ pub struct ServerConfig {
     /// 0 = one per online core, as written; see [`Config::effective_workers`].
     pub workers: usize,
     pub max_inflight: usize,
+    /// Open client connections, whole process (split evenly across workers). At the bound a
+    /// worker closes its longest-idle connection to make room, or refuses the new one.
+    pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     /// Cap on how much of an upstream error body is read before it is normalised.
@@ -83,8 +92,31 @@ pub struct ChannelTimeouts {
 #[derive(Clone, Debug)]
 pub struct MonitorConfig {
     pub log_interval: Duration,
+    /// Effective value: as written, or [`WARN_PERCENT`] of `server.max_inflight`.
     pub warn_inflight: usize,
+    /// Effective value: as written, or [`ALERT_PERCENT`] of `server.max_inflight`.
     pub alert_inflight: usize,
+    /// Whether `warn_inflight` / `alert_inflight` were written in the file (else derived).
+    pub warn_inflight_set: bool,
+    pub alert_inflight_set: bool,
+}
+
+/// Default `monitor.warn_inflight`, in percent of `server.max_inflight` (rounded down).
+pub const WARN_PERCENT: usize = 80;
+/// Default `monitor.alert_inflight`, in percent of `server.max_inflight` (rounded down).
+pub const ALERT_PERCENT: usize = 95;
+
+impl MonitorConfig {
+    /// The defaults for a process whose `max_inflight` is `max_inflight`.
+    pub fn defaults_for(max_inflight: usize) -> MonitorConfig {
+        MonitorConfig {
+            log_interval: Duration::from_secs(30),
+            warn_inflight: max_inflight * WARN_PERCENT / 100,
+            alert_inflight: max_inflight * ALERT_PERCENT / 100,
+            warn_inflight_set: false,
+            alert_inflight_set: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +206,30 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A valid but suspicious setting, displayed like a [`ConfigError`] (`FILE:LINE: KEY: MESSAGE`;
+/// the line and key are left out when the warning is about the whole file).
+#[derive(Clone, Debug)]
+pub struct ConfigWarning {
+    pub file: String,
+    /// 1-based; 0 if the warning is about the file itself.
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.file)?;
+        if self.line > 0 {
+            write!(f, "{}:", self.line)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, " {}:", self.key)?;
+        }
+        write!(f, " {}", self.message)
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -181,6 +237,7 @@ impl Default for ServerConfig {
             listen_text: "127.0.0.1:3000".to_string(),
             workers: 0,
             max_inflight: 500,
+            max_connections: 10_000,
             max_header_bytes: 65536,
             max_body_bytes: 67_108_864,
             max_error_body_bytes: 65536,
@@ -209,16 +266,14 @@ impl Default for Timeouts {
 }
 
 impl Default for MonitorConfig {
+    /// The defaults for the default `max_inflight`.
     fn default() -> Self {
-        MonitorConfig {
-            log_interval: Duration::from_secs(30),
-            warn_inflight: 2000,
-            alert_inflight: 5000,
-        }
+        MonitorConfig::defaults_for(ServerConfig::default().max_inflight)
     }
 }
 
-/// Reads `path` and parses it with the real process environment.
+/// Reads `path` and parses it with the real process environment. A file that users other
+/// than its owner and group may access adds a warning (it holds keys and tokens).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.display().to_string(),
@@ -226,7 +281,40 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         key: String::new(),
         message: format!("cannot read config file: {e}"),
     })?;
-    parse(&text, path)
+    let mut config = parse(&text, path)?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        config
+            .warnings
+            .extend(permission_warning(path, meta.permissions().mode()));
+    }
+    Ok(config)
+}
+
+/// The warning for a config file whose mode lets other users (not owner, not group) read or
+/// write it. Group access is fine: `640` with a group the service runs in is the usual setup.
+pub fn permission_warning(path: &Path, mode: u32) -> Option<ConfigWarning> {
+    let others = mode & 0o007;
+    if others == 0 {
+        return None;
+    }
+    let what = match (others & 0o004 != 0, others & 0o002 != 0) {
+        (true, true) => "every user on this machine can read and change it",
+        (true, false) => "every user on this machine can read it",
+        (false, true) => "every user on this machine can change it",
+        (false, false) => "every user on this machine has access to it",
+    };
+    let shown = path.display();
+    Some(ConfigWarning {
+        file: shown.to_string(),
+        line: 0,
+        key: String::new(),
+        message: format!(
+            "file mode {:04o}: {what}, and it holds channel keys and client tokens; \
+             run chmod 600 {shown} (or chmod 640 with a group you trust)",
+            mode & 0o7777
+        ),
+    })
 }
 
 /// Parses `text` (the contents of `path`) with the real process environment.
@@ -264,9 +352,10 @@ pub fn parse_with_env(
         Some(f) => read_timeouts(&f.table()?)?,
         None => Timeouts::default(),
     };
+    let mut warnings = Vec::new();
     let monitor = match root.field("monitor") {
-        Some(f) => read_monitor(&f.table()?)?,
-        None => MonitorConfig::default(),
+        Some(f) => read_monitor(&f.table()?, server.max_inflight, &mut warnings)?,
+        None => MonitorConfig::defaults_for(server.max_inflight),
     };
 
     let mut channels: Vec<ChannelConfig> = Vec::new();
@@ -336,6 +425,7 @@ pub fn parse_with_env(
         monitor,
         channels,
         tokens,
+        warnings,
     })
 }
 
@@ -442,8 +532,12 @@ impl Config {
         );
         let _ = writeln!(
             out,
-            "limits    max_inflight {}, max_header_bytes {}, max_body_bytes {}, max_error_body_bytes {}",
-            s.max_inflight, s.max_header_bytes, s.max_body_bytes, s.max_error_body_bytes
+            "limits    max_inflight {}, max_connections {}, max_header_bytes {}, max_body_bytes {}, max_error_body_bytes {}",
+            s.max_inflight,
+            s.max_connections,
+            s.max_header_bytes,
+            s.max_body_bytes,
+            s.max_error_body_bytes
         );
         let _ = writeln!(
             out,
@@ -470,12 +564,21 @@ impl Config {
             format_duration(t.client_body_total),
             format_duration(t.client_idle)
         );
+        let derived = |set: bool, percent: usize| {
+            if set {
+                String::new()
+            } else {
+                format!(" ({percent}% of max_inflight)")
+            }
+        };
         let _ = writeln!(
             out,
-            "monitor   log_interval {}, warn_inflight {}, alert_inflight {}",
+            "monitor   log_interval {}, warn_inflight {}{}, alert_inflight {}{}",
             format_duration(m.log_interval),
             m.warn_inflight,
-            m.alert_inflight
+            derived(m.warn_inflight_set, WARN_PERCENT),
+            m.alert_inflight,
+            derived(m.alert_inflight_set, ALERT_PERCENT)
         );
         let _ = writeln!(out, "channels  {}", self.channels.len());
         for c in &self.channels {
@@ -569,6 +672,7 @@ const SERVER_KEYS: &[&str] = &[
     "listen",
     "workers",
     "max_inflight",
+    "max_connections",
     "max_header_bytes",
     "max_body_bytes",
     "max_error_body_bytes",
@@ -631,6 +735,8 @@ fn read_server(sec: &Section) -> Result<ServerConfig, ConfigError> {
         // Far more threads than any machine has cores only burns memory.
         workers: sec.usize_or("workers", d.workers, 0, 1024)?,
         max_inflight: sec.usize_or("max_inflight", d.max_inflight, 1, MAX_COUNT)?,
+        // Each connection is a file descriptor; far past any RLIMIT_NOFILE is a typo.
+        max_connections: sec.usize_or("max_connections", d.max_connections, 1, 100_000_000)?,
         max_header_bytes: sec.usize_or("max_header_bytes", d.max_header_bytes, 1, MAX_COUNT)?,
         max_body_bytes: sec.usize_or("max_body_bytes", d.max_body_bytes, 1, usize::MAX)?,
         max_error_body_bytes: sec.usize_or(
@@ -697,14 +803,52 @@ fn read_timeouts(sec: &Section) -> Result<Timeouts, ConfigError> {
     })
 }
 
-fn read_monitor(sec: &Section) -> Result<MonitorConfig, ConfigError> {
+/// `[monitor]`. An unset threshold is a share of `max_inflight` ([`WARN_PERCENT`],
+/// [`ALERT_PERCENT`]), moved so the pair stays ordered when only the other one is written. An
+/// explicit threshold at or above `max_inflight` can never be exceeded: a warning, not an error.
+fn read_monitor(
+    sec: &Section,
+    max_inflight: usize,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<MonitorConfig, ConfigError> {
     sec.check_known(MONITOR_KEYS)?;
-    let d = MonitorConfig::default();
+    let d = MonitorConfig::defaults_for(max_inflight);
+    let read = |key: &str| {
+        sec.field(key)
+            .map(|f| f.usize_in(1, MAX_COUNT).map(|v| (v, f.line)))
+            .transpose()
+    };
+    let (warn, alert) = (read("warn_inflight")?, read("alert_inflight")?);
     let m = MonitorConfig {
         log_interval: sec.duration_or("log_interval", d.log_interval)?,
-        warn_inflight: sec.usize_or("warn_inflight", d.warn_inflight, 1, MAX_COUNT)?,
-        alert_inflight: sec.usize_or("alert_inflight", d.alert_inflight, 1, MAX_COUNT)?,
+        warn_inflight: match (warn, alert) {
+            (Some((w, _)), _) => w,
+            (None, Some((a, _))) => d.warn_inflight.min(a),
+            (None, None) => d.warn_inflight,
+        },
+        alert_inflight: match (alert, warn) {
+            (Some((a, _)), _) => a,
+            (None, Some((w, _))) => d.alert_inflight.max(w),
+            (None, None) => d.alert_inflight,
+        },
+        warn_inflight_set: warn.is_some(),
+        alert_inflight_set: alert.is_some(),
     };
+    for (key, value) in [("warn_inflight", warn), ("alert_inflight", alert)] {
+        if let Some((v, line)) = value {
+            if v >= max_inflight {
+                warnings.push(ConfigWarning {
+                    file: sec.cx.file.clone(),
+                    line,
+                    key: sec.key(key),
+                    message: format!(
+                        "{v} is not below server.max_inflight ({max_inflight}), so in-flight \
+                         requests can never exceed it and this level never fires"
+                    ),
+                });
+            }
+        }
+    }
     if m.warn_inflight > m.alert_inflight {
         let (key, line) = match (sec.field("warn_inflight"), sec.field("alert_inflight")) {
             (Some(f), _) => ("warn_inflight", f.line),
@@ -1614,8 +1758,12 @@ models = ["*"]
         assert_eq!(t.client_body, Duration::from_secs(30));
         assert_eq!(t.client_idle, Duration::from_secs(75));
         assert_eq!(c.monitor.log_interval, Duration::from_secs(30));
-        assert_eq!(c.monitor.warn_inflight, 2000);
-        assert_eq!(c.monitor.alert_inflight, 5000);
+        // 80% and 95% of the default max_inflight (500): reachable, unlike the old 2000/5000.
+        assert_eq!(c.monitor.warn_inflight, 400);
+        assert_eq!(c.monitor.alert_inflight, 475);
+        assert!(!c.monitor.warn_inflight_set && !c.monitor.alert_inflight_set);
+        assert_eq!(c.server.max_connections, 10_000);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         let ch = &c.channels[0];
         assert_eq!((ch.priority, ch.weight), (0, 1));
         assert_eq!((ch.scheme, ch.port), (Scheme::Http, 9000));
@@ -1634,7 +1782,148 @@ models = ["*"]
         assert_eq!(c.timeouts.connect, Duration::from_secs(1));
         assert_eq!(c.timeouts.tls_handshake, Duration::from_secs(10));
         assert_eq!(c.monitor.warn_inflight, 5);
-        assert_eq!(c.monitor.alert_inflight, 5000);
+        assert_eq!(c.monitor.alert_inflight, 475);
+    }
+
+    #[test]
+    fn inflight_thresholds_default_to_shares_of_max_inflight() {
+        let c = parse_ok(&format!("[server]\nmax_inflight = 1000\n{MINIMAL}"));
+        assert_eq!(
+            (c.monitor.warn_inflight, c.monitor.alert_inflight),
+            (800, 950)
+        );
+        let c = parse_ok(&format!(
+            "[server]\nmax_inflight = 10\n[monitor]\n{MINIMAL}"
+        ));
+        assert_eq!((c.monitor.warn_inflight, c.monitor.alert_inflight), (8, 9));
+        // Both defaults stay below max_inflight, so both can fire.
+        for max in [1, 2, 3, 7, 20, 499, 500, 501, 100_000] {
+            let c = parse_ok(&format!("[server]\nmax_inflight = {max}\n{MINIMAL}"));
+            let m = &c.monitor;
+            assert!(m.warn_inflight <= m.alert_inflight, "max {max}: {m:?}");
+            assert!(m.alert_inflight < max, "max {max}: {m:?}");
+            assert!(c.warnings.is_empty(), "max {max}: {:?}", c.warnings);
+        }
+        // Explicit values win; an unset partner moves so the pair stays ordered.
+        let c = parse_ok(&format!(
+            "[server]\nmax_inflight = 100\n[monitor]\nwarn_inflight = 90\n{MINIMAL}"
+        ));
+        assert_eq!(
+            (c.monitor.warn_inflight, c.monitor.alert_inflight),
+            (90, 95)
+        );
+        assert!(c.monitor.warn_inflight_set && !c.monitor.alert_inflight_set);
+        let c = parse_ok(&format!(
+            "[server]\nmax_inflight = 100\n[monitor]\nwarn_inflight = 97\n{MINIMAL}"
+        ));
+        assert_eq!(
+            (c.monitor.warn_inflight, c.monitor.alert_inflight),
+            (97, 97)
+        );
+        let c = parse_ok(&format!("[monitor]\nalert_inflight = 5\n{MINIMAL}"));
+        assert_eq!((c.monitor.warn_inflight, c.monitor.alert_inflight), (5, 5));
+        let c = parse_ok(&format!("[monitor]\nalert_inflight = 450\n{MINIMAL}"));
+        assert_eq!(
+            (c.monitor.warn_inflight, c.monitor.alert_inflight),
+            (400, 450)
+        );
+        let s = parse_ok(MINIMAL).summary();
+        assert!(
+            s.contains(
+                "warn_inflight 400 (80% of max_inflight), alert_inflight 475 (95% of max_inflight)"
+            ),
+            "{s}"
+        );
+        let s = c.summary();
+        assert!(
+            s.contains("warn_inflight 400 (80% of max_inflight), alert_inflight 450\n"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn thresholds_that_can_never_fire_are_warnings_with_line_and_key() {
+        let c = parse_ok(&format!(
+            "[server]\nmax_inflight = 500\n[monitor]\nwarn_inflight = 2000\nalert_inflight = 5000\n{MINIMAL}"
+        ));
+        assert_eq!(
+            (c.monitor.warn_inflight, c.monitor.alert_inflight),
+            (2000, 5000)
+        );
+        let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("ringway.toml:4: monitor.warn_inflight: 2000 is not below server.max_inflight (500)"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("ringway.toml:5: monitor.alert_inflight: 5000 is not below"),
+            "{w:?}"
+        );
+        // Just below max_inflight: fine.
+        let c = parse_ok(&format!(
+            "[server]\nmax_inflight = 500\n[monitor]\nalert_inflight = 499\n{MINIMAL}"
+        ));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn max_connections_is_read_and_bounded() {
+        let c = parse_ok(&format!("[server]\nmax_connections = 64\n{MINIMAL}"));
+        assert_eq!(c.server.max_connections, 64);
+        assert!(c.summary().contains("max_connections 64"));
+        let e = parse_err(&format!("[server]\nmax_connections = 0\n{MINIMAL}"));
+        assert_err(&e, 2, "server.max_connections", ">= 1");
+        let e = parse_err(&format!(
+            "[server]\n\nmax_connections = \"many\"\n{MINIMAL}"
+        ));
+        assert_err(&e, 3, "server.max_connections", "expected an integer");
+        let e = parse_err(&format!("[server]\nmax_connection = 5\n{MINIMAL}"));
+        assert_err(&e, 2, "server.max_connection", "unknown key");
+    }
+
+    #[test]
+    fn permission_warning_names_file_and_mode() {
+        let p = Path::new("/etc/ringway/ringway.toml");
+        for mode in [0o600, 0o640, 0o660, 0o100600, 0o100640] {
+            assert!(permission_warning(p, mode).is_none(), "{mode:o}");
+        }
+        let w = permission_warning(p, 0o100644)
+            .expect("0644 warns")
+            .to_string();
+        assert_eq!(
+            w,
+            "/etc/ringway/ringway.toml: file mode 0644: every user on this machine can read it, \
+             and it holds channel keys and client tokens; run chmod 600 /etc/ringway/ringway.toml \
+             (or chmod 640 with a group you trust)"
+        );
+        let w = permission_warning(p, 0o666)
+            .expect("0666 warns")
+            .to_string();
+        assert!(
+            w.contains("mode 0666: every user on this machine can read and change it"),
+            "{w}"
+        );
+        let w = permission_warning(p, 0o602)
+            .expect("0602 warns")
+            .to_string();
+        assert!(w.contains("can change it"), "{w}");
+    }
+
+    #[test]
+    fn load_warns_about_a_world_readable_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let path =
+            std::env::temp_dir().join(format!("ringway-config-mode-{}.toml", std::process::id()));
+        std::fs::write(&path, MINIMAL).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = load(&path).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].to_string().contains("mode 0644"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = load(&path).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
@@ -1810,8 +2099,10 @@ models = ["*"]
             "[monitor]\nwarn_inflight = 10\nalert_inflight = 5\n{MINIMAL}"
         ));
         assert_err(&e, 2, "monitor.warn_inflight", "must not exceed");
-        let e = parse_err(&format!("[monitor]\nalert_inflight = 5\n{MINIMAL}"));
-        assert_err(&e, 2, "monitor.alert_inflight", "must not exceed");
+        let e = parse_err(&format!(
+            "[monitor]\nalert_inflight = 5\nwarn_inflight = 6\n{MINIMAL}"
+        ));
+        assert_err(&e, 3, "monitor.warn_inflight", "must not exceed");
         let e = parse_err(&format!("server = 5\n{MINIMAL}"));
         assert_err(&e, 1, "server", "expected a table");
     }

@@ -5,6 +5,9 @@
 //! `/api/monitor/health` or `/metrics`, which sums them. That keeps the request path free of
 //! shared writes while any worker can report the whole process.
 //!
+//! Also owns the text formats: names in the health JSON and `/metrics`, and escaping every
+//! label value (token and channel names come from the config and may hold any character).
+//!
 //! Must not: lock, or do anything on the request path beyond relaxed counter updates.
 
 use std::fmt::Write as _;
@@ -64,6 +67,13 @@ pub struct WorkerStats {
     pub timeouts: [AtomicU64; Layer::COUNT],
     pub client_gone: AtomicU64,
     pub overloaded: AtomicU64,
+    /// Client connections accepted and closed at once: over `max_connections` with no idle
+    /// connection to close, or at the fd limit (see `worker`).
+    pub connections_rejected: AtomicU64,
+    /// Idle keep-alive client connections closed to make room for new ones.
+    pub idle_shed: AtomicU64,
+    /// Failed `accept` calls (the fd limit, mostly).
+    pub accept_errors: AtomicU64,
     pub upstream_connect_failed: AtomicU64,
     pub upstream_status: [AtomicU64; UPSTREAM_STATUS_SLOTS],
     pub upstream_status_other: AtomicU64,
@@ -119,6 +129,9 @@ impl Default for WorkerStats {
             timeouts: Default::default(),
             client_gone: AtomicU64::new(0),
             overloaded: AtomicU64::new(0),
+            connections_rejected: AtomicU64::new(0),
+            idle_shed: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
             upstream_connect_failed: AtomicU64::new(0),
             upstream_status: std::array::from_fn(|_| AtomicU64::new(0)),
             upstream_status_other: AtomicU64::new(0),
@@ -316,6 +329,12 @@ impl Monitor {
         m.insert("requests_total".into(), s(&|x| &x.requests_total).into());
         m.insert("client_gone".into(), s(&|x| &x.client_gone).into());
         m.insert("overloaded".into(), s(&|x| &x.overloaded).into());
+        m.insert(
+            "connections_rejected".into(),
+            s(&|x| &x.connections_rejected).into(),
+        );
+        m.insert("idle_connections_shed".into(), s(&|x| &x.idle_shed).into());
+        m.insert("accept_errors".into(), s(&|x| &x.accept_errors).into());
         m.insert("tasks_pending".into(), 0u64.into());
         let mut t = serde_json::Map::new();
         for l in HEALTH_TIMEOUT_LAYERS {
@@ -458,6 +477,27 @@ impl Monitor {
         );
         g(
             &mut o,
+            "ringway_connections_rejected_total",
+            "Client connections closed at once: over max_connections or at the fd limit.",
+            "counter",
+            self.sum(|w| &w.connections_rejected),
+        );
+        g(
+            &mut o,
+            "ringway_idle_connections_shed_total",
+            "Idle keep-alive client connections closed to make room for new ones.",
+            "counter",
+            self.sum(|w| &w.idle_shed),
+        );
+        g(
+            &mut o,
+            "ringway_accept_errors_total",
+            "Failed accept calls (mostly the file descriptor limit).",
+            "counter",
+            self.sum(|w| &w.accept_errors),
+        );
+        g(
+            &mut o,
             "ringway_upstream_connect_failed_total",
             "Upstream connect or TLS failures.",
             "counter",
@@ -556,7 +596,8 @@ impl Monitor {
         for (i, name) in names.iter().enumerate() {
             let _ = writeln!(
                 o,
-                "ringway_{label}_requests_total{{{label}=\"{name}\"}} {}",
+                "ringway_{label}_requests_total{{{label}=\"{}\"}} {}",
+                LabelValue(name),
                 total(i, 0)
             );
         }
@@ -568,7 +609,8 @@ impl Monitor {
             for (k, kind) in [(1, "prompt"), (2, "completion")] {
                 let _ = writeln!(
                     o,
-                    "ringway_{label}_tokens_total{{{label}=\"{name}\",kind=\"{kind}\"}} {}",
+                    "ringway_{label}_tokens_total{{{label}=\"{}\",kind=\"{kind}\"}} {}",
+                    LabelValue(name),
                     total(i, k)
                 );
             }
@@ -618,6 +660,26 @@ impl Monitor {
     }
 }
 
+/// A Prometheus label value, escaped as the text format requires: `\\` for a backslash, `\"`
+/// for a double quote and `\n` for a line feed; everything else as is (UTF-8 is allowed).
+pub struct LabelValue<'a>(pub &'a str);
+
+impl std::fmt::Display for LabelValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            f.write_str(&rest[..i])?;
+            f.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)
+    }
+}
+
 pub fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count().saturating_sub(1) as u64)
@@ -634,4 +696,43 @@ pub fn rss_bytes() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * page.max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let esc = |s: &str| LabelValue(s).to_string();
+        assert_eq!(esc("team-a"), "team-a");
+        assert_eq!(esc(""), "");
+        assert_eq!(esc(r#"team "a""#), r#"team \"a\""#);
+        assert_eq!(esc(r"back\slash"), r"back\\slash");
+        assert_eq!(esc("new\nline"), r"new\nline");
+        assert_eq!(esc("\\\"\n\n"), r#"\\\"\n\n"#);
+        assert_eq!(esc("é ü"), "é ü");
+    }
+
+    #[test]
+    fn usage_metrics_escape_token_and_channel_names() {
+        let m = Monitor::new(
+            1,
+            1,
+            2,
+            vec!["team \"a\"".into(), "x\\y\nz".into()],
+            vec!["ch\"1".into()],
+        );
+        m.workers[0].count_usage(0, 0, None);
+        let text = String::from_utf8(m.metrics_text()).unwrap();
+        for line in [
+            r#"ringway_token_requests_total{token="team \"a\""} 1"#,
+            r#"ringway_token_requests_total{token="x\\y\nz"} 0"#,
+            r#"ringway_token_tokens_total{token="x\\y\nz",kind="prompt"} 0"#,
+            r#"ringway_channel_requests_total{channel="ch\"1"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(text.contains("ringway_connections_rejected_total 0\n"));
+    }
 }

@@ -393,15 +393,23 @@ impl Conn {
                 }
             }
             if self.rbuf.capacity() == 0 {
-                // Readiness first: an idle connection holds no read buffer.
+                // Readiness first: an idle connection holds no read buffer. While it waits it is
+                // on the worker's idle list: at max_connections or the fd limit the worker closes
+                // the longest-idle connections first to make room (worker.rs, IdleConnections).
                 let Conn {
-                    client, deadline, ..
+                    client,
+                    deadline,
+                    w,
+                    ..
                 } = self;
+                let idle = w.idle.enter();
                 let ready = monoio::select! {
                     biased;
                     r = client.readable(false) => Some(r.is_ok()),
                     _ = deadline.expired() => None,
+                    _ = idle.shed() => Some(false),
                 };
+                drop(idle);
                 match ready {
                     Some(true) => {}
                     Some(false) => return Err(()),

@@ -49,6 +49,9 @@ pub fn run(url: &str) -> i32 {
                     "upstream_connections_idle",
                     "requests_total",
                     "client_gone",
+                    "connections_rejected",
+                    "idle_connections_shed",
+                    "accept_errors",
                     "open_fds",
                     "rss_bytes",
                 ] {

@@ -1125,3 +1125,102 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the hostile-ops suite (appended; generic).
+
+impl Relay {
+    /// Like [`Relay::try_start`], for a config file the caller wrote (so its mode is the
+    /// caller's), with `customize` applied to the command before it is spawned (e.g.
+    /// [`nofile_limit`]). The file is removed when the relay is dropped.
+    pub fn try_start_file(
+        config_path: PathBuf,
+        env: &[(&str, &str)],
+        customize: &dyn Fn(&mut Command),
+    ) -> Result<Relay, String> {
+        let text = std::fs::read_to_string(&config_path).expect("read the config file");
+        let addr = listen_addr(&text);
+        let stderr_path = temp_path("relay-stderr", "log");
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        customize(&mut cmd);
+        let child = cmd.spawn().expect("spawn the ringway binary");
+        let mut relay = Relay {
+            addr,
+            config_path,
+            stderr_path,
+            child,
+        };
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = relay.child.try_wait() {
+                return Err(format!(
+                    "relay exited during startup ({status}); stderr:\n{}",
+                    relay.stderr_text()
+                ));
+            }
+            if relay.try_health().is_some() {
+                return Ok(relay);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "relay did not answer /api/monitor/health within {STARTUP_TIMEOUT:?}; stderr:\n{}",
+                    relay.stderr_text()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// A command customizer for [`Relay::try_start_file`]: the child's RLIMIT_NOFILE (soft and
+/// hard) is set to `n` before it executes the relay, so it cannot raise it.
+pub fn nofile_limit(n: u64) -> impl Fn(&mut Command) {
+    move |cmd: &mut Command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
+        // which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n as libc::rlim_t,
+                    rlim_max: n as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Client {
+    /// Whether the peer has closed the connection (EOF or reset) by now, without waiting:
+    /// false if it is open with nothing to read, or sent bytes.
+    pub fn closed_now(&mut self) -> bool {
+        if self.eof {
+            return true;
+        }
+        self.stream.set_nonblocking(true).expect("set_nonblocking");
+        let mut byte = [0u8; 1];
+        let closed = match self.stream.peek(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ),
+        };
+        self.stream.set_nonblocking(false).expect("set_nonblocking");
+        closed
+    }
+}
