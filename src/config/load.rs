@@ -164,9 +164,6 @@ pub fn parse_with_env(
     })
 }
 
-/// Longest duration or RELAY_TIMEOUT accepted: far beyond any sane timeout, yet small enough
-/// that `Instant + Duration` arithmetic elsewhere can never overflow and panic.
-
 // ---------------------------------------------------------------------------------------------
 // Section readers
 // ---------------------------------------------------------------------------------------------

@@ -169,6 +169,8 @@ impl ChannelTimeouts {
     }
 }
 
+/// Longest duration or RELAY_TIMEOUT accepted: far beyond any sane timeout, yet small enough
+/// that `Instant + Duration` arithmetic elsewhere can never overflow and panic.
 pub(super) const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub(super) fn parse_relay_timeout(raw: &str) -> Result<Duration, ConfigError> {
