@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::bufpool::{BufPool, BUF_SIZE};
 use crate::config::{Config, Layer};
 use crate::idle::IdleConnections;
+use crate::limits::Limits;
 use crate::monitor::{self, Monitor};
 use crate::route::{RouteState, Router};
 use crate::upstream::{TlsConnectors, Upstreams};
@@ -36,8 +37,8 @@ pub struct Worker {
     pub wheel: Rc<Wheel>,
     /// The upstream side: idle pool, name cache, each channel's runtime.
     pub upstreams: Upstreams,
-    /// This worker's share of `max_inflight`.
-    pub max_inflight: u64,
+    /// The process-wide limits (`max_inflight`).
+    pub limits: &'static Limits,
     /// This worker's share of `max_connections`.
     pub max_connections: usize,
     /// Client connections this worker holds now: counted at accept, before the connection's
@@ -72,6 +73,7 @@ impl Worker {
         config: Arc<Config>,
         router: Arc<Router>,
         monitor: &'static Monitor,
+        limits: &'static Limits,
         tls: TlsConnectors,
     ) -> Worker {
         let seed = (Instant::now().elapsed().as_nanos() as u64)
@@ -94,9 +96,7 @@ impl Worker {
                 id,
                 seed,
             ),
-            max_inflight: (config.server.max_inflight as u64)
-                .div_ceil(workers as u64)
-                .max(1),
+            limits,
             max_connections: config.server.max_connections.div_ceil(workers).max(1),
             connections: Cell::new(0),
             idle: IdleConnections::counting(&monitor.workers[id].idle_shed),

@@ -39,6 +39,7 @@ mod deadline;
 mod demo;
 mod error;
 mod idle;
+mod limits;
 mod listen;
 mod log;
 pub mod mock;

@@ -27,6 +27,7 @@ use monoio::net::TcpListener;
 
 use crate::config::Config;
 use crate::context::Worker;
+use crate::limits::Limits;
 use crate::listen::{bind, claim_address};
 use crate::monitor::{self, bump, Monitor};
 use crate::route::Router;
@@ -37,6 +38,7 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub router: Arc<Router>,
     pub monitor: &'static Monitor,
+    pub limits: &'static Limits,
     pub tls: TlsConnectors,
 }
 
@@ -76,6 +78,7 @@ pub fn start(shared: &Shared, n: usize) -> io::Result<Vec<std::thread::JoinHandl
         let config = shared.config.clone();
         let router = shared.router.clone();
         let monitor = shared.monitor;
+        let limits = shared.limits;
         let tls = shared.tls.clone();
         let cpu = if cpus.is_empty() {
             None
@@ -89,7 +92,7 @@ pub fn start(shared: &Shared, n: usize) -> io::Result<Vec<std::thread::JoinHandl
                 if let Some(cpu) = cpu {
                     let _ = monoio::utils::bind_to_cpu_set([cpu]);
                 }
-                run_worker(id, n, listen, config, router, monitor, tls, ready);
+                run_worker(id, n, listen, config, router, monitor, limits, tls, ready);
             })?;
         handles.push(h);
     }
@@ -126,6 +129,7 @@ fn run_worker(
     config: Arc<Config>,
     router: Arc<Router>,
     monitor: &'static Monitor,
+    limits: &'static Limits,
     tls: TlsConnectors,
     ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
 ) {
@@ -152,7 +156,9 @@ fn run_worker(
             // Opened before the process counts as started, so it is part of the fd baseline.
             let admission = Admission::new();
             let _ = ready.send(Ok(listen));
-            let worker = Rc::new(Worker::new(id, workers, config, router, monitor, tls));
+            let worker = Rc::new(Worker::new(
+                id, workers, config, router, monitor, limits, tls,
+            ));
             serve(worker, listener, admission, reaper).await;
         }
     };
