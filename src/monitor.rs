@@ -83,6 +83,8 @@ pub struct WorkerStats {
     pub token_usage: Vec<[AtomicU64; 3]>,
     /// Per channel: [requests, prompt tokens, completion tokens].
     pub channel_usage: Vec<[AtomicU64; 3]>,
+    /// Per channel: [upstream attempts, of them failed over or failed].
+    pub channel_attempts: Vec<[AtomicU64; 2]>,
 }
 
 impl WorkerStats {
@@ -90,7 +92,18 @@ impl WorkerStats {
         WorkerStats {
             token_usage: (0..tokens).map(|_| Default::default()).collect(),
             channel_usage: (0..channels).map(|_| Default::default()).collect(),
+            channel_attempts: (0..channels).map(|_| Default::default()).collect(),
             ..WorkerStats::default()
+        }
+    }
+
+    /// One upstream attempt on `channel`; `failed` when it ended before a usable answer.
+    pub fn count_attempt(&self, channel: usize, failed: bool) {
+        if let Some(row) = self.channel_attempts.get(channel) {
+            bump(&row[0]);
+            if failed {
+                bump(&row[1]);
+            }
         }
     }
 
@@ -114,6 +127,7 @@ impl Default for WorkerStats {
         WorkerStats {
             token_usage: Vec::new(),
             channel_usage: Vec::new(),
+            channel_attempts: Vec::new(),
             io_driver: AtomicU8::new(0),
             inflight: AtomicU64::new(0),
             client_connections: AtomicU64::new(0),
@@ -560,6 +574,30 @@ impl Monitor {
         }
         self.usage_metrics(&mut o, "token", &self.token_names, |w| &w.token_usage);
         self.usage_metrics(&mut o, "channel", &self.channel_names, |w| &w.channel_usage);
+        let attempts = |i: usize, k: usize| -> u64 {
+            self.workers
+                .iter()
+                .map(|w| w.channel_attempts.get(i).map_or(0, |r| r[k].load(Relaxed)))
+                .sum()
+        };
+        let _ = writeln!(
+            o,
+            "# HELP ringway_channel_attempts_total Upstream attempts by channel: relayed (its answer went to the client) or failed (failed over to the next channel, or ended the request).\n# TYPE ringway_channel_attempts_total counter"
+        );
+        for (i, name) in self.channel_names.iter().enumerate() {
+            let failed = attempts(i, 1);
+            let _ = writeln!(
+                o,
+                "ringway_channel_attempts_total{{channel=\"{}\",result=\"relayed\"}} {}",
+                LabelValue(name),
+                attempts(i, 0).saturating_sub(failed)
+            );
+            let _ = writeln!(
+                o,
+                "ringway_channel_attempts_total{{channel=\"{}\",result=\"failed\"}} {failed}",
+                LabelValue(name)
+            );
+        }
         self.histogram(
             &mut o,
             "ringway_request_duration_seconds",

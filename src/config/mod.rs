@@ -41,6 +41,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub timeouts: Timeouts,
     pub monitor: MonitorConfig,
+    pub retry: RetryConfig,
     /// In file order; never empty.
     pub channels: Vec<ChannelConfig>,
     /// In file order; never empty, keys unique.
@@ -70,6 +71,32 @@ pub struct ServerConfig {
     /// How long a worker keeps polling for completions after its last request event before it
     /// sleeps (zero: it sleeps at once). Trades CPU for the wake-up latency of an idle core.
     pub busy_poll: Duration,
+}
+
+/// `[retry]`: failover to the next candidate channel, before the first response byte only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Extra attempts on other channels after the first one.
+    pub attempts: u32,
+    /// Upstream statuses that send the request on to the next channel.
+    pub on_status: Vec<u16>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 2,
+            on_status: vec![429, 500, 502, 503, 504],
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Does an upstream answering `status` send the request on to the next channel?
+    #[inline]
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.on_status.contains(&status)
+    }
 }
 
 #[derive(Clone, Debug)]

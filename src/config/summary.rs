@@ -77,6 +77,13 @@ impl Config {
             m.alert_inflight,
             derived(m.alert_inflight_set, ALERT_PERCENT)
         );
+        let statuses: Vec<String> = self.retry.on_status.iter().map(u16::to_string).collect();
+        let _ = writeln!(
+            out,
+            "retry     attempts {} (other channels, before the first response byte), on_status [{}]",
+            self.retry.attempts,
+            statuses.join(", ")
+        );
         let _ = writeln!(out, "channels  {}", self.channels.len());
         for c in &self.channels {
             let provider = match c.provider {

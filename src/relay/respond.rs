@@ -364,7 +364,7 @@ async fn upstream_error(
         && ended_clean(extra, last_read_filled);
     w.bufs.give(ubuf);
     let ch = &w.router.channels[channel];
-    let error = if status == 401 || status == 403 {
+    let error = if super::forward::key_refused(status) {
         bump(&w.stats().upstream_auth_failed);
         RelayError::upstream_auth_failed(&ch.cfg.name, status)
     } else {
