@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::access_log::AccessLog;
 use crate::bufpool::{BufPool, BUF_SIZE};
 use crate::config::{Config, Layer};
 use crate::idle::IdleConnections;
@@ -39,6 +40,8 @@ pub struct Worker {
     pub upstreams: Upstreams,
     /// The process-wide limits (`max_inflight`).
     pub limits: &'static Limits,
+    /// This worker's end of the access log, when it is on.
+    pub access_log: Option<AccessLog>,
     /// This worker's share of `max_connections`.
     pub max_connections: usize,
     /// Client connections this worker holds now: counted at accept, before the connection's
@@ -67,6 +70,7 @@ impl AsRef<crate::busy::Activity> for Worker {
 
 impl Worker {
     /// Worker `id` of `workers`, for `config`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         workers: usize,
@@ -75,6 +79,7 @@ impl Worker {
         monitor: &'static Monitor,
         limits: &'static Limits,
         tls: TlsConnectors,
+        access_log: Option<AccessLog>,
     ) -> Worker {
         let seed = (Instant::now().elapsed().as_nanos() as u64)
             ^ ((id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -97,6 +102,7 @@ impl Worker {
                 seed,
             ),
             limits,
+            access_log,
             max_connections: config.server.max_connections.div_ceil(workers).max(1),
             connections: Cell::new(0),
             idle: IdleConnections::counting(&monitor.workers[id].idle_shed),

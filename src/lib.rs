@@ -30,6 +30,7 @@
 //! | `busy`     | opt-in busy polling |
 //! | `mock`     | the fault-injecting mock upstream (tests, benches, the demo) |
 
+mod access_log;
 mod bufpool;
 mod busy;
 mod cli;

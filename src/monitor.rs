@@ -215,6 +215,8 @@ pub struct Monitor {
     /// Idle upstream connections are not counted as leaks in `open_fds`; this is what a fresh
     /// process holds (listeners, rings, stdio), read once when all workers are up.
     pub baseline_fds: AtomicU64,
+    /// Access-log lines dropped because a worker's buffer was full or the writer fell behind.
+    pub access_log_dropped: AtomicU64,
     /// Set once every worker is listening and `baseline_fds` is taken. Until then a worker that
     /// is already up answers health with 503 `"starting"`: with SO_REUSEPORT it can be reached
     /// while its siblings are still building their runtimes.
@@ -255,6 +257,7 @@ impl Monitor {
             warn_inflight,
             alert_inflight,
             baseline_fds: AtomicU64::new(0),
+            access_log_dropped: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             token_names,
             channel_names,
@@ -343,6 +346,7 @@ impl Monitor {
         m.insert("requests_total".into(), s(&|x| &x.requests_total).into());
         m.insert("client_gone".into(), s(&|x| &x.client_gone).into());
         m.insert("overloaded".into(), s(&|x| &x.overloaded).into());
+
         m.insert(
             "connections_rejected".into(),
             s(&|x| &x.connections_rejected).into(),
@@ -382,6 +386,10 @@ impl Monitor {
             self.baseline_fds.load(Relaxed).into(),
         );
         m.insert("rss_bytes".into(), rss_bytes().into());
+        m.insert(
+            "access_log_dropped".into(),
+            self.access_log_dropped.load(Relaxed).into(),
+        );
         let per: Vec<serde_json::Value> = self
             .workers
             .iter()
@@ -488,6 +496,13 @@ impl Monitor {
             "Requests refused over max_inflight.",
             "counter",
             self.sum(|w| &w.overloaded),
+        );
+        g(
+            &mut o,
+            "ringway_access_log_dropped_total",
+            "Access-log lines dropped (a worker's buffer full, or the writer behind).",
+            "counter",
+            self.access_log_dropped.load(Relaxed),
         );
         g(
             &mut o,

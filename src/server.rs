@@ -48,7 +48,10 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         limits: crate::limits::Limits::new(max_inflight),
         tls,
     };
-    let workers = worker::start(&shared, n)?;
+    let mut access_log =
+        crate::access_log::Writer::start(&shared.config.log.access, n, &monitor.access_log_dropped)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("access log: {e}")))?;
+    let workers = worker::start(&shared, n, &mut access_log)?;
     monitor.baseline_fds.store(
         crate::monitor::open_fds(),
         std::sync::atomic::Ordering::Relaxed,

@@ -78,7 +78,7 @@ pub fn parse_with_env(
         },
     };
     root.check_known(&[
-        "server", "timeouts", "monitor", "retry", "channels", "tokens",
+        "server", "timeouts", "monitor", "retry", "log", "channels", "tokens",
     ])?;
 
     let server = match root.field("server") {
@@ -98,6 +98,11 @@ pub fn parse_with_env(
     let retry = match root.field("retry") {
         Some(f) => read_retry(&f.table()?)?,
         None => RetryConfig::default(),
+    };
+
+    let log = match root.field("log") {
+        Some(f) => read_log(&f.table()?, base_dir)?,
+        None => LogConfig::default(),
     };
 
     let mut channels: Vec<ChannelConfig> = Vec::new();
@@ -166,10 +171,31 @@ pub fn parse_with_env(
         timeouts,
         monitor,
         retry,
+        log,
         channels,
         tokens,
         warnings,
     })
+}
+
+/// `[log]`: `access = "off" | "stderr" | PATH`.
+fn read_log(sec: &Section, base_dir: &Path) -> Result<LogConfig, ConfigError> {
+    sec.check_known(&["access"])?;
+    let access = match sec.field("access") {
+        None => AccessLogTo::Off,
+        Some(f) => match f.nonempty_str()? {
+            "off" => AccessLogTo::Off,
+            "stderr" => AccessLogTo::Stderr,
+            path => {
+                let path = base_dir.join(path);
+                if path.is_dir() {
+                    return Err(f.err(&format!("{} is a directory", path.display())));
+                }
+                AccessLogTo::File(path)
+            }
+        },
+    };
+    Ok(LogConfig { access })
 }
 
 /// `[retry]`: at most 10 extra attempts (each bounded by the request's total anyway); the

@@ -42,6 +42,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub monitor: MonitorConfig,
     pub retry: RetryConfig,
+    pub log: LogConfig,
     /// In file order; never empty.
     pub channels: Vec<ChannelConfig>,
     /// In file order; never empty, keys unique.
@@ -71,6 +72,24 @@ pub struct ServerConfig {
     /// How long a worker keeps polling for completions after its last request event before it
     /// sleeps (zero: it sleeps at once). Trades CPU for the wake-up latency of an idle core.
     pub busy_poll: Duration,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Where the access log goes (default: off).
+    pub access: AccessLogTo,
+}
+
+/// The access log's destination.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AccessLogTo {
+    #[default]
+    Off,
+    Stderr,
+    /// A file (relative paths are relative to the config file), appended to and reopened on
+    /// SIGHUP.
+    File(PathBuf),
 }
 
 /// `[retry]`: failover to the next candidate channel, before the first response byte only.

@@ -84,6 +84,12 @@ impl Config {
             self.retry.attempts,
             statuses.join(", ")
         );
+        let access = match &self.log.access {
+            AccessLogTo::Off => "off".to_string(),
+            AccessLogTo::Stderr => "stderr".to_string(),
+            AccessLogTo::File(p) => p.display().to_string(),
+        };
+        let _ = writeln!(out, "log       access {access}");
         let _ = writeln!(out, "channels  {}", self.channels.len());
         for c in &self.channels {
             let provider = match c.provider {

@@ -30,7 +30,7 @@ use crate::route::Candidates;
 use crate::upstream::{ConnectError, UpConn};
 use crate::wire;
 
-use super::exchange::Exchange;
+use super::exchange::{Exchange, Outcome};
 use super::watch::{upstream_wait, Waited};
 use super::{Conn, Halt};
 
@@ -153,6 +153,7 @@ async fn attempt(conn: &mut Conn, ex: &mut Exchange<'_>, channel: usize) -> Resu
                     .into(),
                     Failure::ClientGone => {
                         bump(&w.stats().client_gone);
+                        ex.outcome = Outcome::ClientGone;
                         Halt::Close
                     }
                 });
