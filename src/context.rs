@@ -42,6 +42,8 @@ pub struct Worker {
     pub limits: &'static Limits,
     /// This worker's end of the access log, when it is on.
     pub access_log: Option<AccessLog>,
+    /// Rate-limited WARN lines for upstream failures.
+    pub upstream_warnings: UpstreamWarnings,
     /// This worker's share of `max_connections`.
     pub max_connections: usize,
     /// Client connections this worker holds now: counted at accept, before the connection's
@@ -103,6 +105,7 @@ impl Worker {
             ),
             limits,
             access_log,
+            upstream_warnings: UpstreamWarnings::default(),
             max_connections: config.server.max_connections.div_ceil(workers).max(1),
             connections: Cell::new(0),
             idle: IdleConnections::counting(&monitor.workers[id].idle_shed),
@@ -113,5 +116,46 @@ impl Worker {
             router,
             monitor,
         }
+    }
+}
+
+/// One WARN line per upstream failure class and worker per second at most, so a failing
+/// upstream leaves a trace in the log without flooding it.
+#[derive(Default)]
+pub struct UpstreamWarnings {
+    last: [Cell<Option<Instant>>; 5],
+    suppressed: [Cell<u64>; 5],
+}
+
+/// The classes of upstream failure the log tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Timeout,
+    BadResponse,
+    KeyRefused,
+    Status,
+}
+
+impl UpstreamWarnings {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    /// Log `what` for `channel` unless this class was logged less than a second ago (then it
+    /// is counted and mentioned in the next line of its class).
+    pub fn warn(&self, class: UpstreamFailure, channel: &str, what: &str) {
+        let i = class as usize;
+        let now = Instant::now();
+        if self.last[i].get().is_some_and(|t| now - t < Self::EVERY) {
+            self.suppressed[i].set(self.suppressed[i].get() + 1);
+            return;
+        }
+        self.last[i].set(Some(now));
+        let more = self.suppressed[i].replace(0);
+        let tail = if more > 0 {
+            format!(" ({more} more like it in this worker since the last line)")
+        } else {
+            String::new()
+        };
+        crate::log::warn(&format!("upstream channel '{channel}': {what}{tail}"));
     }
 }

@@ -211,6 +211,7 @@ impl RelayError {
         e.layer = Some(layer);
         // The whole request's time is spent; any other layer is the channel's fault.
         e.retryable = !matches!(layer, Layer::Total | Layer::Quick);
+        e.upstream = true;
         e
     }
 

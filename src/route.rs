@@ -164,6 +164,24 @@ impl Router {
         &self.models_bodies[token]
     }
 
+    /// `GET /v1/models/{id}`: the model object when `token` may use `id` and a channel serves
+    /// it (by name, by a `model_map` alias, or by a glob), owned by the first such channel in
+    /// routing order; `None` otherwise.
+    pub fn model_body(&self, token: usize, id: &str) -> Option<Vec<u8>> {
+        if !self.token_cfgs[token].allows(id) {
+            return None;
+        }
+        let owner = self
+            .channels
+            .iter()
+            .filter(|c| c.cfg.serves(id))
+            .max_by_key(|c| c.cfg.priority)?;
+        serde_json::to_vec(&serde_json::json!({
+            "id": id, "object": "model", "created": 0, "owned_by": owner.cfg.name
+        }))
+        .ok()
+    }
+
     /// The channels that may serve `model` for `token`, in the order to try them: priority
     /// tiers from the highest down; within a tier the first is drawn at random by weight and
     /// the others follow in config order after it. Never allocates.

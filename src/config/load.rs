@@ -237,6 +237,7 @@ const SERVER_KEYS: &[&str] = &[
     "max_error_body_bytes",
     "sse_coalesce",
     "busy_poll",
+    "cors_origins",
 ];
 const MONITOR_KEYS: &[&str] = &["log_interval", "warn_inflight", "alert_inflight"];
 const CHANNEL_KEYS: &[&str] = &[
@@ -292,7 +293,33 @@ fn read_server(sec: &Section) -> Result<ServerConfig, ConfigError> {
             Some(f) => f.duration_at_most(MAX_BUSY_POLL)?,
             None => d.busy_poll,
         },
+        cors_origins: match sec.field("cors_origins") {
+            Some(f) => read_origins(&f)?,
+            None => d.cors_origins,
+        },
     })
+}
+
+/// `cors_origins`: `"*"`, or origins as browsers send them (`https://app.example.com`, a port
+/// if not the default, no path, no trailing slash).
+fn read_origins(f: &Field) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for item in f.array()? {
+        let o = item.nonempty_str()?;
+        let valid = o == "*"
+            || ((o.starts_with("http://") || o.starts_with("https://"))
+                && !o
+                    .split_once("://")
+                    .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'))
+                && o.bytes().all(|b| (0x21..0x7f).contains(&b)));
+        if !valid {
+            return Err(item.err(&format!(
+                "invalid origin {o:?} (use \"*\" or scheme://host[:port], e.g. \"https://app.example.com\")"
+            )));
+        }
+        out.push(o.to_string());
+    }
+    Ok(out)
 }
 
 /// Coalescing is a latency trade: past this it would be felt as stutter in a token stream.

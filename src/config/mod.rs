@@ -72,6 +72,18 @@ pub struct ServerConfig {
     /// How long a worker keeps polling for completions after its last request event before it
     /// sleeps (zero: it sleeps at once). Trades CPU for the wake-up latency of an idle core.
     pub busy_poll: Duration,
+    /// Browser origins allowed to call the API (CORS); empty: CORS off; `"*"`: any origin.
+    pub cors_origins: Vec<String>,
+}
+
+impl ServerConfig {
+    /// Does `[server] cors_origins` allow a browser at `origin`?
+    #[inline]
+    pub fn cors_allows(&self, origin: &[u8]) -> bool {
+        self.cors_origins
+            .iter()
+            .any(|o| o == "*" || o.as_bytes() == origin)
+    }
 }
 
 /// `[log]`.
@@ -272,6 +284,7 @@ impl Default for ServerConfig {
             max_error_body_bytes: 65536,
             sse_coalesce: Duration::from_millis(5),
             busy_poll: Duration::ZERO,
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -90,6 +90,9 @@ impl Config {
             AccessLogTo::File(p) => p.display().to_string(),
         };
         let _ = writeln!(out, "log       access {access}");
+        if !s.cors_origins.is_empty() {
+            let _ = writeln!(out, "cors      {}", s.cors_origins.join(", "));
+        }
         let _ = writeln!(out, "channels  {}", self.channels.len());
         for c in &self.channels {
             let provider = match c.provider {

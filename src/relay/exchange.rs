@@ -19,6 +19,8 @@ pub enum Endpoint {
     Health,
     Metrics,
     Models,
+    /// `GET /v1/models/{id}`.
+    Model,
     /// A relayed API call.
     Relay(RelayKind),
     Unknown,
@@ -26,6 +28,8 @@ pub enum Endpoint {
     WrongMethod(&'static str),
     /// A head that could not be accepted (answered, never counted as traffic).
     Refused,
+    /// A CORS preflight (`OPTIONS` from an allowed origin).
+    Preflight,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +51,9 @@ impl Endpoint {
             b"/v1/models" => (Endpoint::Models, get, "GET, HEAD"),
             b"/api/monitor/health" => (Endpoint::Health, get, "GET, HEAD"),
             b"/metrics" => (Endpoint::Metrics, get, "GET, HEAD"),
+            p if p.len() > 11 && p.starts_with(b"/v1/models/") => {
+                (Endpoint::Model, get, "GET, HEAD")
+            }
             _ => return Endpoint::Unknown,
         };
         if allowed {
@@ -74,7 +81,7 @@ impl Endpoint {
     pub fn is_counted(self) -> bool {
         !matches!(
             self,
-            Endpoint::Health | Endpoint::Metrics | Endpoint::Refused
+            Endpoint::Health | Endpoint::Metrics | Endpoint::Refused | Endpoint::Preflight
         )
     }
 }
@@ -136,6 +143,9 @@ pub struct Exchange<'s> {
     pub completed: bool,
     /// Bytes written to the client for this request.
     pub bytes_out: u64,
+    /// The request's `Origin`, when `[server] cors_origins` allows it: answers carry CORS
+    /// headers.
+    pub cors_origin: Option<crate::wire::Span>,
 }
 
 /// How a request ended.
@@ -193,6 +203,7 @@ impl<'s> Exchange<'s> {
             outcome: Outcome::Ok,
             completed: false,
             bytes_out: 0,
+            cors_origin: None,
         }
     }
 
@@ -216,6 +227,7 @@ pub fn method_name(m: Method) -> &'static str {
         Method::Post => "POST",
         Method::Delete => "DELETE",
         Method::Head => "HEAD",
+        Method::Options => "OPTIONS",
         Method::Other => "OTHER",
     }
 }

@@ -93,6 +93,7 @@ pub async fn forward(
         };
         w.stats()
             .count_attempt(channel, failed_over || result.is_err());
+        warn_failure(&w, channel, ex.resp.status, &result, failed_over);
         if !failed_over {
             return result;
         }
@@ -203,6 +204,45 @@ fn build_request(conn: &Conn, ex: &Exchange<'_>, channel: usize) -> (Vec<u8>, bo
         }
     };
     (req, separate_body)
+}
+
+/// The WARN line (rate-limited per class) for an attempt that failed on the upstream's side.
+fn warn_failure(
+    w: &crate::context::Worker,
+    channel: usize,
+    status: u16,
+    result: &Result<Upstream, Halt>,
+    failed_over: bool,
+) {
+    use crate::context::UpstreamFailure as F;
+    let name = &w.router.channels[channel].cfg.name;
+    let then = if failed_over {
+        "; trying the next channel"
+    } else {
+        ""
+    };
+    match result {
+        Err(Halt::Answer(e)) if e.upstream => {
+            let class = match (e.layer, &*e.code) {
+                (Some(_), _) => F::Timeout,
+                (None, "upstream_connect_failed") => F::Connect,
+                _ => F::BadResponse,
+            };
+            w.upstream_warnings
+                .warn(class, name, &format!("{} ({}){then}", e.message, e.code));
+        }
+        Ok(_) if failed_over && key_refused(status) => w.upstream_warnings.warn(
+            F::KeyRefused,
+            name,
+            &format!("the upstream refused the channel's key ({status}){then}"),
+        ),
+        Ok(_) if failed_over => w.upstream_warnings.warn(
+            F::Status,
+            name,
+            &format!("the upstream answered {status}{then}"),
+        ),
+        _ => {}
+    }
 }
 
 /// An upstream 401/403 refuses the channel's key (`respond` answers it as a 502

@@ -166,7 +166,7 @@ async fn handle(
     ex: &mut Exchange<'_>,
 ) -> Result<(Flow, Option<crate::upstream::UpConn>), Halt> {
     match ex.endpoint {
-        Endpoint::Health | Endpoint::Metrics | Endpoint::Models => {
+        Endpoint::Health | Endpoint::Metrics | Endpoint::Models | Endpoint::Model => {
             Ok((respond::operations(conn, ex).await, None))
         }
         Endpoint::Relay(_) => {
@@ -182,5 +182,6 @@ async fn handle(
         ))
         .into()),
         Endpoint::WrongMethod(allow) => Err(RelayError::method_not_allowed(allow).into()),
+        Endpoint::Preflight => Ok((respond::preflight(conn, ex).await, None)),
     }
 }

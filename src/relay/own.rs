@@ -28,23 +28,31 @@ pub async fn answer_error(conn: &mut Conn, ex: &mut Exchange<'_>, error: &RelayE
     if error.closes {
         ex.close = true;
     }
-    let extra: (&[u8], &[u8]) = match (&error.retry_after, error.allow) {
-        (Some(r), _) => (b"retry-after", r),
-        (None, Some(allow)) => (b"allow", allow.as_bytes()),
-        (None, None) => (b"", b""),
+    let retry_after;
+    let allow;
+    let extra: &[(&[u8], &[u8])] = match (&error.retry_after, error.allow) {
+        (Some(r), _) => {
+            retry_after = [(&b"retry-after"[..], &r[..])];
+            &retry_after
+        }
+        (None, Some(a)) => {
+            allow = [(&b"allow"[..], a.as_bytes())];
+            &allow
+        }
+        (None, None) => &[],
     };
     respond(conn, ex, error.status, b"application/json", &body, extra).await
 }
 
-/// A response of the relay's own, with one extra header (skipped when its name is empty).
-/// The answer to a HEAD request carries the head only.
+/// A response of the relay's own, with extra headers. The answer to a HEAD request carries the
+/// head only.
 pub async fn respond(
     conn: &mut Conn,
     ex: &mut Exchange<'_>,
     status: u16,
     content_type: &[u8],
     body: &[u8],
-    extra: (&[u8], &[u8]),
+    extra: &[(&[u8], &[u8])],
 ) -> Flow {
     // A body the client sent but we did not read would be parsed as the next request.
     let unread_body = ex.head.body != BodyKind::None && ex.consumed <= ex.head.len;
@@ -54,14 +62,18 @@ pub async fn respond(
     let close = !ex.keeps_alive();
     let mut out = conn.w.bufs.take();
     wire::write_status_line(&mut out, status);
-    wire::write_header(&mut out, b"content-type", content_type);
-    out.extend_from_slice(b"content-length: ");
-    wire::push_u64(&mut out, body.len() as u64);
-    out.extend_from_slice(b"\r\n");
-    wire::write_header(&mut out, b"x-request-id", ex.id);
-    if !extra.0.is_empty() {
-        wire::write_header(&mut out, extra.0, extra.1);
+    if status != 204 {
+        // A 204 has no body and no length (RFC 9110 8.6).
+        wire::write_header(&mut out, b"content-type", content_type);
+        out.extend_from_slice(b"content-length: ");
+        wire::push_u64(&mut out, body.len() as u64);
+        out.extend_from_slice(b"\r\n");
     }
+    wire::write_header(&mut out, b"x-request-id", ex.id);
+    for (name, value) in extra {
+        wire::write_header(&mut out, name, value);
+    }
+    write_cors(conn, ex, &mut out);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -87,6 +99,19 @@ pub async fn respond(
             }
         }
         Err(flow) => flow,
+    }
+}
+
+/// The CORS headers of an answer to an allowed browser origin (`[server] cors_origins`).
+pub fn write_cors(conn: &Conn, ex: &Exchange<'_>, out: &mut Vec<u8>) {
+    if let Some(origin) = ex
+        .cors_origin
+        .filter(|o| (o.end as usize) <= conn.rbuf.len())
+    {
+        wire::write_header(out, b"access-control-allow-origin", origin.of(&conn.rbuf));
+        out.extend_from_slice(
+            b"vary: Origin\r\naccess-control-expose-headers: x-request-id, retry-after\r\n",
+        );
     }
 }
 

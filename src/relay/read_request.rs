@@ -48,6 +48,13 @@ pub async fn next<'s>(conn: &mut Conn, scratch: &'s mut Scratch) -> Next<'s> {
     }
     ex.consumed = ex.head.len;
     ex.endpoint = Endpoint::of(ex.head.route_path(&conn.rbuf), ex.head.method);
+    ex.cors_origin = ex
+        .head
+        .origin
+        .filter(|o| conn.w.config.server.cors_allows(o.of(&conn.rbuf)));
+    if ex.cors_origin.is_some() && ex.head.method == Method::Options {
+        ex.endpoint = Endpoint::Preflight;
+    }
     match ex.head.request_id {
         Some(span) => {
             ex.id.clear();

@@ -38,30 +38,59 @@ pub async fn operations(conn: &mut Conn, ex: &mut Exchange<'_>) -> Flow {
             // whose other workers are still starting.
             let (ready, body) = w.monitor.health();
             let status = if ready { 200 } else { 503 };
-            respond(conn, ex, status, b"application/json", &body, (b"", b"")).await
+            respond(conn, ex, status, b"application/json", &body, &[]).await
         }
         Endpoint::Metrics => {
             let body = w.monitor.metrics_text();
             let ct = b"text/plain; version=0.0.4";
-            respond(conn, ex, 200, ct, &body, (b"", b"")).await
+            respond(conn, ex, 200, ct, &body, &[]).await
         }
         _ => {
             let token = ex
                 .head
                 .api_key
                 .and_then(|key| w.router.authenticate(key.of(&conn.rbuf)));
-            match token {
-                Some(token) => {
-                    let body = w.router.models_body(token);
-                    respond(conn, ex, 200, b"application/json", body, (b"", b"")).await
-                }
+            let Some(token) = token else {
+                let error = RelayError::invalid_api_key(ex.head.api_key.is_some());
+                return super::own::answer_error(conn, ex, &error).await;
+            };
+            ex.token = Some(token);
+            if ex.endpoint == Endpoint::Models {
+                let body = w.router.models_body(token);
+                return respond(conn, ex, 200, b"application/json", body, &[]).await;
+            }
+            let path = ex.head.route_path(&conn.rbuf);
+            let id = String::from_utf8_lossy(&path[b"/v1/models/".len()..]).into_owned();
+            match w.router.model_body(token, &id) {
+                Some(body) => respond(conn, ex, 200, b"application/json", &body, &[]).await,
                 None => {
-                    let error = RelayError::invalid_api_key(ex.head.api_key.is_some());
+                    let error = RelayError::model_not_found(&id);
                     super::own::answer_error(conn, ex, &error).await
                 }
             }
         }
     }
+}
+
+/// A CORS preflight from an allowed origin: 204 with what the browser may send.
+pub async fn preflight(conn: &mut Conn, ex: &mut Exchange<'_>) -> Flow {
+    let requested = ex
+        .head
+        .cors_request_headers
+        .map(|s| s.of(&conn.rbuf).to_vec());
+    let allow_headers: &[u8] = match &requested {
+        Some(h) => h,
+        None => b"authorization, content-type, x-api-key, x-request-id",
+    };
+    let extra: [(&[u8], &[u8]); 3] = [
+        (
+            b"access-control-allow-methods",
+            b"GET, POST, DELETE, OPTIONS",
+        ),
+        (b"access-control-allow-headers", allow_headers),
+        (b"access-control-max-age", b"600"),
+    ];
+    respond(conn, ex, 204, b"text/plain", b"", &extra).await
 }
 
 /// How the client's copy of an upstream body is delimited.
@@ -137,6 +166,7 @@ pub fn write_client_head(
         wire::write_header(out, name, h.value.of(ubuf));
     }
     wire::write_header(out, b"x-request-id", ex.id);
+    super::own::write_cors(conn, ex, out);
     match framing {
         ClientFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -372,6 +402,22 @@ async fn upstream_error(
         && ended_clean(extra, last_read_filled);
     w.bufs.give(ubuf);
     let ch = &w.router.channels[channel];
+    {
+        use crate::context::UpstreamFailure as F;
+        if super::forward::key_refused(status) {
+            w.upstream_warnings.warn(
+                F::KeyRefused,
+                &ch.cfg.name,
+                &format!("the upstream refused the channel's key ({status})"),
+            );
+        } else if status >= 500 {
+            w.upstream_warnings.warn(
+                F::Status,
+                &ch.cfg.name,
+                &format!("the upstream answered {status}"),
+            );
+        }
+    }
     let error = if super::forward::key_refused(status) {
         bump(&w.stats().upstream_auth_failed);
         RelayError::upstream_auth_failed(&ch.cfg.name, status)

@@ -66,6 +66,7 @@ pub enum Method {
     Post,
     Delete,
     Head,
+    Options,
     Other,
 }
 
@@ -119,6 +120,10 @@ pub struct RequestHead {
     /// Bearer token from `Authorization`, or the value of `x-api-key`.
     pub api_key: Option<Span>,
     pub request_id: Option<Span>,
+    /// `Origin` (browser requests), for CORS.
+    pub origin: Option<Span>,
+    /// `Access-Control-Request-Headers` of a CORS preflight.
+    pub cors_request_headers: Option<Span>,
     /// Header names listed in `Connection:`; they are hop-by-hop for this message only.
     pub connection_tokens: Vec<Span>,
 }
@@ -136,6 +141,8 @@ impl Default for RequestHead {
             expect_continue: false,
             api_key: None,
             request_id: None,
+            origin: None,
+            cors_request_headers: None,
             connection_tokens: Vec::new(),
         }
     }
@@ -218,6 +225,7 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<bool, WireErr
         "POST" => Method::Post,
         "DELETE" => Method::Delete,
         "HEAD" => Method::Head,
+        "OPTIONS" => Method::Options,
         _ => Method::Other,
     };
     head.path = Span::within(buf, req.path.unwrap_or("").as_bytes());
@@ -226,6 +234,8 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<bool, WireErr
     head.connection_tokens.clear();
     head.api_key = None;
     head.request_id = None;
+    head.origin = None;
+    head.cors_request_headers = None;
     head.expect_continue = false;
     let mut keep_alive = head.minor_version >= 1;
     let mut content_length: Option<u64> = None;
@@ -278,6 +288,12 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<bool, WireErr
             }
         } else if name.eq_ignore_ascii_case(b"x-request-id") && is_token_safe(value) {
             head.request_id = Some(Span::within(buf, value));
+        } else if name.eq_ignore_ascii_case(b"origin") && is_token_safe(value) {
+            head.origin = Some(Span::within(buf, value));
+        } else if name.eq_ignore_ascii_case(b"access-control-request-headers")
+            && is_header_list_safe(value)
+        {
+            head.cors_request_headers = Some(Span::within(buf, value));
         }
     }
     if chunked && content_length.is_some() {
@@ -452,6 +468,14 @@ fn last_token_is(value: &[u8], token: &[u8]) -> bool {
 /// A `\n` not preceded by `\r`.
 fn has_bare_lf(head: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
+}
+
+/// A header-name list echoed back in a preflight answer: token characters, commas, spaces.
+fn is_header_list_safe(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 1000
+        && v.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-_,. ".contains(&b))
 }
 
 /// Values echoed back in a response header must not be able to inject header lines.
