@@ -69,6 +69,7 @@ Hostile upstreams (bytes written raw; for the relay's hostile-peer tests):
                          x-debug-auth header (STATUS 200: a chat completion with that header).
   mock-bulk-MIB          an SSE stream of MIB MiB: 1 KiB events back to back, 16 per chunk.
   mock-broken-chunked-one-write  one valid SSE chunk and a \"zz\" chunk-size line in one write.
+  mock-short-head-stream  \"HTTP/1.1 200\\r\\n\\r\\n\" (17 bytes), then a body delimited by the close.
 Other routes: GET /v1/models lists these names (parameterised ones with sample values);
 GET /mock/stats returns {\"open_connections\",\"total_connections\",\"requests\"}, where the stats
 request itself is counted in requests and its own connection in open_connections.
@@ -1084,6 +1085,9 @@ enum Hostile {
     Bulk(u64),
     /// One valid SSE chunk and a non-hex chunk-size line in the same write.
     BrokenChunkedOneWrite,
+    /// `HTTP/1.1 200\r\n\r\n` (a head shorter than the relay's chunk headroom), then a body
+    /// delimited by the close.
+    ShortHeadStream,
 }
 
 fn behaviour(model: &str) -> Behaviour {
@@ -1115,6 +1119,7 @@ fn behaviour(model: &str) -> Behaviour {
         "mock-duplicate-length" => Some(Behaviour::Hostile(Hostile::DuplicateLength)),
         "mock-endless-interim" => Some(Behaviour::Hostile(Hostile::EndlessInterim)),
         "mock-broken-chunked-one-write" => Some(Behaviour::Hostile(Hostile::BrokenChunkedOneWrite)),
+        "mock-short-head-stream" => Some(Behaviour::Hostile(Hostile::ShortHeadStream)),
         _ => {
             if let Some(rest) = model.strip_prefix("mock-stream-") {
                 let (events, gap) = rest.split_once('-').unwrap_or((rest, "0"));
@@ -1376,6 +1381,12 @@ fn hostile(reply: Reply<'_>, request: &Request, model: &str, h: Hostile) -> io::
                 reply.chunk(&chunk)?;
             }
             reply.end_stream()
+        }
+        Hostile::ShortHeadStream => {
+            let mut bytes = b"HTTP/1.1 200\r\n\r\n".to_vec();
+            bytes.extend_from_slice(body.as_bytes());
+            reply.send(&bytes)?;
+            Ok(Outcome::Close)
         }
         Hostile::BrokenChunkedOneWrite => {
             reply.sse_head()?;

@@ -80,7 +80,12 @@ pub async fn relay_stream(
     if ubuf.capacity() < CHUNK_HEADROOM + initial + STREAM_TAILROOM {
         ubuf.reserve(CHUNK_HEADROOM + initial + STREAM_TAILROOM);
     }
-    ubuf.copy_within(hl.., CHUNK_HEADROOM);
+    if hl < CHUNK_HEADROOM {
+        // A head shorter than the headroom (`HTTP/1.1 200\r\n\r\n` is 17 bytes): make room
+        // for the bytes to move up into (found by the relay fuzz target).
+        ubuf.resize(CHUNK_HEADROOM + initial, 0);
+    }
+    ubuf.copy_within(hl..hl + initial, CHUNK_HEADROOM);
     ubuf.truncate(CHUNK_HEADROOM + initial);
 
     // The client connection is idle while we wait on the upstream: it holds no read buffer.
