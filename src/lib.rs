@@ -17,7 +17,6 @@
 //! | `provider` | provider body formats: model peek, error JSON |
 //! | `bufpool`  | per-worker IO buffer pool |
 //! | `monitor`  | counters, health JSON, Prometheus metrics, health log line |
-//! | `mock`     | the fault-injecting mock upstream |
 
 pub mod bufpool;
 pub mod busy;
@@ -26,7 +25,6 @@ pub mod config;
 pub mod deadline;
 pub mod demo;
 pub mod log;
-pub mod mock;
 pub mod monitor;
 pub mod provider;
 pub mod relay;

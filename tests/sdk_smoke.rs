@@ -41,6 +41,10 @@ fn sdk_available() -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "demo"),
+    ignore = "runs `ringway mock`/`demo`: needs the demo feature"
+)]
 fn openai_python_sdk_against_demo() {
     if !sdk_available() {
         assert!(

@@ -1,17 +1,20 @@
-//! `ringway mock`: a fault-injecting, OpenAI-compatible upstream for the relay's integration
-//! tests, the demo and the benchmarks.
+//! `ringway-mock`: a fault-injecting, OpenAI-compatible upstream for ringway's integration
+//! tests, the demo (`ringway demo`, `ringway mock`, behind the `ringway` crate's default `demo`
+//! feature) and the benchmarks.
 //!
 //! What it owns: a real HTTP/1.1 server (keep-alive, pipelining, Content-Length and chunked
 //! request bodies) whose behaviour is picked by the request's JSON `model` — canned replies,
 //! SSE streams with controlled pacing, error statuses, stalls, resets, broken framing and an
-//! echo of exactly what arrived (see [`MODELS_DOC`]). It also keeps exact connection counters
-//! ([`MockHandle::stats`], `GET /mock/stats`) so tests can prove the relay closed its upstream
-//! sockets.
+//! echo of exactly what arrived (see [`MODELS_DOC`]). Its replies have the shapes of the API it
+//! imitates: `chat.completion(.chunk)` on `/v1/chat/completions`, `text_completion` (streamed
+//! too) on `/v1/completions`, one embedding per input on `/v1/embeddings`. It also keeps exact
+//! connection counters ([`MockHandle::stats`], `GET /mock/stats`) so tests can prove the relay
+//! closed its upstream sockets.
 //!
 //! What it must not do: it is never on the relay's request path, and it deliberately shares no
-//! code with the relay's own wire framing or async runtime. It uses blocking std sockets, one
-//! thread per connection, and httparse for heads, so a framing bug in the relay cannot be
-//! mirrored (and thereby hidden) by the same bug here.
+//! code (it does not depend on the `ringway` crate) with the relay's own wire framing or async
+//! runtime. It uses blocking std sockets, one thread per connection, and httparse for heads, so
+//! a framing bug in the relay cannot be mirrored (and thereby hidden) by the same bug here.
 //!
 //! [`spawn_tls`] / `ringway mock --tls-cert --tls-key` serve the same behaviours over TLS
 //! (blocking rustls over the same sockets), for the relay's https upstream tests.
@@ -911,8 +914,38 @@ impl Reply<'_> {
     }
 }
 
+/// The reason phrase the mock writes: RFC 9110's for the statuses it is asked for most, "Mock
+/// Status" for any other (a client must not care; the relay's tests check that it does not).
 fn reason(status: u16) -> &'static str {
-    crate::wire::known_reason_phrase(status).unwrap_or("Mock Status")
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Mock Status",
+    }
 }
 
 /// OpenAI-style `(type, code)` for an error status.
