@@ -3,22 +3,26 @@
 
 peerbench.py drives every relay to saturation; there the relay and the load side both run at
 100% and "CPU per request" is mostly 1/throughput of the whole setup. At a fixed rate below
-saturation each relay's CPU time per request is its own cost. Uses the lab's pieces.
+saturation each relay's CPU time per request is its own cost. Uses the lab's pieces (perf/lab/).
 Usage: perf/cpu_at_rate.py RATE [target ...]   (targets: nginx haproxy ringway)
 """
 import json, os, subprocess, sys
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "lab"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lab"))  # perf/lab
 import peerbench as pb
 import latency as lat
 
 def main():
     rate = int(sys.argv[1]); targets = sys.argv[2:] or ["nginx", "ringway"]
+    pb.require("nginx", "oha")
     up = pb.start(["nginx", "-c", os.path.join(pb.LAB, "upstream-nginx.conf")], 0)
     assert pb.wait_port(18080)
     try:
         for t in targets:
+            why = pb.target_missing(t)
+            if why:
+                print(t, "skipped:", why, flush=True); continue
             if t == "ringway":
-                cmd = [os.environ.get("RINGWAY_BIN", "target/release/ringway"), "--config", os.path.join(pb.LAB, "ringway-bench.toml")]; port = 18104
+                cmd = pb.ringway_cmd(); port = 18104
             else:
                 cmd, port, _ = pb.TARGETS[t]
             p = pb.start(cmd, 1)

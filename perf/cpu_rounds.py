@@ -10,20 +10,37 @@ A TARGET is a lab peer (nginx, haproxy), `ringway` (the lab's config), `ringway=
 `floor` (examples/floor_relay: the runtime and kernel cost with none of ringway's own work;
 build it first with `cargo build --release --example floor_relay`), or a path to any program
 that serves the lab's request on 127.0.0.1:18104 (e.g. a build of ringway or the floor to compare).
+The lab's pieces are in perf/lab/; nginx and wrk are needed (perf/lab/setup.sh installs them).
 Env: DUR (seconds per measured window, default 10), RINGWAY_BIN.
 """
 import os, statistics, sys
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "lab"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lab"))  # perf/lab
 import peerbench as pb
 import latency_rounds
 
 
+FLOOR_BIN = os.path.join(pb.ROOT, "target", "release", "examples", "floor_relay")
+
+
 def relay(t):
     if t == "floor":
-        return ["target/release/examples/floor_relay"], 18104
+        return [FLOOR_BIN], 18104
     if "/" in t and "=" not in t:
         return [t], 18104
     return latency_rounds.relay(t)
+
+
+def check(targets):
+    """Exit with a clear message if a target cannot run here (before any load is started)."""
+    for t in targets:
+        if t == "floor":
+            why = pb.missing(FLOOR_BIN, "build it with `cargo build --release --example floor_relay`")
+        elif "/" in t and "=" not in t:
+            why = pb.missing(t, "not an executable file")
+        else:
+            latency_rounds.check([t]); why = None
+        if why:
+            raise SystemExit(f"{t}: {why}")
 
 
 def wait_closed(port, timeout=10):
@@ -55,6 +72,8 @@ def user_system(root):
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     targets = sys.argv[2:] or ["nginx", "floor", "ringway"]
+    pb.require("nginx", "wrk")
+    check(targets)
     up = pb.start(["nginx", "-c", os.path.join(pb.LAB, "upstream-nginx.conf")], 0)
     assert pb.wait_port(18080)
     per = {t: [] for t in targets}

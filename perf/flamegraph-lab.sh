@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Reproduce the README's hot-path flamegraph: lab upstream (nginx) on CPU 0, one ringway
+# Reproduce the hot-path flamegraph (docs/PERFORMANCE.md): lab upstream (nginx) on CPU 0, one ringway
 # worker on CPU 1 under wrk load, 10 s of perf sampling.
 #   perf/flamegraph-lab.sh [OUT.svg]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-docs/flamegraph-hotpath.svg}
-LAB=../shared/lab
+LAB=perf/lab
+command -v nginx >/dev/null || { echo "nginx not installed (perf/lab/setup.sh installs it)" >&2; exit 2; }
+command -v perf >/dev/null || { echo "perf not installed: apt-get install linux-perf" >&2; exit 2; }
 cargo build --release -q
 # The renderer first: installing it inside the sampling window would profile an idle relay.
 command -v inferno-flamegraph >/dev/null || cargo install inferno --locked -q

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The benchmark lab, ringway beside its peers, all in one run (figures for the README table).
+# The benchmark lab, ringway beside its peers, all in one run (the figures of the README's table).
 #   perf/lab.sh            # setup (once), build, then every lab measurement
-# Peers and load generators: ../shared/lab/setup.sh (nginx, haproxy, wrk, LiteLLM, Portkey, oha).
+# Everything it uses is in perf/lab/: the upstreams, the peers' configs, the wrk scripts and
+# the bench scripts. perf/lab/setup.sh installs the peers and load generators (nginx, haproxy,
+# wrk from Debian; LiteLLM from PyPI; Portkey from npm; oha from crates.io).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LAB=../shared/lab
+LAB=perf/lab
 bash $LAB/setup.sh
 cargo build --release -q
 cargo build --release -q --example floor_relay

@@ -1,30 +1,43 @@
 #!/usr/bin/env python3
 """Added p99 at a fixed rate, repeated: the lab's latency.py measures direct once and each relay
-once, so on a shared VM one noisy 10 s window decides the figure. This runs ROUNDS rounds of
+once, so on a noisy VM one 10 s window decides the figure. This runs ROUNDS rounds of
 direct, nginx, ringway back to back (each relay's added p99 taken against the direct run of its
-own round) and prints every round plus the medians. Uses the lab's own pieces.
+own round) and prints every round plus the medians. Uses the lab's own pieces (perf/lab/).
 Usage: perf/latency_rounds.py [RATE] [ROUNDS] [TARGET ...]   (defaults 5000, 5, nginx ringway)
 A TARGET is a lab peer (nginx, haproxy), `ringway` (the lab's config), or `ringway=CONFIG.toml`
 (ringway with another config on the lab's port 18104, e.g. one that sets busy_poll).
 """
 import os, statistics, sys, time
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "lab"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lab"))  # perf/lab
 import peerbench as pb
 import latency as lat
 
 
 def relay(t):
     if t == "ringway" or t.startswith("ringway="):
-        config = t.split("=", 1)[1] if "=" in t else os.path.join(pb.LAB, "ringway-bench.toml")
-        return [os.environ.get("RINGWAY_BIN", "target/release/ringway"), "--config", config], 18104
+        return pb.ringway_cmd(t.split("=", 1)[1] if "=" in t else None), 18104
     cmd, port, _ = pb.TARGETS[t]
     return cmd, port
+
+
+def check(targets):
+    """Exit with a clear message if a target cannot run here (before any load is started)."""
+    for t in targets:
+        if t.startswith("ringway="):
+            config = t.split("=", 1)[1]
+            why = pb.missing(pb.RINGWAY_BIN) or (None if os.path.exists(config) else f"config {config} not found")
+        else:
+            why = pb.target_missing(t)
+        if why:
+            raise SystemExit(f"{t}: {why}")
 
 
 def main():
     rate = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     targets = sys.argv[3:] or ["nginx", "ringway"]
+    pb.require("nginx", "oha")
+    check(targets)
     up = pb.start(["nginx", "-c", os.path.join(pb.LAB, "upstream-nginx.conf")], 0)
     assert pb.wait_port(18080)
     added = {t: [] for t in targets}

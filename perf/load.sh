@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Put a running ringway under load with wrk (non-streaming chat completions by default).
 #   perf/load.sh [URL] [DURATION_S] [CONNECTIONS] [MODEL] [TOKEN]
-# Defaults target the lab config (shared/lab/ringway-bench.toml) on 127.0.0.1:18104.
+# Defaults target the lab config (perf/lab/ringway-bench.toml) on 127.0.0.1:18104.
 set -euo pipefail
 URL=${1:-http://127.0.0.1:18104/v1/chat/completions}
 DUR=${2:-10}

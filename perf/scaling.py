@@ -11,7 +11,7 @@ measures).
 Usage: perf/scaling.py [RATE]   (default 10000)
 """
 import json, os, re, subprocess, sys, tempfile
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "lab"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lab"))  # perf/lab
 import peerbench as pb
 import latency as lat
 
@@ -24,10 +24,11 @@ def _nice_run(cmd, *a, **k):
 
 def main():
     rate = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
+    pb.require("nginx", "oha", pb.RINGWAY_BIN)
     lat.subprocess.run = _nice_run  # oha at nice 19
     base = open(os.path.join(pb.LAB, "ringway-bench.toml")).read()
     up = subprocess.Popen(["nice", "-n", "19", "nginx", "-c", os.path.join(pb.LAB, "upstream-nginx.conf")],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=os.setsid)
     assert pb.wait_port(18080)
     res = {}
     try:
@@ -35,7 +36,7 @@ def main():
             cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
             cfg.write(re.sub(r"workers = \d+", f"workers = {workers}", base)); cfg.close()
             p = subprocess.Popen([os.environ.get("RINGWAY_BIN", "target/release/ringway"), "--config", cfg.name],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=os.setsid)
             assert pb.wait_port(18104, 30)
             lat.oha(18104, rate * workers, 2)
             c0 = pb.cpu_secs(p.pid)

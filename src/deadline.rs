@@ -10,70 +10,8 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+pub use crate::config::Layer;
 use crate::wheel::{Expired, Timer};
-
-/// The timeout layers of the contract, in the order a request meets them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Layer {
-    ClientIdle = 0,
-    ClientHeader,
-    ClientBody,
-    Connect,
-    TlsHandshake,
-    ResponseHeader,
-    StreamIdle,
-    Total,
-    Quick,
-    PoolIdle,
-}
-
-impl Layer {
-    pub const COUNT: usize = 10;
-    pub const ALL: [Layer; Layer::COUNT] = [
-        Layer::ClientIdle,
-        Layer::ClientHeader,
-        Layer::ClientBody,
-        Layer::Connect,
-        Layer::TlsHandshake,
-        Layer::ResponseHeader,
-        Layer::StreamIdle,
-        Layer::Total,
-        Layer::Quick,
-        Layer::PoolIdle,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Layer::ClientIdle => "client_idle",
-            Layer::ClientHeader => "client_header",
-            Layer::ClientBody => "client_body",
-            Layer::Connect => "connect",
-            Layer::TlsHandshake => "tls_handshake",
-            Layer::ResponseHeader => "response_header",
-            Layer::StreamIdle => "stream_idle",
-            Layer::Total => "total",
-            Layer::Quick => "quick",
-            Layer::PoolIdle => "pool_idle",
-        }
-    }
-
-    /// The error code clients see, e.g. `response_header_timeout`.
-    pub fn code(self) -> &'static str {
-        match self {
-            Layer::ClientIdle => "client_idle_timeout",
-            Layer::ClientHeader => "client_header_timeout",
-            Layer::ClientBody => "client_body_timeout",
-            Layer::Connect => "connect_timeout",
-            Layer::TlsHandshake => "tls_handshake_timeout",
-            Layer::ResponseHeader => "response_header_timeout",
-            Layer::StreamIdle => "stream_idle_timeout",
-            Layer::Total => "total_timeout",
-            Layer::Quick => "quick_timeout",
-            Layer::PoolIdle => "pool_idle_timeout",
-        }
-    }
-}
 
 /// One connection's deadline: a single wheel slot re-armed as phases change.
 pub struct DeadlineSet {
@@ -197,6 +135,21 @@ impl DeadlineSet {
     #[inline]
     pub fn expired(&self) -> Expired<'_> {
         self.timer.expired()
+    }
+
+    /// Race `io` against the armed deadline, `io` polled first: an op that completed is never
+    /// thrown away because its deadline fired in the same tick (that once cut SSE streams
+    /// mid-chunk instead of ending them with the error event). `Err(layer)` when the deadline
+    /// won; `io` is dropped right there (io_uring ops cancelled, their buffers released when
+    /// the kernel lets go). A checkpoint counts as the deadline here: callers that arm one
+    /// race by hand.
+    #[inline]
+    pub async fn race<F: std::future::Future>(&self, io: F) -> Result<F::Output, Layer> {
+        monoio::select! {
+            biased;
+            r = io => Ok(r),
+            _ = self.expired() => Err(self.layer()),
+        }
     }
 
     pub fn is_expired(&self) -> bool {

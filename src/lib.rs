@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod deadline;
 pub mod demo;
+pub mod error;
 pub mod log;
 pub mod monitor;
 pub mod provider;

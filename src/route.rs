@@ -12,12 +12,16 @@ use std::cell::Cell;
 use std::collections::HashMap;
 
 use crate::config::{ChannelConfig, Config, Scheme, Timeouts, TokenConfig};
+use crate::provider::Adapter;
 
 pub struct Channel {
     pub cfg: ChannelConfig,
     /// `Host` header value: host, plus the port when it is not the scheme's default.
     pub host_header: Vec<u8>,
-    /// `Authorization: Bearer <key>\r\n`, one per key, rendered once.
+    /// How this channel's upstream is spoken to.
+    pub adapter: Adapter,
+    /// The header line carrying each key (e.g. `Authorization: Bearer <key>\r\n`), rendered
+    /// once.
     pub auth_lines: Vec<Vec<u8>>,
     /// The request timeouts with this channel's overrides applied.
     pub timeouts: Timeouts,
@@ -57,6 +61,45 @@ pub struct Router {
 }
 
 /// Why a request could not be routed; maps to the contract's error table.
+/// At most this many channels are lined up for one request: far more than any retry budget.
+pub const MAX_CANDIDATES: usize = 16;
+
+/// The channels lined up for one request, in order (see [`Router::candidates`]). Inline and
+/// `Copy`: lining them up costs no allocation and borrows nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Candidates {
+    list: [u16; MAX_CANDIDATES],
+    len: u8,
+    next: u8,
+}
+
+impl Candidates {
+    fn push(&mut self, channel: usize) -> bool {
+        if (self.len as usize) == MAX_CANDIDATES || channel > u16::MAX as usize {
+            return false;
+        }
+        self.list[self.len as usize] = channel as u16;
+        self.len += 1;
+        true
+    }
+
+    /// All of them, in order (not advancing).
+    pub fn as_slice(&self) -> &[u16] {
+        &self.list[..self.len as usize]
+    }
+}
+
+impl Iterator for Candidates {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        (self.next < self.len).then(|| {
+            self.next += 1;
+            self.list[self.next as usize - 1] as usize
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteError {
     ModelNotAllowed,
@@ -87,21 +130,13 @@ impl Router {
                 } else {
                     format!("{host}:{}", c.port)
                 };
-                let mut timeouts = config.timeouts;
-                let o = &c.timeouts;
-                timeouts.connect = o.connect.unwrap_or(timeouts.connect);
-                timeouts.tls_handshake = o.tls_handshake.unwrap_or(timeouts.tls_handshake);
-                timeouts.response_header = o.response_header.unwrap_or(timeouts.response_header);
-                timeouts.stream_idle = o.stream_idle.unwrap_or(timeouts.stream_idle);
-                timeouts.total = o.total.unwrap_or(timeouts.total);
+                let timeouts = c.timeouts.apply(&config.timeouts);
+                let adapter = Adapter::for_provider(c.provider);
                 Channel {
                     cfg: c.clone(),
+                    adapter,
                     host_header: host_header.into_bytes(),
-                    auth_lines: c
-                        .keys
-                        .iter()
-                        .map(|k| format!("Authorization: Bearer {k}\r\n").into_bytes())
-                        .collect(),
+                    auth_lines: c.keys.iter().map(|k| adapter.auth_line(k)).collect(),
                     timeouts,
                     key_finders: c
                         .keys
@@ -134,53 +169,70 @@ impl Router {
         &self.models_bodies[token]
     }
 
-    /// Pick a channel for `model`: highest priority first, weighted random among equals.
-    pub fn choose(
+    /// The channels that may serve `model` for `token`, in the order to try them: priority
+    /// tiers from the highest down; within a tier the first is drawn at random by weight and
+    /// the others follow in config order after it. Never allocates.
+    pub fn candidates(
         &self,
         token: usize,
         model: &str,
         state: &RouteState,
-    ) -> Result<usize, RouteError> {
+    ) -> Result<Candidates, RouteError> {
         if !self.token_cfgs[token].allows(model) {
             return Err(RouteError::ModelNotAllowed);
         }
-        let mut best_priority = i64::MIN;
-        let mut total_weight: u64 = 0;
-        for c in &self.channels {
-            if !c.cfg.serves(model) {
-                continue;
+        let mut out = Candidates::default();
+        let mut below: Option<i64> = None;
+        while (out.len as usize) < MAX_CANDIDATES {
+            // The next tier: the highest priority under the previous one.
+            let mut tier: Option<i64> = None;
+            let mut total_weight: u64 = 0;
+            for c in &self.channels {
+                let p = c.cfg.priority;
+                if below.is_some_and(|b| p >= b) || !c.cfg.serves(model) {
+                    continue;
+                }
+                if tier.is_none_or(|t| p > t) {
+                    tier = Some(p);
+                    total_weight = 0;
+                }
+                if tier == Some(p) {
+                    total_weight += c.cfg.weight as u64;
+                }
             }
-            if c.cfg.priority > best_priority {
-                best_priority = c.cfg.priority;
-                total_weight = 0;
+            let Some(tier) = tier else { break };
+            let in_tier = |c: &Channel| c.cfg.priority == tier && c.cfg.serves(model);
+            let mut first = None;
+            let mut pick = state.next_random() % total_weight.max(1);
+            for (i, c) in self.channels.iter().enumerate() {
+                if in_tier(c) {
+                    let w = c.cfg.weight as u64;
+                    if pick < w {
+                        first = Some(i);
+                        break;
+                    }
+                    pick -= w;
+                }
             }
-            if c.cfg.priority == best_priority {
-                total_weight += c.cfg.weight as u64;
+            let first = first.unwrap_or_else(|| {
+                self.channels
+                    .iter()
+                    .position(in_tier)
+                    .expect("a tier has a channel")
+            });
+            let n = self.channels.len();
+            for k in 0..n {
+                let i = (first + k) % n;
+                if in_tier(&self.channels[i]) && !out.push(i) {
+                    break;
+                }
             }
+            below = Some(tier);
         }
-        if total_weight == 0 {
+        if out.len == 0 {
             return Err(RouteError::ModelNotFound);
         }
-        let mut pick = state.next_random() % total_weight;
-        for (i, c) in self.channels.iter().enumerate() {
-            if c.cfg.priority == best_priority && c.cfg.serves(model) {
-                let w = c.cfg.weight as u64;
-                if pick < w {
-                    return Ok(i);
-                }
-                pick -= w;
-            }
-        }
-        Err(RouteError::ModelNotFound)
-    }
-
-    /// The `Authorization` line for the next request on `channel`, rotating through its keys.
-    pub fn auth_line<'a>(&'a self, channel: usize, state: &RouteState) -> &'a [u8] {
-        let lines = &self.channels[channel].auth_lines;
-        let cursor = &state.key_cursors[channel];
-        let i = cursor.get();
-        cursor.set(i.wrapping_add(1));
-        &lines[i % lines.len()]
+        Ok(out)
     }
 }
 
@@ -215,19 +267,12 @@ fn models_body(channels: &[Channel], token: &TokenConfig) -> Vec<u8> {
 /// Per-worker routing state: never shared, so plain `Cell`s suffice.
 pub struct RouteState {
     rng: Cell<u64>,
-    key_cursors: Vec<Cell<usize>>,
 }
 
 impl RouteState {
-    pub fn new(router: &Router, seed: u64) -> RouteState {
+    pub fn new(seed: u64) -> RouteState {
         RouteState {
             rng: Cell::new(seed | 1),
-            key_cursors: router
-                .channels
-                .iter()
-                .enumerate()
-                .map(|(i, _)| Cell::new(seed as usize + i))
-                .collect(),
         }
     }
 
@@ -240,5 +285,38 @@ impl RouteState {
         x ^= x >> 27;
         self.rng.set(x);
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+// ---- routing predicates of the config types ----------------------------------------------
+
+/// `"*"` matches anything, `"abc*"` matches by prefix, anything else must match exactly.
+pub fn glob_match(pattern: &str, s: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => s.starts_with(prefix),
+        None => pattern == s,
+    }
+}
+
+impl ChannelConfig {
+    /// True if a `models` pattern matches, or if `model_map` names the model: a mapped alias
+    /// is served by construction even when only its target is listed in `models`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|p| glob_match(p, model))
+            || self.model_map.iter().any(|(from, _)| from == model)
+    }
+
+    /// The model name to send upstream for a client's `model`.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.model_map
+            .iter()
+            .find(|(from, _)| from == model)
+            .map_or(model, |(_, to)| to.as_str())
+    }
+}
+
+impl TokenConfig {
+    pub fn allows(&self, model: &str) -> bool {
+        self.models.iter().any(|p| glob_match(p, model))
     }
 }

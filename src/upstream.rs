@@ -8,11 +8,15 @@
 //! nothing to read (no stray bytes, no close), so bytes an upstream sent after a response can
 //! never become another request's response.
 //!
+//! It also owns connecting: a request asks [`Upstreams::checkout`] for a parked connection and
+//! [`Upstreams::connect`] for a new one (resolve, TCP under `connect`, TLS under
+//! `tls_handshake`), and each channel's per-worker state lives in one [`ChannelRuntime`].
+//!
 //! Must not: block the worker (name lookups run on a small blocking pool with a per-worker
 //! cache; IP literals never look anything up), share pools across workers, or keep an idle
 //! connection past `pool_idle`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -29,7 +33,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::ServerName;
 
 use crate::config::{ChannelConfig, Scheme};
+use crate::deadline::{DeadlineSet, Layer};
 use crate::monitor::{bump, drop_one, Monitor};
+use crate::route::{Channel, Router};
 
 pub type TlsStream = monoio_rustls::ClientTlsStream<TcpStream>;
 
@@ -155,7 +161,7 @@ impl Pool {
         }
     }
 
-    fn stats(&self) -> &crate::monitor::WorkerStats {
+    pub fn stats(&self) -> &crate::monitor::WorkerStats {
         &self.monitor.workers[self.worker]
     }
 
@@ -237,6 +243,144 @@ fn into_stream(conn: UpConn) -> Stream {
     drop_one(&monitor.workers[conn.worker].upstream_active);
     let _ = &mut conn;
     stream
+}
+
+/// A worker's state for one channel: where its idle connections park, the TLS connector that
+/// verifies it, and which of its keys goes next.
+pub struct ChannelRuntime {
+    pub slot: PoolSlot,
+    tls: Rc<monoio_rustls::TlsConnector>,
+    key_cursor: Cell<usize>,
+}
+
+impl ChannelRuntime {
+    /// The index of the key for the next request, rotating through `keys` of them.
+    #[inline]
+    pub fn next_key(&self, keys: usize) -> usize {
+        let i = self.key_cursor.get();
+        self.key_cursor.set(i.wrapping_add(1));
+        i % keys.max(1)
+    }
+}
+
+/// Why no upstream connection could be had.
+#[derive(Debug)]
+pub enum ConnectError {
+    Failed(String),
+    Timeout(Layer),
+}
+
+/// Connections to no more idle upstreams than this per (scheme, host, port, trust) are kept.
+const MAX_IDLE_PER_UPSTREAM: usize = 1024;
+/// How long a resolved host name is trusted.
+const DNS_TTL: Duration = Duration::from_secs(30);
+
+/// One worker's upstream side: the idle pool, the name cache, and each channel's runtime.
+pub struct Upstreams {
+    pub pool: Pool,
+    resolver: Resolver,
+    channels: Vec<ChannelRuntime>,
+}
+
+impl Upstreams {
+    pub fn new(
+        router: &Router,
+        tls: TlsConnectors,
+        pool_idle: Duration,
+        monitor: &'static Monitor,
+        worker: usize,
+        seed: u64,
+    ) -> Upstreams {
+        // The connector is part of the pool key: a connection verified against one channel's
+        // ca_file must never be lent to a channel that trusts different roots.
+        let mut endpoints: Vec<(Scheme, &str, u16, usize)> = Vec::new();
+        let own: Vec<Rc<monoio_rustls::TlsConnector>> =
+            tls.connectors.into_iter().map(Rc::new).collect();
+        let channels = router
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let connector = tls.by_channel.get(i).copied().unwrap_or(0);
+                let key = (c.cfg.scheme, c.cfg.host.as_str(), c.cfg.port, connector);
+                let slot = match endpoints.iter().position(|e| *e == key) {
+                    Some(s) => s,
+                    None => {
+                        endpoints.push(key);
+                        endpoints.len() - 1
+                    }
+                };
+                ChannelRuntime {
+                    slot,
+                    tls: own[connector].clone(),
+                    key_cursor: Cell::new(seed as usize + i),
+                }
+            })
+            .collect();
+        Upstreams {
+            pool: Pool::new(
+                endpoints.len(),
+                MAX_IDLE_PER_UPSTREAM,
+                pool_idle,
+                monitor,
+                worker,
+            ),
+            resolver: Resolver::new(DNS_TTL),
+            channels,
+        }
+    }
+
+    pub fn channel(&self, index: usize) -> &ChannelRuntime {
+        &self.channels[index]
+    }
+
+    /// A parked connection to `channel`'s upstream that is fit to be lent, if any.
+    #[inline]
+    pub fn checkout(&self, channel: usize, now: Instant) -> Option<UpConn> {
+        self.pool.take(self.channels[channel].slot, now)
+    }
+
+    /// A new connection to `channel` (config index `index`): resolve, TCP under `connect`,
+    /// TLS under `tls_handshake`, each raced against `deadline` (clamped by the request's
+    /// total).
+    pub async fn connect(
+        &self,
+        channel: &Channel,
+        index: usize,
+        deadline: &DeadlineSet,
+    ) -> Result<UpConn, ConnectError> {
+        let cfg = &channel.cfg;
+        let t = channel.timeouts;
+        deadline.arm(Layer::Connect, t[Layer::Connect]);
+        let addrs = deadline
+            .race(self.resolver.resolve(&cfg.host, cfg.port))
+            .await
+            .map_err(ConnectError::Timeout)?
+            .map_err(|e| ConnectError::Failed(format!("cannot resolve {}: {e}", cfg.host)))?;
+        let tcp = deadline
+            .race(connect_tcp(&addrs))
+            .await
+            .map_err(ConnectError::Timeout)?
+            .map_err(|e| {
+                ConnectError::Failed(format!("cannot connect to {}:{}: {e}", cfg.host, cfg.port))
+            })?;
+        let rt = &self.channels[index];
+        let stream = match cfg.scheme {
+            Scheme::Http => Stream::Plain(tcp),
+            Scheme::Https => {
+                deadline.arm(Layer::TlsHandshake, t[Layer::TlsHandshake]);
+                deadline
+                    .race(tls_handshake(&rt.tls, &cfg.host, tcp))
+                    .await
+                    .map_err(ConnectError::Timeout)?
+                    .map_err(|e| {
+                        ConnectError::Failed(format!("TLS handshake with {} failed: {e}", cfg.host))
+                    })?
+            }
+        };
+        bump(&self.pool.stats().upstream_connects);
+        Ok(self.pool.lend(stream, rt.slot, false))
+    }
 }
 
 /// Resolved addresses and when they were looked up.

@@ -37,14 +37,13 @@ use crate::bufpool::BufPool;
 use crate::config::Config;
 use crate::monitor::{self, bump, Monitor};
 use crate::route::{RouteState, Router};
-use crate::upstream::{Pool, PoolSlot, Resolver, TlsConnectors};
+use crate::upstream::{TlsConnectors, Upstreams};
 use crate::wheel::Wheel;
 
 /// IO buffer size: fits a typical chat request and any SSE event; large bodies grow past it.
 pub const BUF_SIZE: usize = 16 * 1024;
 /// Wheel tick: timeouts are coarse (hundreds of ms and up), so 5 ms is ample precision.
 const WHEEL_TICK: Duration = Duration::from_millis(5);
-const MAX_IDLE_PER_UPSTREAM: usize = 1024;
 /// Free buffers a worker keeps for reuse. Enough for the hot path at high concurrency; more
 /// would keep a burst's memory resident after it is over.
 const MAX_FREE_BUFFERS: usize = 256;
@@ -58,13 +57,8 @@ pub struct Worker {
     pub route_state: RouteState,
     pub bufs: BufPool,
     pub wheel: Rc<Wheel>,
-    pub pool: Pool,
-    /// Pool slot per channel: channels with the same (scheme, host, port) share one.
-    pub pool_slots: Vec<PoolSlot>,
-    pub resolver: Resolver,
-    /// TLS connector per channel (config order); channels without a `ca_file` share the
-    /// default one, channels naming the same `ca_file` share theirs.
-    pub tls: Vec<Rc<monoio_rustls::TlsConnector>>,
+    /// The upstream side: idle pool, name cache, each channel's runtime.
+    pub upstreams: Upstreams,
     /// This worker's share of `max_inflight`.
     pub max_inflight: u64,
     /// This worker's share of `max_connections`.
@@ -276,25 +270,6 @@ fn new_worker(
     monitor: &'static Monitor,
     tls: TlsConnectors,
 ) -> Worker {
-    // The connector is part of the pool key: a connection verified against one channel's
-    // ca_file must never be lent to a channel that trusts different roots.
-    let mut endpoints: Vec<(crate::config::Scheme, String, u16, usize)> = Vec::new();
-    let pool_slots = router
-        .channels
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let connector = tls.by_channel.get(i).copied().unwrap_or(0);
-            let key = (c.cfg.scheme, c.cfg.host.clone(), c.cfg.port, connector);
-            match endpoints.iter().position(|e| *e == key) {
-                Some(i) => i,
-                None => {
-                    endpoints.push(key);
-                    endpoints.len() - 1
-                }
-            }
-        })
-        .collect();
     let seed = (Instant::now().elapsed().as_nanos() as u64)
         ^ ((id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
         ^ std::process::id() as u64;
@@ -304,23 +279,17 @@ fn new_worker(
         .unwrap_or(0);
     Worker {
         id,
-        route_state: RouteState::new(&router, seed ^ started_nanos),
+        route_state: RouteState::new(seed ^ started_nanos),
         bufs: BufPool::new(BUF_SIZE, MAX_FREE_BUFFERS),
         wheel: Wheel::new(WHEEL_TICK),
-        pool: Pool::new(
-            endpoints.len(),
-            MAX_IDLE_PER_UPSTREAM,
-            config.timeouts.pool_idle,
+        upstreams: Upstreams::new(
+            &router,
+            tls,
+            config.timeouts[crate::config::Layer::PoolIdle],
             monitor,
             id,
+            seed,
         ),
-        pool_slots,
-        resolver: Resolver::new(Duration::from_secs(30)),
-        tls: {
-            let own: Vec<Rc<monoio_rustls::TlsConnector>> =
-                tls.connectors.into_iter().map(Rc::new).collect();
-            tls.by_channel.iter().map(|&i| own[i].clone()).collect()
-        },
         max_inflight: (config.server.max_inflight as u64)
             .div_ceil(workers as u64)
             .max(1),
@@ -999,7 +968,7 @@ pub fn prepare_fd_limit(config: &Config) {
 async fn janitor(worker: Rc<Worker>) {
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
-        worker.pool.sweep(Instant::now());
+        worker.upstreams.pool.sweep(Instant::now());
         // Give memory freed after a burst back to the OS: mimalloc only purges when it runs,
         // and an idle worker would otherwise keep the burst's pages resident.
         // SAFETY: collects this thread's own mimalloc heap; no preconditions.

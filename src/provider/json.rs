@@ -1,11 +1,8 @@
-//! What the relay needs to know about provider wire formats (OpenAI-compatible first).
+//! Reading a request body's JSON without building a tree: the top-level `model` string.
 //!
-//! Owns: finding the `model` in a request body without building a JSON tree (the body goes
-//! upstream byte-for-byte; only a `model_map` rename splices the one string), the relay's
-//! OpenAI-shaped error bodies, and normalising an upstream error body into that shape.
-//!
-//! Must not: re-serialise request bodies on the passthrough path, or allocate per request when
-//! no rename is needed.
+//! Owns: the one-pass scanner that finds `model` (and reports where it is, so a rename can
+//! splice just that string). Must not: allocate when the name has no escapes, or re-serialise
+//! the body — it goes upstream byte for byte.
 
 use std::ops::Range;
 
@@ -189,120 +186,6 @@ impl Scanner<'_> {
     }
 }
 
-/// Token counts reported by an upstream (`usage` in a response body or a stream's last chunk).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt: u64,
-    pub completion: u64,
-}
-
-/// Find `"prompt_tokens": N` / `"completion_tokens": N` (OpenAI) or `"input_tokens"` /
-/// `"output_tokens"` (Anthropic) in a body slice without parsing it. Costs one memchr-driven
-/// search per slice when the slice carries no usage, so it can run on every relayed chunk.
-pub fn scan_usage(data: &[u8]) -> Option<Usage> {
-    // Built once: constructing a searcher per call cost more than the search itself.
-    static TOKENS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"_tokens\""));
-    let mut prompt = None;
-    let mut completion = None;
-    for at in TOKENS.find_iter(data) {
-        let key = &data[..at];
-        let value = || number_after_colon(&data[at + 8..]);
-        if key.ends_with(b"\"prompt") || key.ends_with(b"\"input") {
-            prompt = prompt.or_else(value);
-        } else if key.ends_with(b"\"completion") || key.ends_with(b"\"output") {
-            completion = completion.or_else(value);
-        }
-    }
-    if prompt.is_none() && completion.is_none() {
-        return None;
-    }
-    Some(Usage {
-        prompt: prompt.unwrap_or(0),
-        completion: completion.unwrap_or(0),
-    })
-}
-
-/// `  : 123` -> 123.
-fn number_after_colon(data: &[u8]) -> Option<u64> {
-    let mut i = 0;
-    while i < data.len() && matches!(data[i], b' ' | b':' | b'\t' | b'\r' | b'\n') {
-        i += 1;
-    }
-    let start = i;
-    while i < data.len() && data[i].is_ascii_digit() && i - start < 19 {
-        i += 1;
-    }
-    crate::wire::parse_decimal(&data[start..i])
-}
-
-/// Append the relay's own error body: `{"error":{"message":..,"type":..,"param":null,"code":..}}`.
-pub fn error_json(out: &mut Vec<u8>, message: &str, kind: &str, code: &str) {
-    out.extend_from_slice(b"{\"error\":{\"message\":");
-    json_string(out, message);
-    out.extend_from_slice(b",\"type\":");
-    json_string(out, kind);
-    out.extend_from_slice(b",\"param\":null,\"code\":");
-    json_string(out, code);
-    out.extend_from_slice(b"}}");
-}
-
-pub fn json_string(out: &mut Vec<u8>, s: &str) {
-    // serde_json's escaping into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-/// An upstream non-2xx body turned into the relay's error shape, keeping the upstream's words.
-pub fn normalise_upstream_error(status: u16, body: &[u8], truncated: bool) -> Vec<u8> {
-    let parsed: Option<serde_json::Value> = if truncated {
-        None
-    } else {
-        serde_json::from_slice(body).ok()
-    };
-    let mut message = None;
-    let mut kind = None;
-    let mut code = None;
-    if let Some(v) = &parsed {
-        let err = v.get("error");
-        match err {
-            Some(serde_json::Value::Object(e)) => {
-                message = e.get("message").and_then(|m| m.as_str()).map(str::to_owned);
-                kind = e.get("type").and_then(|m| m.as_str()).map(str::to_owned);
-                code = match e.get("code") {
-                    Some(serde_json::Value::String(s)) => Some(s.clone()),
-                    Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-                    _ => None,
-                };
-            }
-            Some(serde_json::Value::String(s)) => message = Some(s.clone()),
-            _ => {}
-        }
-        if message.is_none() {
-            message = v
-                .get("message")
-                .or_else(|| v.get("detail"))
-                .and_then(|m| m.as_str())
-                .map(str::to_owned);
-        }
-    }
-    let message = message.unwrap_or_else(|| {
-        let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
-        let text = text.trim();
-        if text.is_empty() {
-            format!("upstream returned status {status}")
-        } else if truncated || body.len() > 512 {
-            format!("upstream returned status {status}: {text}...")
-        } else {
-            format!("upstream returned status {status}: {text}")
-        }
-    });
-    let kind = kind.unwrap_or_else(|| "upstream_error".to_owned());
-    let code = code.unwrap_or_else(|| format!("upstream_{status}"));
-    let mut out = Vec::with_capacity(message.len() + 96);
-    error_json(&mut out, &message, &kind, &code);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,69 +229,5 @@ mod tests {
         ] {
             assert!(peek_model(bad.as_bytes()).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn finds_usage() {
-        let body =
-            br#"{"id":"x","usage":{"prompt_tokens":9,"completion_tokens": 7,"total_tokens":16}}"#;
-        assert_eq!(
-            scan_usage(body),
-            Some(Usage {
-                prompt: 9,
-                completion: 7
-            })
-        );
-        let anthropic = br#"{"usage":{"input_tokens":12,"output_tokens":30}}"#;
-        assert_eq!(
-            scan_usage(anthropic),
-            Some(Usage {
-                prompt: 12,
-                completion: 30
-            })
-        );
-        assert_eq!(
-            scan_usage(br#"data: {"choices":[{"delta":{"content":"tok"}}]}"#),
-            None
-        );
-        assert_eq!(scan_usage(br#"{"max_tokens":"x"}"#), None);
-    }
-
-    #[test]
-    fn error_json_shape() {
-        let mut out = Vec::new();
-        error_json(
-            &mut out,
-            "bad \"key\"",
-            "invalid_request_error",
-            "invalid_api_key",
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["error"]["message"], "bad \"key\"");
-        assert_eq!(v["error"]["code"], "invalid_api_key");
-        assert!(v["error"]["param"].is_null());
-    }
-
-    #[test]
-    fn normalises_upstream_errors() {
-        let v: serde_json::Value = serde_json::from_slice(&normalise_upstream_error(
-            429,
-            br#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
-            false,
-        ))
-        .unwrap();
-        assert_eq!(v["error"]["message"], "slow down");
-        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
-        let v: serde_json::Value = serde_json::from_slice(&normalise_upstream_error(
-            502,
-            b"<html>bad gateway</html>",
-            false,
-        ))
-        .unwrap();
-        assert_eq!(v["error"]["code"], "upstream_502");
-        assert!(v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("bad gateway"));
     }
 }

@@ -1,0 +1,637 @@
+//! Loading: the TOML text (with the process environment for `RELAY_TIMEOUT` and `key_env`)
+//! into a validated [`Config`], section by section, every error naming file, line and key.
+//!
+//! Must not: do IO beyond the one file, its permission bits and the `ca_file`s it names.
+
+use super::spans::{Cx, Field, Kind, Node, Section};
+use super::timeouts::{parse_relay_timeout, CLIENT_BODY_TOTAL};
+use super::*;
+
+/// Reads `path` and parses it with the real process environment. A file that users other
+/// than its owner and group may access adds a warning (it holds keys and tokens).
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        line: 0,
+        key: String::new(),
+        message: format!("cannot read config file: {e}"),
+    })?;
+    let mut config = parse(&text, path)?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        config
+            .warnings
+            .extend(permission_warning(path, meta.permissions().mode()));
+    }
+    Ok(config)
+}
+
+/// The warning for a config file whose mode lets other users (not owner, not group) read or
+/// write it. Group access is fine: `640` with a group the service runs in is the usual setup.
+pub fn permission_warning(path: &Path, mode: u32) -> Option<ConfigWarning> {
+    let others = mode & 0o007;
+    if others == 0 {
+        return None;
+    }
+    let what = match (others & 0o004 != 0, others & 0o002 != 0) {
+        (true, true) => "every user on this machine can read and change it",
+        (true, false) => "every user on this machine can read it",
+        (false, true) => "every user on this machine can change it",
+        (false, false) => "every user on this machine has access to it",
+    };
+    let shown = path.display();
+    Some(ConfigWarning {
+        file: shown.to_string(),
+        line: 0,
+        key: String::new(),
+        message: format!(
+            "file mode {:04o}: {what}, and it holds channel keys and client tokens; \
+             run chmod 600 {shown} (or chmod 640 with a group you trust)",
+            mode & 0o7777
+        ),
+    })
+}
+
+/// Parses `text` (the contents of `path`) with the real process environment.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse_with_env(text, path, &|name| std::env::var(name).ok())
+}
+
+/// Parses `text`; `env` stands in for the process environment so tests stay hermetic.
+pub fn parse_with_env(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let cx = Cx::new(path, text);
+    // Relative `ca_file` paths resolve against the config file's directory.
+    let base_dir = path.parent().unwrap_or(Path::new(""));
+    let root: Node = toml::from_str(text).map_err(|e| cx.syntax_error(&e))?;
+    let root = Section {
+        cx: &cx,
+        path: String::new(),
+        line: 0,
+        entries: match &root.kind {
+            Kind::Table(entries) => entries,
+            // A TOML document is always a table; anything else means the parser changed.
+            _ => return Err(cx.error(0, "", "the document is not a TOML table")),
+        },
+    };
+    root.check_known(&["server", "timeouts", "monitor", "channels", "tokens"])?;
+
+    let server = match root.field("server") {
+        Some(f) => read_server(&f.table()?)?,
+        None => ServerConfig::default(),
+    };
+    let mut timeouts = match root.field("timeouts") {
+        Some(f) => read_timeouts(&f.table()?)?,
+        None => Timeouts::default(),
+    };
+    let mut warnings = Vec::new();
+    let monitor = match root.field("monitor") {
+        Some(f) => read_monitor(&f.table()?, server.max_inflight, &mut warnings)?,
+        None => MonitorConfig::defaults_for(server.max_inflight),
+    };
+
+    let mut channels: Vec<ChannelConfig> = Vec::new();
+    let mut channel_lines: Vec<usize> = Vec::new();
+    for f in root.required_array_of_tables("channels")? {
+        let table = f.table()?;
+        let channel = read_channel(&table, base_dir, env)?;
+        let name_field = table.field("name");
+        if let Some(first) = channels.iter().position(|c| c.name == channel.name) {
+            let at = name_field.map_or(table.line, |f| f.line);
+            return Err(cx.error(
+                at,
+                &table.key("name"),
+                &format!(
+                    "duplicate channel name {:?} (first used on line {})",
+                    channel.name, channel_lines[first]
+                ),
+            ));
+        }
+        channel_lines.push(name_field.map_or(table.line, |f| f.line));
+        channels.push(channel);
+    }
+
+    let mut tokens: Vec<TokenConfig> = Vec::new();
+    let mut token_lines: Vec<(usize, usize)> = Vec::new();
+    for f in root.required_array_of_tables("tokens")? {
+        let table = f.table()?;
+        let token = read_token(&table)?;
+        let name_line = table.field("name").map_or(table.line, |f| f.line);
+        let key_line = table.field("key").map_or(table.line, |f| f.line);
+        if let Some(first) = tokens.iter().position(|t| t.name == token.name) {
+            return Err(cx.error(
+                name_line,
+                &table.key("name"),
+                &format!(
+                    "duplicate token name {:?} (first used on line {})",
+                    token.name, token_lines[first].0
+                ),
+            ));
+        }
+        if let Some(first) = tokens.iter().position(|t| t.key == token.key) {
+            // Name the other token, never the key itself.
+            return Err(cx.error(
+                key_line,
+                &table.key("key"),
+                &format!(
+                    "same key as token {:?} (line {})",
+                    tokens[first].name, token_lines[first].1
+                ),
+            ));
+        }
+        token_lines.push((name_line, key_line));
+        tokens.push(token);
+    }
+
+    if let Some(raw) = env("RELAY_TIMEOUT") {
+        // An empty assignment (`RELAY_TIMEOUT=` in a compose file) conventionally means unset.
+        if !raw.trim().is_empty() {
+            timeouts[Layer::Total] = parse_relay_timeout(&raw)?;
+        }
+    }
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        server,
+        timeouts,
+        monitor,
+        channels,
+        tokens,
+        warnings,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section readers
+// ---------------------------------------------------------------------------------------------
+
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "workers",
+    "max_inflight",
+    "max_connections",
+    "max_header_bytes",
+    "max_body_bytes",
+    "max_error_body_bytes",
+    "sse_coalesce",
+    "busy_poll",
+];
+const MONITOR_KEYS: &[&str] = &["log_interval", "warn_inflight", "alert_inflight"];
+const CHANNEL_KEYS: &[&str] = &[
+    "name",
+    "provider",
+    "base_url",
+    "keys",
+    "key_env",
+    "models",
+    "model_map",
+    "priority",
+    "weight",
+    "timeouts",
+    "ca_file",
+];
+const TOKEN_KEYS: &[&str] = &["name", "key", "models"];
+
+/// Upper bound for counts and byte limits: generous, but keeps arithmetic elsewhere far from
+/// overflow.
+const MAX_COUNT: usize = 1_000_000_000;
+
+fn read_server(sec: &Section) -> Result<ServerConfig, ConfigError> {
+    sec.check_known(SERVER_KEYS)?;
+    let d = ServerConfig::default();
+    let (listen, listen_text) = match sec.field("listen") {
+        Some(f) => {
+            let text = f.str()?;
+            (parse_listen(text).map_err(|m| f.err(&m))?, text.to_string())
+        }
+        None => (d.listen, d.listen_text),
+    };
+    Ok(ServerConfig {
+        listen,
+        listen_text,
+        // Far more threads than any machine has cores only burns memory.
+        workers: sec.usize_or("workers", d.workers, 0, 1024)?,
+        max_inflight: sec.usize_or("max_inflight", d.max_inflight, 1, MAX_COUNT)?,
+        // Each connection is a file descriptor; far past any RLIMIT_NOFILE is a typo.
+        max_connections: sec.usize_or("max_connections", d.max_connections, 1, 100_000_000)?,
+        max_header_bytes: sec.usize_or("max_header_bytes", d.max_header_bytes, 1, MAX_COUNT)?,
+        max_body_bytes: sec.usize_or("max_body_bytes", d.max_body_bytes, 1, usize::MAX)?,
+        max_error_body_bytes: sec.usize_or(
+            "max_error_body_bytes",
+            d.max_error_body_bytes,
+            1,
+            MAX_COUNT,
+        )?,
+        sse_coalesce: match sec.field("sse_coalesce") {
+            Some(f) => f.duration_at_most(MAX_SSE_COALESCE)?,
+            None => d.sse_coalesce,
+        },
+        busy_poll: match sec.field("busy_poll") {
+            Some(f) => f.duration_at_most(crate::busy::MAX_BUSY_POLL)?,
+            None => d.busy_poll,
+        },
+    })
+}
+
+/// Coalescing is a latency trade: past this it would be felt as stutter in a token stream.
+const MAX_SSE_COALESCE: Duration = Duration::from_secs(1);
+
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let invalid = || {
+        format!(
+            "invalid listen address {text:?} (use host:port, e.g. 127.0.0.1:3000 or [::1]:3000)"
+        )
+    };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    if host.is_empty() || host.contains([':', '[', ']', '/', ' ']) {
+        return Err(invalid());
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        // Pinned to IPv4 so the result does not depend on the resolver's ordering.
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("listen host {host:?} resolves to no address")),
+        Err(e) => Err(format!("cannot resolve listen host {host:?}: {e}")),
+    }
+}
+
+fn read_timeouts(sec: &Section) -> Result<Timeouts, ConfigError> {
+    let mut keys: Vec<&str> = Layer::ALL.iter().map(|l| l.name()).collect();
+    keys.push(CLIENT_BODY_TOTAL);
+    sec.check_known(&keys)?;
+    let mut t = Timeouts::default();
+    for layer in Layer::ALL {
+        t[layer] = sec.duration_or(layer.name(), t[layer])?;
+    }
+    t.client_body_total = sec.duration_or(CLIENT_BODY_TOTAL, t.client_body_total)?;
+    Ok(t)
+}
+
+/// `[monitor]`. An unset threshold is a share of `max_inflight` ([`WARN_PERCENT`],
+/// [`ALERT_PERCENT`]), moved so the pair stays ordered when only the other one is written. An
+/// explicit threshold at or above `max_inflight` can never be exceeded: a warning, not an error.
+fn read_monitor(
+    sec: &Section,
+    max_inflight: usize,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<MonitorConfig, ConfigError> {
+    sec.check_known(MONITOR_KEYS)?;
+    let d = MonitorConfig::defaults_for(max_inflight);
+    let read = |key: &str| {
+        sec.field(key)
+            .map(|f| f.usize_in(1, MAX_COUNT).map(|v| (v, f.line)))
+            .transpose()
+    };
+    let (warn, alert) = (read("warn_inflight")?, read("alert_inflight")?);
+    let m = MonitorConfig {
+        log_interval: sec.duration_or("log_interval", d.log_interval)?,
+        warn_inflight: match (warn, alert) {
+            (Some((w, _)), _) => w,
+            (None, Some((a, _))) => d.warn_inflight.min(a),
+            (None, None) => d.warn_inflight,
+        },
+        alert_inflight: match (alert, warn) {
+            (Some((a, _)), _) => a,
+            (None, Some((w, _))) => d.alert_inflight.max(w),
+            (None, None) => d.alert_inflight,
+        },
+        warn_inflight_set: warn.is_some(),
+        alert_inflight_set: alert.is_some(),
+    };
+    for (key, value) in [("warn_inflight", warn), ("alert_inflight", alert)] {
+        if let Some((v, line)) = value {
+            if v >= max_inflight {
+                warnings.push(ConfigWarning {
+                    file: sec.cx.file.clone(),
+                    line,
+                    key: sec.key(key),
+                    message: format!(
+                        "{v} is not below server.max_inflight ({max_inflight}), so in-flight \
+                         requests can never exceed it and this level never fires"
+                    ),
+                });
+            }
+        }
+    }
+    if m.warn_inflight > m.alert_inflight {
+        let (key, line) = match (sec.field("warn_inflight"), sec.field("alert_inflight")) {
+            (Some(f), _) => ("warn_inflight", f.line),
+            (None, Some(f)) => ("alert_inflight", f.line),
+            (None, None) => ("warn_inflight", sec.line),
+        };
+        return Err(sec.cx.error(
+            line,
+            &sec.key(key),
+            &format!(
+                "warn_inflight ({}) must not exceed alert_inflight ({})",
+                m.warn_inflight, m.alert_inflight
+            ),
+        ));
+    }
+    Ok(m)
+}
+
+fn read_channel(
+    sec: &Section,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ChannelConfig, ConfigError> {
+    sec.check_known(CHANNEL_KEYS)?;
+    let name = sec.required("name")?.nonempty_str()?.to_string();
+
+    let provider_field = sec.required("provider")?;
+    let provider = match provider_field.str()? {
+        "openai" => Provider::OpenAi,
+        // Refused rather than accepted and misused: an Anthropic upstream would get
+        // `Authorization: Bearer` and the client's OpenAI path.
+        "anthropic" => {
+            return Err(provider_field.err(
+                "provider \"anthropic\" is not supported yet: ringway does not speak Anthropic's Messages API to upstreams (use an OpenAI-compatible base_url)",
+            ))
+        }
+        other => {
+            return Err(provider_field.err(&format!(
+                "unknown provider {other:?} (expected \"openai\" or \"anthropic\")"
+            )))
+        }
+    };
+
+    let url_field = sec.required("base_url")?;
+    let url = parse_base_url(url_field.str()?).map_err(|m| url_field.err(&m))?;
+
+    let keys = match (sec.field("keys"), sec.field("key_env")) {
+        (Some(_), Some(f)) => {
+            return Err(f.err("set either keys or key_env, not both"));
+        }
+        (None, None) => {
+            return Err(sec.cx.error(
+                sec.line,
+                &sec.key("keys"),
+                "missing: set keys = [\"...\"] or key_env = \"ENV_VAR\"",
+            ));
+        }
+        (Some(f), None) => {
+            let items = f.array()?;
+            if items.is_empty() {
+                return Err(f.err("must list at least one key"));
+            }
+            let mut keys = Vec::with_capacity(items.len());
+            for item in items {
+                let key = item.str()?;
+                check_secret(key).map_err(|m| item.err(m))?;
+                keys.push(key.to_string());
+            }
+            keys
+        }
+        (None, Some(f)) => {
+            let var = f.nonempty_str()?;
+            let value = env(var)
+                .ok_or_else(|| f.err(&format!("environment variable {var:?} is not set")))?;
+            // Files and secret stores often leave a trailing newline on the value.
+            let key = value.trim();
+            if key.is_empty() {
+                return Err(f.err(&format!("environment variable {var:?} is empty")));
+            }
+            check_secret(key).map_err(|m| f.err(&format!("environment variable {var:?}: {m}")))?;
+            vec![key.to_string()]
+        }
+    };
+
+    let models = read_patterns(&sec.required("models")?)?;
+
+    let mut model_map = Vec::new();
+    if let Some(f) = sec.field("model_map") {
+        let table = f.table()?;
+        for (from, _) in table.entries {
+            let entry = table.field(from).expect("key taken from the same table");
+            if from.is_empty() {
+                return Err(entry.err("client model name must not be empty"));
+            }
+            model_map.push((from.clone(), entry.nonempty_str()?.to_string()));
+        }
+    }
+
+    let priority = match sec.field("priority") {
+        Some(f) => f.int()?,
+        None => 0,
+    };
+    // Capped so a sum of weights over many channels cannot overflow a u32 or u64.
+    let weight = sec.usize_or("weight", 1, 1, 1_000_000)?;
+    let weight = u32::try_from(weight).expect("weight is capped at 1_000_000");
+
+    let mut timeouts = ChannelTimeouts::default();
+    if let Some(f) = sec.field("timeouts") {
+        let t = f.table()?;
+        let names: Vec<&str> = Layer::PER_CHANNEL.iter().map(|l| l.name()).collect();
+        for (key, _) in t.entries {
+            let layer = Layer::from_name(key).filter(|l| Layer::PER_CHANNEL.contains(l));
+            let entry = t.field(key).expect("key taken from the same table");
+            match layer {
+                Some(layer) => timeouts.set(layer, entry.duration()?),
+                None => {
+                    return Err(entry.err(&format!(
+                        "unknown timeout layer (per-channel overrides: {})",
+                        names.join(", ")
+                    )))
+                }
+            }
+        }
+    }
+
+    let ca = match sec.field("ca_file") {
+        Some(f) => Some(read_ca_file(&f, url.scheme, base_dir)?),
+        None => None,
+    };
+
+    Ok(ChannelConfig {
+        name,
+        provider,
+        base_url: url.base_url,
+        scheme: url.scheme,
+        host: url.host,
+        port: url.port,
+        path_prefix: url.path_prefix,
+        keys,
+        models,
+        model_map,
+        priority,
+        weight,
+        timeouts,
+        ca,
+    })
+}
+
+/// `ca_file = "path"`: readable, PEM, at least one certificate, every certificate usable as a
+/// trust anchor (the same check the TLS connector makes at start, so start cannot fail on it).
+fn read_ca_file(f: &Field, scheme: Scheme, base_dir: &Path) -> Result<CaFile, ConfigError> {
+    let raw = f.nonempty_str()?;
+    if scheme == Scheme::Http {
+        return Err(f.err("ca_file needs an https base_url"));
+    }
+    let path = base_dir.join(raw);
+    let shown = path.display();
+    let pem = std::fs::read(&path).map_err(|e| f.err(&format!("cannot read {shown}: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut count = 0usize;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        count += 1;
+        let cert = cert.map_err(|e| f.err(&format!("{shown}: invalid PEM: {e}")))?;
+        roots.add(cert).map_err(|e| {
+            f.err(&format!(
+                "{shown}: certificate {count} cannot be a trusted root: {e}"
+            ))
+        })?;
+    }
+    if count == 0 {
+        return Err(f.err(&format!(
+            "{shown} contains no PEM certificate (expected -----BEGIN CERTIFICATE-----)"
+        )));
+    }
+    Ok(CaFile { path, pem })
+}
+
+fn read_token(sec: &Section) -> Result<TokenConfig, ConfigError> {
+    sec.check_known(TOKEN_KEYS)?;
+    let name = sec.required("name")?.nonempty_str()?.to_string();
+    let key_field = sec.required("key")?;
+    let key = key_field.str()?;
+    check_secret(key).map_err(|m| key_field.err(m))?;
+    let models = read_patterns(&sec.required("models")?)?;
+    Ok(TokenConfig {
+        name,
+        key: key.to_string(),
+        models,
+    })
+}
+
+/// A model allow-list: non-empty, each entry non-empty, `*` only as the final character
+/// (anywhere else it would silently match nothing).
+fn read_patterns(f: &Field) -> Result<Vec<String>, ConfigError> {
+    let items = f.array()?;
+    if items.is_empty() {
+        return Err(f.err("must list at least one model (\"*\" = any)"));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let p = item.nonempty_str()?;
+        if p.trim_end_matches('*').contains('*') || p.ends_with("**") {
+            return Err(item.err(&format!(
+                "invalid pattern {p:?}: '*' is only allowed once, at the end"
+            )));
+        }
+        out.push(p.to_string());
+    }
+    Ok(out)
+}
+
+/// Keys end up in request headers, so anything but visible ASCII would be a header-injection
+/// hazard. The message never repeats the value.
+fn check_secret(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() {
+        Err("must not be empty")
+    } else if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        Err("contains a character not allowed in an HTTP header (spaces, control or non-ASCII)")
+    } else {
+        Ok(())
+    }
+}
+
+struct ParsedUrl {
+    base_url: String,
+    scheme: Scheme,
+    host: String,
+    port: u16,
+    path_prefix: String,
+}
+
+fn parse_base_url(raw: &str) -> Result<ParsedUrl, String> {
+    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
+    let (scheme, rest) = if lower.starts_with("https://") {
+        (Scheme::Https, &raw[8..])
+    } else if lower.starts_with("http://") {
+        (Scheme::Http, &raw[7..])
+    } else {
+        return Err(format!(
+            "invalid base_url {raw:?}: must start with http:// or https://"
+        ));
+    };
+    if rest.contains(['?', '#']) {
+        return Err(format!(
+            "invalid base_url {raw:?}: a query or fragment is not allowed"
+        ));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        // Deliberately not echoing the value: it carries credentials.
+        return Err("invalid base_url: credentials in the URL are not supported (use keys)".into());
+    }
+    let (host, port) = if let Some(after) = authority.strip_prefix('[') {
+        let (h, tail) = after
+            .split_once(']')
+            .ok_or_else(|| format!("invalid base_url {raw:?}: unclosed '[' in host"))?;
+        if h.parse::<Ipv6Addr>().is_err() {
+            return Err(format!(
+                "invalid base_url {raw:?}: {h:?} is not an IPv6 address"
+            ));
+        }
+        let port =
+            match tail {
+                "" => None,
+                t => Some(t.strip_prefix(':').ok_or_else(|| {
+                    format!("invalid base_url {raw:?}: unexpected {t:?} after ']'")
+                })?),
+            };
+        (h, port)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && (authority.starts_with('[')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
+    if !host_ok {
+        return Err(format!(
+            "invalid base_url {raw:?}: bad host (IPv6 addresses go in brackets)"
+        ));
+    }
+    let port = match port {
+        None => match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        },
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("invalid base_url {raw:?}: bad port {p:?}")),
+        },
+    };
+    let path_prefix = path.trim_end_matches('/');
+    if !path_prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "invalid base_url {raw:?}: the path may only contain visible ASCII"
+        ));
+    }
+    Ok(ParsedUrl {
+        base_url: raw.trim_end_matches('/').to_string(),
+        scheme,
+        host: host.to_string(),
+        port,
+        path_prefix: path_prefix.to_string(),
+    })
+}

@@ -1,0 +1,135 @@
+//! The one-screen summary `check-config` prints and the relay logs at start.
+//!
+//! Must not: print a secret (upstream keys, client tokens), ever.
+
+use super::timeouts::CLIENT_BODY_TOTAL;
+use super::*;
+
+impl Config {
+    /// A one-screen, secret-free description for `check-config` and the startup log.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let s = &self.server;
+        let t = &self.timeouts;
+        let m = &self.monitor;
+        let workers = if s.workers == 0 {
+            format!("0 (auto: {})", self.effective_workers())
+        } else {
+            s.workers.to_string()
+        };
+        // Writing to a String cannot fail, so the results are ignored.
+        let _ = writeln!(out, "config {}", self.path.display());
+        let _ = writeln!(
+            out,
+            "server    listen {} ({}), workers {}",
+            s.listen_text, s.listen, workers
+        );
+        let _ = writeln!(
+            out,
+            "limits    max_inflight {}, max_connections {}, max_header_bytes {}, max_body_bytes {}, max_error_body_bytes {}",
+            s.max_inflight,
+            s.max_connections,
+            s.max_header_bytes,
+            s.max_body_bytes,
+            s.max_error_body_bytes
+        );
+        let _ = writeln!(
+            out,
+            "streams   sse_coalesce {}, busy_poll {}",
+            format_duration(s.sse_coalesce),
+            format_duration(s.busy_poll)
+        );
+        let first = Layer::PER_CHANNEL.map(|l| format!("{} {}", l.name(), format_duration(t[l])));
+        let _ = writeln!(out, "timeouts  {}", first.join(", "));
+        let mut rest: Vec<String> = [
+            Layer::PoolIdle,
+            Layer::Quick,
+            Layer::ClientHeader,
+            Layer::ClientBody,
+        ]
+        .iter()
+        .map(|&l| format!("{} {}", l.name(), format_duration(t[l])))
+        .collect();
+        rest.push(format!(
+            "{CLIENT_BODY_TOTAL} {}",
+            format_duration(t.client_body_total)
+        ));
+        rest.push(format!(
+            "{} {}",
+            Layer::ClientIdle.name(),
+            format_duration(t[Layer::ClientIdle])
+        ));
+        let _ = writeln!(out, "          {}", rest.join(", "));
+        let derived = |set: bool, percent: usize| {
+            if set {
+                String::new()
+            } else {
+                format!(" ({percent}% of max_inflight)")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "monitor   log_interval {}, warn_inflight {}{}, alert_inflight {}{}",
+            format_duration(m.log_interval),
+            m.warn_inflight,
+            derived(m.warn_inflight_set, WARN_PERCENT),
+            m.alert_inflight,
+            derived(m.alert_inflight_set, ALERT_PERCENT)
+        );
+        let _ = writeln!(out, "channels  {}", self.channels.len());
+        for c in &self.channels {
+            let provider = match c.provider {
+                Provider::OpenAi => "openai",
+            };
+            let _ = write!(
+                out,
+                "  {} [{}] {} priority {} weight {} keys {} models {}",
+                c.name,
+                provider,
+                c.base_url,
+                c.priority,
+                c.weight,
+                c.keys.len(),
+                c.models.join(",")
+            );
+            if !c.model_map.is_empty() {
+                let map: Vec<String> = c
+                    .model_map
+                    .iter()
+                    .map(|(from, to)| format!("{from}->{to}"))
+                    .collect();
+                let _ = write!(out, " map {}", map.join(","));
+            }
+            let ct = &c.timeouts;
+            let overrides: Vec<String> = Layer::PER_CHANNEL
+                .iter()
+                .filter_map(|&l| {
+                    ct.get(l)
+                        .map(|d| format!("{}={}", l.name(), format_duration(d)))
+                })
+                .collect();
+            if !overrides.is_empty() {
+                let _ = write!(out, " timeouts {}", overrides.join(","));
+            }
+            if let Some(ca) = &c.ca {
+                let _ = write!(out, " ca_file {}", ca.path.display());
+            }
+            out.push('\n');
+        }
+        let _ = writeln!(out, "tokens    {}", self.tokens.len());
+        for tk in &self.tokens {
+            let _ = writeln!(out, "  {} models {}", tk.name, tk.models.join(","));
+        }
+        out
+    }
+
+    /// The worker count to start: `server.workers`, or one per online core when it is 0.
+    pub fn effective_workers(&self) -> usize {
+        if self.server.workers > 0 {
+            self.server.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}

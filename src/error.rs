@@ -1,0 +1,320 @@
+//! The one error type: every answer ringway gives on its own (not the upstream's), as the
+//! README's error table in code.
+//!
+//! Owns: for each error, its status, OpenAI `type` and `code`, the message, `Retry-After`, the
+//! timeout layer it stands for, the `Allow` header of a 405, whether it ends the client
+//! connection, and whether the request may still go to another channel (an error before any
+//! response byte reached the client). [`RelayError::render`] is the one place the body is
+//! written; a second dialect (Anthropic's error shape) is one more renderer beside it.
+//!
+//! Must not: do IO or know the connection. The relay decides when and how an error goes out
+//! (a response of its own, or an SSE `error` event once a stream has begun).
+
+use std::borrow::Cow;
+
+use crate::deadline::Layer;
+
+/// An error of the relay's own making, ready to render.
+#[derive(Debug, Clone)]
+pub struct RelayError {
+    pub status: u16,
+    /// OpenAI's `type`: `invalid_request_error`, `server_error`, `timeout_error`, ...
+    pub kind: Cow<'static, str>,
+    pub code: Cow<'static, str>,
+    pub message: Cow<'static, str>,
+    pub retry_after: Option<Cow<'static, [u8]>>,
+    /// The timeout layer this error reports, if it is a timeout.
+    pub layer: Option<Layer>,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+    /// The client connection cannot carry another request after this answer.
+    pub closes: bool,
+    /// Nothing reached the client and the fault was the channel's: another channel may be
+    /// tried (failover).
+    pub retryable: bool,
+}
+
+impl RelayError {
+    fn new(
+        status: u16,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> RelayError {
+        RelayError {
+            status,
+            kind: Cow::Borrowed(kind),
+            code: Cow::Borrowed(code),
+            message: message.into(),
+            retry_after: None,
+            layer: None,
+            allow: None,
+            closes: false,
+            retryable: false,
+        }
+    }
+
+    fn closing(mut self) -> RelayError {
+        self.closes = true;
+        self
+    }
+
+    fn retryable(mut self) -> RelayError {
+        self.retryable = true;
+        self
+    }
+
+    // ---- the client's request -----------------------------------------------------------
+
+    /// 401 `invalid_api_key`: no key, or one no token has.
+    pub fn invalid_api_key(key_given: bool) -> RelayError {
+        let message = if key_given {
+            "Incorrect API key provided."
+        } else {
+            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+        };
+        RelayError::new(401, "invalid_request_error", "invalid_api_key", message)
+    }
+
+    pub fn model_not_allowed(model: &str) -> RelayError {
+        RelayError::new(
+            403,
+            "invalid_request_error",
+            "model_not_allowed",
+            format!("this token may not use the model '{model}'"),
+        )
+    }
+
+    pub fn model_not_found(model: &str) -> RelayError {
+        RelayError::new(
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            format!("The model '{model}' does not exist or no channel serves it"),
+        )
+    }
+
+    pub fn missing_model() -> RelayError {
+        RelayError::new(
+            400,
+            "invalid_request_error",
+            "missing_model",
+            "you must provide a model parameter",
+        )
+    }
+
+    pub fn invalid_json(message: impl Into<Cow<'static, str>>) -> RelayError {
+        RelayError::new(400, "invalid_request_error", "invalid_json", message)
+    }
+
+    /// 400 for a head or body that cannot be framed; the connection cannot be trusted after it.
+    pub fn bad_request(message: impl Into<Cow<'static, str>>) -> RelayError {
+        RelayError::new(400, "invalid_request_error", "bad_request", message).closing()
+    }
+
+    pub fn not_found(message: String) -> RelayError {
+        RelayError::new(404, "invalid_request_error", "not_found", message)
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> RelayError {
+        let mut e = RelayError::new(
+            405,
+            "invalid_request_error",
+            "method_not_allowed",
+            "method not allowed for this endpoint",
+        );
+        e.allow = Some(allow);
+        e
+    }
+
+    pub fn header_too_large(message: &'static str) -> RelayError {
+        RelayError::new(
+            431,
+            "invalid_request_error",
+            "request_header_too_large",
+            message,
+        )
+        .closing()
+    }
+
+    pub fn body_too_large(max: usize) -> RelayError {
+        RelayError::new(
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            format!("request body exceeds max_body_bytes ({max})"),
+        )
+        .closing()
+    }
+
+    pub fn unsupported_transfer_encoding(message: &'static str) -> RelayError {
+        RelayError::new(
+            501,
+            "invalid_request_error",
+            "unsupported_transfer_encoding",
+            message,
+        )
+        .closing()
+    }
+
+    /// 408: the client's head (`client_header`) or body (`client_body`) came too slowly.
+    pub fn client_timeout(layer: Layer) -> RelayError {
+        let message = match layer {
+            Layer::ClientHeader => "the request head was not received in time",
+            _ => "the request body was not received in time",
+        };
+        let mut e = RelayError::new(408, "invalid_request_error", layer.code(), message).closing();
+        e.layer = Some(layer);
+        e
+    }
+
+    // ---- the relay's own limits ---------------------------------------------------------
+
+    pub fn overloaded() -> RelayError {
+        let mut e = RelayError::new(
+            503,
+            "server_error",
+            "overloaded",
+            "ringway is over its max_inflight limit; retry shortly",
+        );
+        e.retry_after = Some(Cow::Borrowed(b"1"));
+        e
+    }
+
+    // ---- the upstream -------------------------------------------------------------------
+
+    pub fn upstream_connect_failed(message: String) -> RelayError {
+        RelayError::new(502, "upstream_error", "upstream_connect_failed", message).retryable()
+    }
+
+    /// 504 for an upstream-side layer that expired before the response head (total included).
+    pub fn timeout(layer: Layer) -> RelayError {
+        let mut e = RelayError::new(
+            504,
+            "timeout_error",
+            layer.code(),
+            format!(
+                "upstream did not answer within the {} timeout",
+                layer.name()
+            ),
+        );
+        e.layer = Some(layer);
+        // The whole request's time is spent; any other layer is the channel's fault.
+        e.retryable = !matches!(layer, Layer::Total | Layer::Quick);
+        e
+    }
+
+    /// 502: the upstream closed, reset, or sent a malformed or ambiguous head.
+    pub fn bad_upstream_response(message: impl Into<Cow<'static, str>>) -> RelayError {
+        RelayError::new(502, "upstream_error", "bad_upstream_response", message).retryable()
+    }
+
+    /// 502: the upstream refused the channel's key (401/403). Its body is never relayed.
+    pub fn upstream_auth_failed(channel: &str, status: u16) -> RelayError {
+        RelayError::new(
+            502,
+            "upstream_error",
+            "upstream_auth_failed",
+            format!(
+                "upstream channel '{channel}' refused its API key ({status}); the request was not served"
+            ),
+        )
+        .retryable()
+    }
+
+    /// An upstream non-2xx, normalised: the upstream's status, words and Retry-After.
+    pub fn upstream_status(
+        status: u16,
+        kind: String,
+        code: String,
+        message: String,
+        retry_after: Option<Vec<u8>>,
+    ) -> RelayError {
+        RelayError {
+            status,
+            kind: Cow::Owned(kind),
+            code: Cow::Owned(code),
+            message: Cow::Owned(message),
+            retry_after: retry_after.map(Cow::Owned),
+            layer: None,
+            allow: None,
+            closes: false,
+            retryable: false,
+        }
+    }
+
+    /// An error after a stream began: only the code and message matter (the status is sent).
+    pub fn mid_stream(code: &'static str, message: impl Into<Cow<'static, str>>) -> RelayError {
+        RelayError::new(502, "upstream_error", code, message)
+    }
+
+    /// A timeout after a stream began.
+    pub fn stream_timeout(layer: Layer) -> RelayError {
+        let mut e = RelayError::new(
+            504,
+            "timeout_error",
+            layer.code(),
+            format!("upstream stream stopped: {} timeout", layer.name()),
+        );
+        e.layer = Some(layer);
+        e
+    }
+
+    /// The OpenAI error body: `{"error":{"message":..,"type":..,"param":null,"code":..}}`.
+    pub fn render(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"error\":{\"message\":");
+        json_string(out, &self.message);
+        out.extend_from_slice(b",\"type\":");
+        json_string(out, &self.kind);
+        out.extend_from_slice(b",\"param\":null,\"code\":");
+        json_string(out, &self.code);
+        out.extend_from_slice(b"}}");
+    }
+}
+
+/// Append `s` as a JSON string literal.
+pub fn json_string(out: &mut Vec<u8>, s: &str) {
+    // serde_json's escaping into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(e: &RelayError) -> serde_json::Value {
+        let mut out = Vec::new();
+        e.render(&mut out);
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn renders_the_contract_shape() {
+        let v = body(&RelayError::model_not_found("gpt-\"x\""));
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["param"].is_null());
+        assert_eq!(
+            v["error"]["message"],
+            "The model 'gpt-\"x\"' does not exist or no channel serves it"
+        );
+    }
+
+    #[test]
+    fn table_rows() {
+        let e = RelayError::timeout(Layer::ResponseHeader);
+        assert_eq!((e.status, &*e.code), (504, "response_header_timeout"));
+        assert!(e.retryable);
+        assert!(!RelayError::timeout(Layer::Total).retryable);
+        let e = RelayError::client_timeout(Layer::ClientBody);
+        assert_eq!(
+            (e.status, &*e.code, e.closes),
+            (408, "client_body_timeout", true)
+        );
+        let e = RelayError::overloaded();
+        assert_eq!(e.retry_after.as_deref(), Some(&b"1"[..]));
+        assert_eq!(RelayError::method_not_allowed("POST").allow, Some("POST"));
+        assert!(RelayError::upstream_auth_failed("c", 401).retryable);
+        assert!(!RelayError::model_not_allowed("m").retryable);
+    }
+}

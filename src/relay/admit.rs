@@ -1,0 +1,164 @@
+//! Phase 2, `admit`: who is asking, the whole body, and whether the relay takes the request
+//! on now.
+//!
+//! Owns: token authentication (before any body byte is read, so an unknown key costs no
+//! body), reading and de-chunking the body (`client_body` silence, `client_body_total` for the
+//! whole body, `max_body_bytes`, `Expect: 100-continue`), and admission into `max_inflight` —
+//! only once the body is in, so a client trickling its body holds no inflight slot. Token
+//! limits and quotas will go here, after the body (their estimates read it).
+//!
+//! Error handling: 401, 408 and 413 as [`RelayError`]s; a client that leaves is `Halt::Close`.
+//! Must not: look at the body's content (that is `route`'s), or touch the upstream.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+
+use crate::config::Timeouts;
+use crate::deadline::Layer;
+use crate::error::RelayError;
+use crate::monitor::bump;
+use crate::wire::{self, BodyKind};
+
+use super::exchange::Exchange;
+use super::{Conn, GaugeGuard, Halt};
+
+/// Held for as long as the request counts against `max_inflight`.
+pub struct Admitted {
+    _inflight: GaugeGuard,
+}
+
+pub async fn admit(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Admitted, Halt> {
+    let w = conn.w.clone();
+    let token = ex
+        .head
+        .api_key
+        .and_then(|key| w.router.authenticate(key.of(&conn.rbuf)));
+    let Some(token) = token else {
+        return Err(RelayError::invalid_api_key(ex.head.api_key.is_some()).into());
+    };
+    ex.token = Some(token);
+    conn.deadline
+        .begin_request(ex.start, w.config.timeouts[Layer::Total], Layer::Total);
+    read_body(conn, ex).await?;
+    if w.stats().inflight.load(Relaxed) >= w.max_inflight {
+        bump(&w.stats().overloaded);
+        return Err(RelayError::overloaded().into());
+    }
+    Ok(Admitted {
+        _inflight: GaugeGuard::new(&w, |s| &s.inflight),
+    })
+}
+
+async fn read_body(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<(), Halt> {
+    let max = conn.w.config.server.max_body_bytes;
+    let t = conn.w.config.timeouts;
+    let hl = ex.head.len;
+    let body_due = conn.deadline.recent() + t.client_body_total;
+    match ex.head.body {
+        BodyKind::None | BodyKind::UntilClose => {
+            ex.body = hl..hl;
+            ex.consumed = hl;
+            Ok(())
+        }
+        BodyKind::Length(n) => {
+            if n > max as u64 {
+                return Err(RelayError::body_too_large(max).into());
+            }
+            let need = hl + n as usize;
+            if conn.rbuf.len() < need && ex.head.expect_continue {
+                send_continue(conn).await?;
+            }
+            if conn.rbuf.capacity() < need {
+                conn.rbuf.reserve(need - conn.rbuf.len());
+            }
+            while conn.rbuf.len() < need {
+                read_more(conn, &t, body_due).await?;
+            }
+            ex.body = hl..need;
+            ex.consumed = need;
+            Ok(())
+        }
+        BodyKind::Chunked => {
+            let mut decoder = wire::ChunkedDecoder::new();
+            let mut pos = hl;
+            let mut write_at = hl;
+            let mut continued = false;
+            loop {
+                if pos < conn.rbuf.len() {
+                    let d =
+                        wire::dechunk_in_place(&mut decoder, &mut conn.rbuf, pos, &mut write_at)
+                            .map_err(|_| {
+                                RelayError::bad_request("malformed chunked request body")
+                            })?;
+                    pos = d.consumed;
+                    if write_at - hl > max {
+                        return Err(RelayError::body_too_large(max).into());
+                    }
+                    if d.done {
+                        ex.body = hl..write_at;
+                        ex.consumed = pos;
+                        return Ok(());
+                    }
+                }
+                if ex.head.expect_continue && !continued {
+                    continued = true;
+                    send_continue(conn).await?;
+                }
+                if conn.rbuf.len() - hl > max + 4096 {
+                    return Err(RelayError::body_too_large(max).into());
+                }
+                if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
+                    conn.rbuf.reserve(conn.rbuf.capacity());
+                }
+                read_more(conn, &t, body_due).await?;
+            }
+        }
+    }
+}
+
+async fn send_continue(conn: &mut Conn) -> Result<(), Halt> {
+    let (r, _) = conn
+        .client
+        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n" as &'static [u8])
+        .await;
+    r.map(|_| ()).map_err(|_| Halt::Close)
+}
+
+/// Read more of the body: silence is bounded by `client_body`, the whole body by `body_due`
+/// (`client_body_total` after the head), both answered 408; `total` answers 504.
+async fn read_more(conn: &mut Conn, t: &Timeouts, body_due: Instant) -> Result<(), Halt> {
+    let silence_due = conn.deadline.now() + t[Layer::ClientBody];
+    conn.deadline
+        .arm_at(Layer::ClientBody, silence_due.min(body_due));
+    let buf = std::mem::take(&mut conn.rbuf);
+    let (len, cap) = (buf.len(), buf.capacity());
+    match conn
+        .deadline
+        .race(conn.client.read(buf.slice_mut(len..cap)))
+        .await
+    {
+        Ok((Ok(n), b)) if n > 0 => {
+            conn.rbuf = b.into_inner();
+            Ok(())
+        }
+        Ok((_, b)) => {
+            conn.rbuf = b.into_inner();
+            Err(Halt::Close)
+        }
+        Err(layer) => {
+            conn.w.stats().count_timeout(layer);
+            let error = if layer == Layer::ClientBody {
+                RelayError::client_timeout(layer)
+            } else {
+                let mut e = RelayError::timeout(layer);
+                e.message = "the request body was not received within the total timeout".into();
+                e.closes = true;
+                e
+            };
+            Err(error.into())
+        }
+    }
+}

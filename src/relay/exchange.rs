@@ -1,0 +1,175 @@
+//! One request as a value: [`Exchange`] is created when a head has been read and dropped when
+//! `finish` is done with it, so nothing about a request outlives it or is reset by hand.
+//!
+//! Owns: the request's parsed head (in storage the connection lends it), its id, endpoint,
+//! token, body range, route and attempt count, the upstream's response head, usage, the status
+//! sent and the timings. Must not: hold IO resources — sockets and buffers stay with the
+//! connection and the phases that use them.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use crate::provider::{ModelField, Usage};
+use crate::wire::{Method, RequestHead, ResponseHead};
+
+/// Which endpoint a request is for, decided from its path and method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Health,
+    Metrics,
+    Models,
+    /// A relayed API call.
+    Relay(RelayKind),
+    Unknown,
+    /// A known path with the wrong method: the `Allow` value.
+    WrongMethod(&'static str),
+    /// A head that could not be accepted (answered, never counted as traffic).
+    Refused,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayKind {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// HEAD is GET without the body (RFC 9110 9.3.2); the relay's own answers leave it out.
+    pub fn of(path: &[u8], method: Method) -> Endpoint {
+        let get = matches!(method, Method::Get | Method::Head);
+        let post = method == Method::Post;
+        let (endpoint, allowed, allow) = match path {
+            b"/v1/chat/completions" => (Endpoint::Relay(RelayKind::ChatCompletions), post, "POST"),
+            b"/v1/completions" => (Endpoint::Relay(RelayKind::Completions), post, "POST"),
+            b"/v1/embeddings" => (Endpoint::Relay(RelayKind::Embeddings), post, "POST"),
+            b"/v1/models" => (Endpoint::Models, get, "GET, HEAD"),
+            b"/api/monitor/health" => (Endpoint::Health, get, "GET, HEAD"),
+            b"/metrics" => (Endpoint::Metrics, get, "GET, HEAD"),
+            _ => return Endpoint::Unknown,
+        };
+        if allowed {
+            endpoint
+        } else {
+            Endpoint::WrongMethod(allow)
+        }
+    }
+
+    /// Health and metrics are not traffic, and a refused head is not a request: none of
+    /// them is counted as one.
+    pub fn is_counted(self) -> bool {
+        !matches!(
+            self,
+            Endpoint::Health | Endpoint::Metrics | Endpoint::Refused
+        )
+    }
+}
+
+/// Per-connection storage an exchange borrows for its parsed heads and id, so a request costs
+/// no allocation once the connection is warm.
+pub struct Scratch {
+    pub head: RequestHead,
+    pub resp: ResponseHead,
+    pub id: Vec<u8>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            head: RequestHead::default(),
+            resp: ResponseHead::default(),
+            id: Vec::with_capacity(48),
+        }
+    }
+}
+
+/// One request, from its head to the end of its answer.
+pub struct Exchange<'s> {
+    pub head: &'s mut RequestHead,
+    /// The upstream's response head, once there is one.
+    pub resp: &'s mut ResponseHead,
+    /// The `x-request-id`: the client's when acceptable, else `rw-<start>-<worker>-<seq>`.
+    pub id: &'s mut Vec<u8>,
+    pub start: Instant,
+    pub endpoint: Endpoint,
+    /// The authenticated token (index into the router's tokens).
+    pub token: Option<usize>,
+    /// The body inside the connection's read buffer (de-chunked in place if it was chunked).
+    pub body: Range<usize>,
+    /// Bytes of the read buffer this request occupies; the rest belongs to the next one.
+    pub consumed: usize,
+    /// Where the body's `model` string is (relative to the body).
+    pub model: Option<ModelField>,
+    /// The channel the answer came from.
+    pub channel: Option<usize>,
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// Usage the upstream reported, if any.
+    pub usage: Option<Usage>,
+    /// The status of the answer, once its head went out (0 before).
+    pub status_sent: u16,
+    pub first_byte_at: Option<Instant>,
+    /// The connection cannot carry another request after this one (an error that closes, a
+    /// body left unread, or the client's own `Connection: close`).
+    pub close: bool,
+}
+
+impl<'s> Exchange<'s> {
+    pub fn new(scratch: &'s mut Scratch, start: Instant) -> Exchange<'s> {
+        Exchange {
+            head: &mut scratch.head,
+            resp: &mut scratch.resp,
+            id: &mut scratch.id,
+            start,
+            endpoint: Endpoint::Unknown,
+            token: None,
+            body: 0..0,
+            consumed: 0,
+            model: None,
+            channel: None,
+            attempts: 0,
+            usage: None,
+            status_sent: 0,
+            first_byte_at: None,
+            close: false,
+        }
+    }
+
+    /// The answer's head goes out now.
+    pub fn mark_first_byte(&mut self, status: u16, now: Instant) {
+        self.status_sent = status;
+        if self.first_byte_at.is_none() {
+            self.first_byte_at = Some(now);
+        }
+    }
+
+    /// Whether the connection may carry another request after this one.
+    pub fn keeps_alive(&self) -> bool {
+        self.head.keep_alive && !self.close
+    }
+}
+
+pub fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Get => "GET",
+        Method::Post => "POST",
+        Method::Delete => "DELETE",
+        Method::Head => "HEAD",
+        Method::Other => "OTHER",
+    }
+}
+
+/// Append `n` in lowercase hex.
+pub fn push_hex(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}

@@ -1,0 +1,329 @@
+//! Phase 4, `forward`: the attempt loop. For the next candidate channel: a connection (parked
+//! or new), the upstream request (head, then the body as the adapter plans it), and the
+//! upstream's response head.
+//!
+//! Owns: building the upstream request per channel (target, `Host`, the channel's key in
+//! rotation, the client's end-to-end headers, one `x-request-id`), sending it under
+//! `response_header`, and reading the response head — interim 1xx heads skipped (at most
+//! [`MAX_INTERIM_RESPONSES`], parsed from what is already buffered before reading again),
+//! ambiguous or malformed heads refused. A parked connection that turns out closed before any
+//! response byte is retried once on a new one. Failover to the next candidate will go in this
+//! loop: each error says whether it may (`RelayError::retryable`).
+//!
+//! Error handling: 502 / 504 as [`RelayError`]s, counted here; a client that left while the
+//! relay waited is `Halt::Close`. Must not: write to the client.
+
+use monoio::buf::{IoBuf, IoBufMut};
+
+use crate::config::Timeouts;
+use crate::deadline::Layer;
+use crate::error::RelayError;
+use crate::monitor::bump;
+use crate::provider::{self, RequestPlan};
+use crate::route::Candidates;
+use crate::upstream::{ConnectError, UpConn};
+use crate::wire;
+use crate::worker::BUF_SIZE;
+
+use super::exchange::Exchange;
+use super::watch::{upstream_wait, Waited};
+use super::{Conn, Halt};
+
+/// Largest upstream response head accepted.
+const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
+/// Interim (1xx) responses skipped before an upstream is taken for broken. Real servers send
+/// one or two (100 Continue, 103 Early Hints); an endless stream of them must not hold the
+/// request until `response_header`.
+const MAX_INTERIM_RESPONSES: usize = 8;
+/// Bodies up to this size are copied behind the head so one write sends both.
+const INLINE_BODY: usize = BUF_SIZE / 2;
+
+/// An upstream whose response head is in `Exchange::resp`.
+pub struct Upstream {
+    pub conn: UpConn,
+    /// Holds the response head and whatever body bytes came with it.
+    pub ubuf: Vec<u8>,
+    pub channel: usize,
+}
+
+/// How one attempt ended before a response head.
+enum Failure {
+    Error(RelayError),
+    /// A parked connection died before any response byte: safe to retry once on a new one.
+    Stale,
+    ClientGone,
+}
+
+pub async fn forward(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    candidates: &mut Candidates,
+) -> Result<Upstream, Halt> {
+    let w = conn.w.clone();
+    let channel = candidates.next().expect("route found a candidate");
+    ex.channel = Some(channel);
+    let ch = &w.router.channels[channel];
+    let t = ch.timeouts;
+
+    // The upstream request head, with the body behind it when small enough for one write.
+    let mut req = w.bufs.take();
+    let body = &conn.rbuf[ex.body.clone()];
+    let field = ex.model.clone().expect("route found the model");
+    let model = provider::model_name(body, &field).expect("route read the model");
+    let plan = ch
+        .adapter
+        .request_plan(&model, ch.cfg.upstream_model(&model));
+    let separate_body = match plan {
+        RequestPlan::Passthrough => {
+            let inline = body.len() <= INLINE_BODY;
+            write_upstream_head(conn, ex, channel, &mut req, body.len());
+            if inline {
+                req.extend_from_slice(&conn.rbuf[ex.body.clone()]);
+            }
+            !inline
+        }
+        RequestPlan::SpliceModel(name) => {
+            let mut escaped = Vec::with_capacity(name.len() + 2);
+            crate::error::json_string(&mut escaped, name);
+            let name = &escaped[1..escaped.len() - 1];
+            let at = ex.body.start + field.span.start..ex.body.start + field.span.end;
+            write_upstream_head(
+                conn,
+                ex,
+                channel,
+                &mut req,
+                body.len() - at.len() + name.len(),
+            );
+            req.extend_from_slice(&conn.rbuf[ex.body.start..at.start]);
+            req.extend_from_slice(name);
+            req.extend_from_slice(&conn.rbuf[at.end..ex.body.end]);
+            false
+        }
+    };
+    drop(model);
+
+    let mut stale_retried = false;
+    loop {
+        ex.attempts += 1;
+        let upconn = match w.upstreams.checkout(channel, conn.deadline.recent()) {
+            Some(c) => c,
+            None => match w.upstreams.connect(ch, channel, &conn.deadline).await {
+                Ok(c) => c,
+                Err(e) => {
+                    w.bufs.give(req);
+                    return Err(connect_failed(conn, e).into());
+                }
+            },
+        };
+        let reused = upconn.reused;
+        let (result, req_back) =
+            send_and_await_head(conn, ex, upconn, req, separate_body, &t).await;
+        match result {
+            Ok((upconn, ubuf)) => {
+                if let Some(b) = req_back {
+                    w.bufs.give(b);
+                }
+                return Ok(Upstream {
+                    conn: upconn,
+                    ubuf,
+                    channel,
+                });
+            }
+            Err(Failure::Stale) if reused && !stale_retried && req_back.is_some() => {
+                stale_retried = true;
+                req = req_back.unwrap_or_default();
+            }
+            Err(f) => {
+                if let Some(b) = req_back {
+                    w.bufs.give(b);
+                }
+                return Err(match f {
+                    Failure::Error(e) => e.into(),
+                    Failure::Stale => RelayError::bad_upstream_response(
+                        "upstream closed the connection before responding",
+                    )
+                    .into(),
+                    Failure::ClientGone => {
+                        bump(&w.stats().client_gone);
+                        Halt::Close
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn connect_failed(conn: &Conn, e: ConnectError) -> RelayError {
+    let s = conn.w.stats();
+    bump(&s.upstream_connect_failed);
+    match e {
+        ConnectError::Failed(msg) => RelayError::upstream_connect_failed(msg),
+        ConnectError::Timeout(layer) => {
+            s.count_timeout(layer);
+            RelayError::timeout(layer)
+        }
+    }
+}
+
+fn write_upstream_head(
+    conn: &Conn,
+    ex: &Exchange<'_>,
+    channel: usize,
+    out: &mut Vec<u8>,
+    body_len: usize,
+) {
+    let w = &conn.w;
+    let ch = &w.router.channels[channel];
+    let buf = &conn.rbuf;
+    out.extend_from_slice(b"POST ");
+    ch.adapter
+        .write_target(out, ch.cfg.path_prefix.as_bytes(), ex.head.path.of(buf));
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(&ch.host_header);
+    out.extend_from_slice(b"\r\n");
+    let key = w.upstreams.channel(channel).next_key(ch.auth_lines.len());
+    out.extend_from_slice(&ch.auth_lines[key]);
+    out.extend_from_slice(b"Content-Length: ");
+    wire::push_u64(out, body_len as u64);
+    out.extend_from_slice(b"\r\n");
+    for h in &ex.head.headers {
+        let name = h.name.of(buf);
+        if ex.head.is_hop_or_replaced(buf, name) {
+            continue;
+        }
+        wire::write_header(out, name, h.value.of(buf));
+    }
+    // Always exactly one: a refused client value was skipped with the replaced headers.
+    wire::write_header(out, b"x-request-id", ex.id);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Send the request and read the response head into `ex.resp`.
+/// Returns the request buffer when it came back from the kernel, so a stale parked
+/// connection can be retried.
+async fn send_and_await_head(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    mut upconn: UpConn,
+    req: Vec<u8>,
+    separate_body: bool,
+    t: &Timeouts,
+) -> (Result<(UpConn, Vec<u8>), Failure>, Option<Vec<u8>>) {
+    let reused = upconn.reused;
+    let stale_or = |received: bool, msg: String| {
+        if reused && !received {
+            Failure::Stale
+        } else {
+            Failure::Error(RelayError::bad_upstream_response(msg))
+        }
+    };
+    // Sending is bounded by the response_header layer: an upstream that does not read its
+    // request is as stuck as one that does not answer.
+    conn.deadline
+        .arm(Layer::ResponseHeader, t[Layer::ResponseHeader]);
+    let (r, req) = match conn.deadline.race(upconn.stream.write_all(req)).await {
+        Ok(done) => done,
+        Err(layer) => return (Err(timeout(conn, layer)), None),
+    };
+    if let Err(e) = r {
+        let msg = format!("sending to upstream failed: {e}");
+        return (Err(stale_or(false, msg)), Some(req));
+    }
+    if separate_body {
+        let rbuf = std::mem::take(&mut conn.rbuf);
+        let sent = conn
+            .deadline
+            .race(upconn.stream.write_all(rbuf.slice(ex.body.clone())))
+            .await;
+        let (r, slice) = match sent {
+            Ok(done) => done,
+            Err(layer) => return (Err(timeout(conn, layer)), Some(req)),
+        };
+        conn.rbuf = slice.into_inner();
+        if let Err(e) = r {
+            let msg = format!("sending to upstream failed: {e}");
+            return (Err(stale_or(false, msg)), Some(req));
+        }
+    }
+    let mut ubuf = conn.w.bufs.take();
+    let mut received = false;
+    let mut interim = 0;
+    loop {
+        // Parse what is already here first: a 1xx and the final head often share a read.
+        if !ubuf.is_empty() {
+            match wire::parse_response(&ubuf, ex.resp, false) {
+                Ok(true) if ex.resp.status == 101 => {
+                    // Nothing here asks for an upgrade: whatever follows is not HTTP.
+                    return (
+                        Err(bad_response(
+                            conn,
+                            "upstream switched protocols (101) without being asked".into(),
+                        )),
+                        Some(req),
+                    );
+                }
+                Ok(true) if ex.resp.status < 200 => {
+                    // An interim response (100 Continue, 103 Early Hints): skip it. An
+                    // upstream that sends nothing else is cut off after a few.
+                    interim += 1;
+                    if interim > MAX_INTERIM_RESPONSES {
+                        let msg = format!(
+                            "upstream sent more than {MAX_INTERIM_RESPONSES} interim (1xx) responses"
+                        );
+                        return (Err(bad_response(conn, msg)), Some(req));
+                    }
+                    ubuf.drain(..ex.resp.len);
+                    continue;
+                }
+                Ok(true) => return (Ok((upconn, ubuf)), Some(req)),
+                Ok(false) => {}
+                Err(e) => {
+                    let msg = format!("malformed upstream response head: {}", e.message());
+                    return (Err(bad_response(conn, msg)), Some(req));
+                }
+            }
+        }
+        let (len, cap) = (ubuf.len(), ubuf.capacity());
+        if len == cap {
+            if cap >= MAX_UPSTREAM_HEAD {
+                let msg = "upstream response head too large".to_string();
+                return (Err(bad_response(conn, msg)), Some(req));
+            }
+            ubuf.reserve(cap);
+        }
+        let cap = ubuf.capacity();
+        let read = upconn.stream.read(ubuf.slice_mut(len..cap));
+        let (r, b) = match upstream_wait(read, &conn.deadline, &conn.client, &mut conn.watch).await
+        {
+            Waited::Done(r) => r,
+            Waited::Timeout(layer) => return (Err(timeout(conn, layer)), Some(req)),
+            Waited::ClientGone => return (Err(Failure::ClientGone), Some(req)),
+        };
+        ubuf = b.into_inner();
+        match r {
+            Ok(0) if !received => {
+                let msg = "upstream closed the connection before responding".to_string();
+                return (Err(stale_or(false, msg)), Some(req));
+            }
+            Ok(0) => {
+                let msg = "upstream closed the connection mid-head".to_string();
+                return (Err(stale_or(true, msg)), Some(req));
+            }
+            Ok(_) => received = true,
+            Err(e) => {
+                let msg = format!("upstream connection failed: {e}");
+                return (Err(stale_or(received, msg)), Some(req));
+            }
+        }
+    }
+}
+
+fn timeout(conn: &Conn, layer: Layer) -> Failure {
+    conn.w.stats().count_timeout(layer);
+    Failure::Error(RelayError::timeout(layer))
+}
+
+fn bad_response(conn: &Conn, msg: String) -> Failure {
+    bump(&conn.w.stats().upstream_bad_response);
+    Failure::Error(RelayError::bad_upstream_response(msg))
+}

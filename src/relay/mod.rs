@@ -1,0 +1,186 @@
+//! The request lifecycle: one task per client connection, each request a value with a
+//! lifetime ([`Exchange`]) taken through the same named phases in one order.
+//!
+//! ```text
+//!   read_request ─► admit ─► route ─► forward ─► respond ─► finish
+//!   (head,          (token,   (model,   (attempts:  (fixed |    (accounting,
+//!    endpoint)       body,     ordered   connect,    stream |    upstream back to the
+//!                    limits)   channels) send,       upstream    pool, keep-alive
+//!                                        await head) error)      decision)
+//! ```
+//!
+//! The operations endpoints (health, metrics, models) go from `read_request` straight to
+//! `respond`; every error of the relay's own ends the phases early with one
+//! [`RelayError`](crate::error::RelayError), answered in one place. Where the coming features
+//! plug in: token limits and quotas in `admit`, failover across channels in `forward`, protocol
+//! conversion in `respond`, the access log in `finish` (docs/ARCHITECTURE.md has the chart).
+//!
+//! Key components:
+//! - [`Conn`]: what outlives a request — the client socket, its read buffer, its one deadline
+//!   slot, the client watch. Owned by the connection task; dropped with it.
+//! - [`Exchange`]: one request — its parsed head, id, route, attempts, usage, timings. Created
+//!   when a head is read, dropped when `finish` is done; nothing is reset by hand.
+//!
+//! Error handling: a phase returns `Err(Halt::Answer(error))` to have the relay answer with
+//! the contract's error, or `Err(Halt::Close)` when nobody is left to answer (the client left,
+//! or a response was already cut). After the first response byte, errors can only end a
+//! stream (an SSE `error` event) — `respond` owns that.
+//!
+//! Must not: spawn tasks, or leave any IO future running past the phase that started it —
+//! when a phase loses a race against its deadline its futures are dropped right there, and the
+//! upstream connection with them. Every phase is bounded by the request's `total`.
+
+mod admit;
+mod exchange;
+mod finish;
+mod forward;
+mod own;
+mod read_request;
+mod respond;
+mod route;
+mod stream;
+mod watch;
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::io::Canceller;
+use monoio::net::TcpStream;
+
+use crate::deadline::DeadlineSet;
+use crate::error::RelayError;
+use crate::monitor::{bump, drop_one};
+use crate::worker::Worker;
+
+use exchange::{Endpoint, Exchange, Scratch};
+use read_request::Next;
+use watch::ClientWatch;
+
+/// How long a keep-alive connection may sit idle before its read buffer goes back to the pool.
+const IDLE_BUFFER_RELEASE: Duration = Duration::from_secs(1);
+
+/// Whether the client connection can carry another request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Keep,
+    Close,
+}
+
+/// Why a phase stopped the request early.
+enum Halt {
+    /// Answer with this error (the relay's own response, or an SSE error event mid-stream).
+    Answer(RelayError),
+    /// Nobody to answer, or the answer already went out: close the connection.
+    Close,
+}
+
+impl From<RelayError> for Halt {
+    fn from(e: RelayError) -> Halt {
+        Halt::Answer(e)
+    }
+}
+
+/// Decrements a gauge when the thing it counts goes away, on every path.
+struct GaugeGuard {
+    worker: Rc<Worker>,
+    gauge: fn(&crate::monitor::WorkerStats) -> &std::sync::atomic::AtomicU64,
+}
+
+impl GaugeGuard {
+    fn new(
+        worker: &Rc<Worker>,
+        gauge: fn(&crate::monitor::WorkerStats) -> &std::sync::atomic::AtomicU64,
+    ) -> GaugeGuard {
+        bump(gauge(worker.stats()));
+        GaugeGuard {
+            worker: worker.clone(),
+            gauge,
+        }
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        drop_one((self.gauge)(self.worker.stats()));
+    }
+}
+
+/// What outlives a request on a client connection.
+struct Conn {
+    w: Rc<Worker>,
+    client: TcpStream,
+    /// Request bytes: head, body, and whatever the client pipelined after them. Taken from the
+    /// worker's pool only once the client is readable, so an idle connection holds none.
+    rbuf: Vec<u8>,
+    /// The connection's one timer slot, re-armed phase by phase.
+    deadline: DeadlineSet,
+    watch: ClientWatch,
+    /// Cancels an idle keep-alive read so its buffer can be returned (one per connection:
+    /// monoio's canceller allocates).
+    idle_canceller: Canceller,
+}
+
+/// The connection task. It owns everything its requests touch; when it returns (or is
+/// dropped), the client socket, buffers, timer slot and any upstream connection go with it.
+pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
+    let _conn_gauge = GaugeGuard::new(&worker, |s| &s.client_connections);
+    let mut conn = Conn {
+        deadline: DeadlineSet::new(worker.wheel.timer()),
+        rbuf: Vec::new(),
+        w: worker,
+        client: stream,
+        watch: ClientWatch::new(),
+        idle_canceller: Canceller::new(),
+    };
+    // Storage each exchange borrows for its parsed heads and id, kept across requests.
+    let mut scratch = Scratch::default();
+    loop {
+        let mut ex = match read_request::next(&mut conn, &mut scratch).await {
+            Next::Request(ex) => ex,
+            Next::Refused(mut ex, error) => {
+                let flow = own::answer_error(&mut conn, &mut ex, &error).await;
+                finish::finish(&mut conn, ex, flow, None);
+                break;
+            }
+            Next::Closed => break,
+        };
+        conn.w.activity.note();
+        let (flow, upstream) = match handle(&mut conn, &mut ex).await {
+            Ok(done) => done,
+            Err(Halt::Answer(error)) => (own::answer_error(&mut conn, &mut ex, &error).await, None),
+            Err(Halt::Close) => (Flow::Close, None),
+        };
+        conn.w.activity.note();
+        if finish::finish(&mut conn, ex, flow, upstream) == Flow::Close {
+            break;
+        }
+    }
+    let rbuf = std::mem::take(&mut conn.rbuf);
+    conn.w.bufs.give(rbuf);
+}
+
+/// The phases after `read_request`, in order. Returns how the connection goes on and, when
+/// an upstream response ended cleanly, the upstream connection for `finish` to pool.
+async fn handle(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+) -> Result<(Flow, Option<crate::upstream::UpConn>), Halt> {
+    match ex.endpoint {
+        Endpoint::Health | Endpoint::Metrics | Endpoint::Models => {
+            Ok((respond::operations(conn, ex).await, None))
+        }
+        Endpoint::Relay(_) => {
+            let _admitted = admit::admit(conn, ex).await?;
+            let mut candidates = route::route(conn, ex)?;
+            let upstream = forward::forward(conn, ex, &mut candidates).await?;
+            respond::relay(conn, ex, upstream).await
+        }
+        Endpoint::Unknown | Endpoint::Refused => Err(RelayError::not_found(format!(
+            "Unknown request URL: {} {}",
+            exchange::method_name(ex.head.method),
+            String::from_utf8_lossy(ex.head.route_path(&conn.rbuf))
+        ))
+        .into()),
+        Endpoint::WrongMethod(allow) => Err(RelayError::method_not_allowed(allow).into()),
+    }
+}

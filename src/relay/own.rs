@@ -1,0 +1,129 @@
+//! Writing to the client: the relay's own answers (errors, health, metrics, models) and the
+//! one write primitive every response goes through.
+//!
+//! Owns: rendering a [`RelayError`] as a response (the one place an error reaches a client
+//! outside a stream), the head of the relay's own responses (`x-request-id`, `Retry-After`,
+//! `Allow`, `Connection: close`), HEAD answers without a body, and [`write_client`], which
+//! lets a write outlive an upstream deadline but never the client's own.
+//! Must not: decide whether to answer — the phases do.
+
+use std::ops::Range;
+
+use monoio::buf::IoBuf;
+use monoio::io::AsyncWriteRentExt;
+
+use crate::deadline::Layer;
+use crate::error::RelayError;
+use crate::monitor::bump;
+use crate::wire::{self, BodyKind, Method};
+
+use super::exchange::Exchange;
+use super::{Conn, Flow};
+
+/// Answer `error` with the contract's error body.
+pub async fn answer_error(conn: &mut Conn, ex: &mut Exchange<'_>, error: &RelayError) -> Flow {
+    let mut body = Vec::with_capacity(error.message.len() + 96);
+    error.render(&mut body);
+    if error.closes {
+        ex.close = true;
+    }
+    let extra: (&[u8], &[u8]) = match (&error.retry_after, error.allow) {
+        (Some(r), _) => (b"retry-after", r),
+        (None, Some(allow)) => (b"allow", allow.as_bytes()),
+        (None, None) => (b"", b""),
+    };
+    respond(conn, ex, error.status, b"application/json", &body, extra).await
+}
+
+/// A response of the relay's own, with one extra header (skipped when its name is empty).
+/// The answer to a HEAD request carries the head only.
+pub async fn respond(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    status: u16,
+    content_type: &[u8],
+    body: &[u8],
+    extra: (&[u8], &[u8]),
+) -> Flow {
+    // A body the client sent but we did not read would be parsed as the next request.
+    let unread_body = ex.head.body != BodyKind::None && ex.consumed <= ex.head.len;
+    if unread_body {
+        ex.close = true;
+    }
+    let close = !ex.keeps_alive();
+    let mut out = conn.w.bufs.take();
+    wire::write_status_line(&mut out, status);
+    wire::write_header(&mut out, b"content-type", content_type);
+    out.extend_from_slice(b"content-length: ");
+    wire::push_u64(&mut out, body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    wire::write_header(&mut out, b"x-request-id", ex.id);
+    if !extra.0.is_empty() {
+        wire::write_header(&mut out, extra.0, extra.1);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if ex.head.method != Method::Head {
+        out.extend_from_slice(body);
+    }
+    let now = conn.deadline.now();
+    ex.mark_first_byte(status, now);
+    // Unclamped: this may be the answer to an expired total, which must still go out.
+    conn.deadline
+        .arm_unclamped(Layer::ClientIdle, conn.w.config.timeouts[Layer::ClientIdle]);
+    let len = out.len();
+    match write_client(conn, out, 0..len).await {
+        Ok(out) => {
+            conn.w.bufs.give(out);
+            if close {
+                Flow::Close
+            } else {
+                Flow::Keep
+            }
+        }
+        Err(flow) => flow,
+    }
+}
+
+/// Write `buf[range]` to the client under the current deadline; gives the buffer back.
+///
+/// Only the client's own layer (`client_idle`) can cut a write. When an upstream-side
+/// deadline (`total`, `stream_idle`) fires while a write is under way, the write is allowed
+/// to finish under `client_idle` and the phase that owns the expired deadline answers it
+/// next — dropping the write instead would cut the stream mid-chunk, since the kernel may
+/// already have taken part of it, and the client would never see the error event.
+pub async fn write_client(
+    conn: &mut Conn,
+    buf: Vec<u8>,
+    range: Range<usize>,
+) -> Result<Vec<u8>, Flow> {
+    let client_idle = conn.w.config.timeouts[Layer::ClientIdle];
+    let Conn {
+        client, deadline, ..
+    } = conn;
+    let write = client.write_all(buf.slice(range));
+    let mut write = std::pin::pin!(write);
+    let r = loop {
+        if let Ok(r) = deadline.race(&mut write).await {
+            break Some(r);
+        }
+        if deadline.layer() == Layer::ClientIdle {
+            break None;
+        }
+        deadline.arm_unclamped(Layer::ClientIdle, client_idle);
+    };
+    match r {
+        Some((Ok(_), b)) => Ok(b.into_inner()),
+        Some((Err(_), b)) => {
+            bump(&conn.w.stats().client_gone);
+            conn.w.bufs.give(b.into_inner());
+            Err(Flow::Close)
+        }
+        None => {
+            conn.w.stats().count_timeout(conn.deadline.layer());
+            Err(Flow::Close)
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Phase 5, `respond`: the answer. The operations endpoints answer from the monitor and the
+//! router; a relayed request's answer follows the upstream's response head: a fixed-length
+//! body passed through, a stream re-framed chunk by chunk ([`super::stream`]), or an upstream
+//! error read up to a cap and normalised.
+//!
+//! Owns: the client response head for an upstream answer (hop-by-hop headers dropped, the
+//! upstream's `x-request-id` renamed, channel keys masked), reading the upstream body under
+//! `stream_idle`, usage scanning, and deciding whether the upstream connection ended clean
+//! enough to be pooled (`finish` pools it). Conversion between dialects will plug in here,
+//! as a response plan of the channel's adapter.
+//!
+//! Error handling: after the head went out an error can only cut the answer (`Halt::Close`)
+//! or, for a stream, end it with an SSE `error` event. Must not: retry or pick channels.
+
+use monoio::buf::IoBufMut;
+
+use crate::config::Timeouts;
+use crate::deadline::Layer;
+use crate::error::RelayError;
+use crate::monitor::bump;
+use crate::provider::{self, ResponsePlan};
+use crate::upstream::UpConn;
+use crate::wire::{self, BodyKind, ResponseHead};
+
+use super::exchange::{Endpoint, Exchange};
+use super::forward::Upstream;
+use super::own::{respond, write_client};
+use super::{Conn, Flow, Halt};
+
+/// The answers of the operations endpoints (health, metrics, models).
+pub async fn operations(conn: &mut Conn, ex: &mut Exchange<'_>) -> Flow {
+    let w = conn.w.clone();
+    conn.deadline
+        .begin_request(ex.start, w.config.timeouts[Layer::Quick], Layer::Quick);
+    match ex.endpoint {
+        Endpoint::Health => {
+            // 503 until the whole process is up, so a health check never passes a relay
+            // whose other workers are still starting.
+            let (ready, body) = w.monitor.health();
+            let status = if ready { 200 } else { 503 };
+            respond(conn, ex, status, b"application/json", &body, (b"", b"")).await
+        }
+        Endpoint::Metrics => {
+            let body = w.monitor.metrics_text();
+            let ct = b"text/plain; version=0.0.4";
+            respond(conn, ex, 200, ct, &body, (b"", b"")).await
+        }
+        _ => {
+            let token = ex
+                .head
+                .api_key
+                .and_then(|key| w.router.authenticate(key.of(&conn.rbuf)));
+            match token {
+                Some(token) => {
+                    let body = w.router.models_body(token);
+                    respond(conn, ex, 200, b"application/json", body, (b"", b"")).await
+                }
+                None => {
+                    let error = RelayError::invalid_api_key(ex.head.api_key.is_some());
+                    super::own::answer_error(conn, ex, &error).await
+                }
+            }
+        }
+    }
+}
+
+/// How the client's copy of an upstream body is delimited.
+#[derive(Clone, Copy)]
+pub enum ClientFraming {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Answer with the upstream's response. Returns the upstream connection when its response
+/// ended clean, for `finish` to pool.
+pub async fn relay(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    upstream: Upstream,
+) -> Result<(Flow, Option<UpConn>), Halt> {
+    let Upstream {
+        conn: mut upconn,
+        ubuf,
+        channel,
+    } = upstream;
+    let w = conn.w.clone();
+    let t = w.router.channels[channel].timeouts;
+    match w.router.channels[channel].adapter.response_plan() {
+        ResponsePlan::Passthrough => {}
+    }
+    if ex.resp.status >= 400 {
+        return upstream_error(conn, ex, upconn, ubuf, channel, &t).await;
+    }
+    let (flow, clean) = match ex.resp.body {
+        BodyKind::None => relay_fixed(conn, ex, &mut upconn, ubuf, 0, channel, &t).await?,
+        BodyKind::Length(n) => relay_fixed(conn, ex, &mut upconn, ubuf, n, channel, &t).await?,
+        BodyKind::Chunked | BodyKind::UntilClose => {
+            super::stream::relay_stream(conn, ex, &mut upconn, ubuf, channel, &t).await?
+        }
+    };
+    Ok((flow, clean.then_some(upconn)))
+}
+
+/// The client response head for the upstream response in `resp` (header bytes in `ubuf`).
+pub fn write_client_head(
+    conn: &Conn,
+    ex: &Exchange<'_>,
+    out: &mut Vec<u8>,
+    ubuf: &[u8],
+    channel: usize,
+    framing: ClientFraming,
+    close: bool,
+) {
+    let head_start = out.len();
+    let resp: &ResponseHead = ex.resp;
+    let status = resp.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    wire::push_u64(out, status as u64);
+    out.push(b' ');
+    let reason = resp.reason.of(ubuf);
+    if reason.is_empty() {
+        out.extend_from_slice(wire::reason_phrase(status).as_bytes());
+    } else {
+        out.extend_from_slice(reason);
+    }
+    out.extend_from_slice(b"\r\n");
+    for h in &resp.headers {
+        let name = h.name.of(ubuf);
+        if wire::is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-request-id") {
+            wire::write_header(out, b"x-upstream-request-id", h.value.of(ubuf));
+            continue;
+        }
+        wire::write_header(out, name, h.value.of(ubuf));
+    }
+    wire::write_header(out, b"x-request-id", ex.id);
+    match framing {
+        ClientFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            wire::push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        ClientFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ClientFraming::UntilClose => {}
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    // An upstream may echo the channel's key in a header; the client never sees it.
+    conn.w.router.channels[channel].mask_keys(&mut out[head_start..]);
+}
+
+/// Usage the upstream reported in `data`, if any (the last report wins).
+#[inline]
+pub fn note_usage(ex: &mut Exchange<'_>, data: &[u8]) {
+    if let Some(u) = provider::scan_usage(data) {
+        ex.usage = Some(u);
+    }
+}
+
+/// May a connection whose response just ended go back to the pool? Not when bytes followed
+/// the response, and not when the read that ended it filled its buffer: a TLS session may
+/// then hold more decrypted bytes that no socket check can see. Together with the pool's
+/// check that a parked socket has nothing to read, nothing an upstream sent after a response
+/// can reach another request.
+#[inline]
+pub fn ended_clean(extra: bool, last_read_filled: bool) -> bool {
+    !extra && !last_read_filled
+}
+
+/// A Content-Length (or empty) upstream body: passed through byte for byte.
+/// Ok((flow, upstream clean)).
+async fn relay_fixed(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    upconn: &mut UpConn,
+    mut ubuf: Vec<u8>,
+    n: u64,
+    channel: usize,
+    t: &Timeouts,
+) -> Result<(Flow, bool), Halt> {
+    let hl = ex.resp.len;
+    let have = (ubuf.len() - hl) as u64;
+    let first = have.min(n) as usize;
+    // Bytes past the body's end are the upstream's, not the next request's answer.
+    let mut extra = have > n;
+    let mut last_read_filled = ubuf.len() == ubuf.capacity();
+    let close = !ex.keeps_alive();
+    note_usage(ex, &ubuf[hl..hl + first]);
+    let mut out = conn.w.bufs.take();
+    write_client_head(
+        conn,
+        ex,
+        &mut out,
+        &ubuf,
+        channel,
+        ClientFraming::Length(n),
+        close,
+    );
+    let now = conn.deadline.now();
+    ex.mark_first_byte(ex.resp.status, now);
+    let mut remaining = n - first as u64;
+    conn.deadline
+        .arm_recent(Layer::ClientIdle, t[Layer::ClientIdle]);
+    if out.len() + first <= out.capacity() {
+        out.extend_from_slice(&ubuf[hl..hl + first]);
+        let len = out.len();
+        let out = write_client(conn, out, 0..len).await.map_err(halt)?;
+        conn.w.bufs.give(out);
+    } else {
+        let len = out.len();
+        let out = write_client(conn, out, 0..len).await.map_err(halt)?;
+        conn.w.bufs.give(out);
+        ubuf = write_client(conn, ubuf, hl..hl + first)
+            .await
+            .map_err(halt)?;
+    }
+    while remaining > 0 {
+        conn.deadline.arm(Layer::StreamIdle, t[Layer::StreamIdle]);
+        ubuf.clear();
+        // The whole buffer, not just what is left of the body: a read that brings more than
+        // the body shows the upstream sent something after it.
+        let want = ubuf.capacity();
+        match conn
+            .deadline
+            .race(upconn.stream.read(ubuf.slice_mut(0..want)))
+            .await
+        {
+            Ok((Ok(k), b)) if k > 0 => {
+                ubuf = b.into_inner();
+                last_read_filled = k == want;
+                if k as u64 > remaining {
+                    extra = true;
+                    ubuf.truncate(remaining as usize);
+                }
+                remaining -= ubuf.len() as u64;
+            }
+            // The upstream died mid-body; the client sees a short body and a close.
+            Ok(_) => return Err(Halt::Close),
+            Err(layer) => {
+                conn.w.stats().count_timeout(layer);
+                return Err(Halt::Close);
+            }
+        }
+        note_usage(ex, &ubuf);
+        conn.deadline.arm(Layer::ClientIdle, t[Layer::ClientIdle]);
+        let len = ubuf.len();
+        ubuf = write_client(conn, ubuf, 0..len).await.map_err(halt)?;
+    }
+    conn.w.bufs.give(ubuf);
+    let flow = if close { Flow::Close } else { Flow::Keep };
+    Ok((
+        flow,
+        ex.resp.keep_alive && ended_clean(extra, last_read_filled),
+    ))
+}
+
+/// A failed client write: the answer is cut, the connection closes.
+pub fn halt(_: Flow) -> Halt {
+    Halt::Close
+}
+
+/// An upstream non-2xx: read its body up to the cap, answer with the contract's error shape
+/// (keeping status and Retry-After), and pool the connection only if fully drained.
+///
+/// An upstream 401/403 is the channel's key being refused, not the client's: it becomes a 502
+/// `upstream_auth_failed` naming the channel, and the upstream's body (which may echo the key)
+/// is never relayed. Any other body has the channel's keys masked.
+async fn upstream_error(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    mut upconn: UpConn,
+    mut ubuf: Vec<u8>,
+    channel: usize,
+    t: &Timeouts,
+) -> Result<(Flow, Option<UpConn>), Halt> {
+    let w = conn.w.clone();
+    w.stats().count_upstream_error(ex.resp.status);
+    let cap = w.config.server.max_error_body_bytes;
+    let hl = ex.resp.len;
+    let mut body: Vec<u8> = Vec::new();
+    let mut complete = false;
+    let mut extra = false;
+    let mut last_read_filled = ubuf.len() == ubuf.capacity();
+    let mut decoder = wire::ChunkedDecoder::new();
+    let kind = ex.resp.body;
+    let mut remaining = match kind {
+        BodyKind::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let retry_after: Option<Vec<u8>> = ex.resp.retry_after.map(|s| s.of(&ubuf).to_vec());
+    let status = ex.resp.status;
+    let mut input = hl..ubuf.len();
+    loop {
+        let chunk = &ubuf[input.clone()];
+        match kind {
+            BodyKind::None => {
+                complete = true;
+                extra = !chunk.is_empty();
+            }
+            BodyKind::Length(_) => {
+                let take = (chunk.len() as u64).min(remaining) as usize;
+                let room = cap.saturating_sub(body.len()).min(take);
+                body.extend_from_slice(&chunk[..room]);
+                remaining -= take as u64;
+                complete = remaining == 0;
+                extra = chunk.len() > take;
+            }
+            BodyKind::Chunked => match decoder.decode(chunk, |r| {
+                let room = cap.saturating_sub(body.len()).min(r.len());
+                body.extend_from_slice(&chunk[r.start..r.start + room]);
+            }) {
+                Ok(d) => {
+                    complete = d.done;
+                    extra = d.done && d.consumed < chunk.len();
+                }
+                Err(_) => break,
+            },
+            BodyKind::UntilClose => {
+                let room = cap.saturating_sub(body.len()).min(chunk.len());
+                body.extend_from_slice(&chunk[..room]);
+            }
+        }
+        // Stop at the cap: the rest is not worth the memory or the wait.
+        if complete || body.len() >= cap {
+            break;
+        }
+        conn.deadline.arm(Layer::StreamIdle, t[Layer::StreamIdle]);
+        ubuf.clear();
+        let c = ubuf.capacity();
+        match conn
+            .deadline
+            .race(upconn.stream.read(ubuf.slice_mut(0..c)))
+            .await
+        {
+            Ok((Ok(0), b)) => {
+                ubuf = b.into_inner();
+                complete = kind == BodyKind::UntilClose;
+                break;
+            }
+            Ok((Ok(n), b)) => {
+                ubuf = b.into_inner();
+                last_read_filled = n == c;
+                input = 0..n;
+            }
+            Ok((Err(_), b)) => {
+                ubuf = b.into_inner();
+                break;
+            }
+            Err(layer) => {
+                w.stats().count_timeout(layer);
+                ubuf = w.bufs.take();
+                break;
+            }
+        }
+    }
+    let clean = complete
+        && ex.resp.keep_alive
+        && kind != BodyKind::UntilClose
+        && ended_clean(extra, last_read_filled);
+    w.bufs.give(ubuf);
+    let ch = &w.router.channels[channel];
+    let error = if status == 401 || status == 403 {
+        bump(&w.stats().upstream_auth_failed);
+        RelayError::upstream_auth_failed(&ch.cfg.name, status)
+    } else {
+        ch.mask_keys(&mut body);
+        ch.adapter
+            .normalise_error(status, &body, !complete, retry_after)
+    };
+    let flow = super::own::answer_error(conn, ex, &error).await;
+    Ok((flow, clean.then_some(upconn)))
+}

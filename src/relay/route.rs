@@ -1,0 +1,38 @@
+//! Phase 3, `route`: the `model` of the request, and the channels that may serve it, in the
+//! order `forward` tries them.
+//!
+//! Owns: finding `model` in the body without building a JSON tree (the body goes upstream
+//! byte for byte), the token's model allow-list, and the candidate list
+//! ([`Candidates`](crate::route::Candidates), priority tiers then weight).
+//! Error handling: 400 `missing_model` / `invalid_json`, 403 `model_not_allowed`, 404
+//! `model_not_found`. Must not: allocate on the passthrough path, or contact an upstream.
+
+use crate::error::RelayError;
+use crate::provider;
+use crate::route::{Candidates, RouteError};
+
+use super::exchange::Exchange;
+use super::{Conn, Halt};
+
+pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt> {
+    let w = &conn.w;
+    let body = &conn.rbuf[ex.body.clone()];
+    let field = match provider::peek_model(body) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err(RelayError::missing_model().into()),
+        Err(msg) => return Err(RelayError::invalid_json(msg).into()),
+    };
+    let Some(model) = provider::model_name(body, &field) else {
+        return Err(RelayError::invalid_json("model is not valid UTF-8").into());
+    };
+    let token = ex.token.expect("admit authenticated the token");
+    let candidates = match w.router.candidates(token, &model, &w.route_state) {
+        Ok(c) => c,
+        Err(RouteError::ModelNotAllowed) => {
+            return Err(RelayError::model_not_allowed(&model).into())
+        }
+        Err(RouteError::ModelNotFound) => return Err(RelayError::model_not_found(&model).into()),
+    };
+    ex.model = Some(field);
+    Ok(candidates)
+}

@@ -1,0 +1,347 @@
+//! Streamed answers (part of `respond`): a chunked or close-delimited upstream body,
+//! re-framed chunk by chunk as it arrives, so the relay always stands at a chunk boundary and
+//! can end the stream cleanly on error.
+//!
+//! Owns: de-chunking in place behind a headroom so the client's chunk header is written
+//! without a copy, the `sse_coalesce` hold (never before the first event, never after a read
+//! that filled the buffer, off for good once a hold gathered a whole buffer — a bulk stream),
+//! the quiet-stream handling (no buffer held while an SSE stream is idle; the client watched),
+//! and the end of a stream: the last chunk, or an SSE `error` event then the last chunk.
+//!
+//! Error handling: after the head, an upstream failure or timeout becomes an SSE `error`
+//! event (`upstream_reset`, `upstream_closed`, `bad_upstream_response`, `<layer>_timeout`)
+//! with everything decoded before it relayed first; a non-SSE body is cut instead, so a
+//! truncated body never looks whole. Must not: alter event bytes.
+
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{CancelableAsyncReadRent, Canceller};
+
+use crate::config::Timeouts;
+use crate::deadline::Layer;
+use crate::error::RelayError;
+use crate::monitor::bump;
+use crate::upstream::{Stream, UpConn};
+use crate::wire::{self, BodyKind, CHUNK_HEADROOM};
+
+use super::exchange::Exchange;
+use super::own::write_client;
+use super::respond::{ended_clean, halt, note_usage, write_client_head, ClientFraming};
+use super::watch::{is_cancelled, upstream_wait, Waited, WATCH_GRACE};
+use super::{Conn, Flow, Halt};
+
+/// Bytes reserved at the end of a stream buffer for `\r\n` plus the last chunk.
+const STREAM_TAILROOM: usize = 2 + wire::LAST_CHUNK.len();
+
+/// What one wait for upstream body bytes came to.
+enum StreamRead {
+    Data(Vec<u8>),
+    Eof(Vec<u8>),
+    Failed(Vec<u8>, std::io::Error),
+    Timeout,
+    ClientGone,
+}
+
+/// Relay the stream; Ok((flow, upstream clean)).
+pub async fn relay_stream(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    upconn: &mut UpConn,
+    mut ubuf: Vec<u8>,
+    channel: usize,
+    t: &Timeouts,
+) -> Result<(Flow, bool), Halt> {
+    let hl = ex.resp.len;
+    let chunked_in = ex.resp.body == BodyKind::Chunked;
+    let chunked_out = ex.head.minor_version >= 1;
+    let close = !ex.keeps_alive() || !chunked_out;
+    let event_stream = ex.resp.event_stream;
+    let sse = chunked_out && event_stream;
+    let framing = if chunked_out {
+        ClientFraming::Chunked
+    } else {
+        ClientFraming::UntilClose
+    };
+    let mut out = conn.w.bufs.take();
+    write_client_head(conn, ex, &mut out, &ubuf, channel, framing, close);
+    let now = conn.deadline.now();
+    ex.mark_first_byte(ex.resp.status, now);
+    conn.deadline
+        .arm_recent(Layer::ClientIdle, t[Layer::ClientIdle]);
+    let len = out.len();
+    let out = write_client(conn, out, 0..len).await.map_err(halt)?;
+    conn.w.bufs.give(out);
+
+    let mut last_read_filled = ubuf.len() == ubuf.capacity();
+    // Body bytes that came with the head move behind the chunk-header headroom.
+    let initial = ubuf.len() - hl;
+    if ubuf.capacity() < CHUNK_HEADROOM + initial + STREAM_TAILROOM {
+        ubuf.reserve(CHUNK_HEADROOM + initial + STREAM_TAILROOM);
+    }
+    ubuf.copy_within(hl.., CHUNK_HEADROOM);
+    ubuf.truncate(CHUNK_HEADROOM + initial);
+
+    // The client connection is idle while we wait on the upstream: it holds no read buffer.
+    // The upstream one is borrowed only while bytes are in flight (SSE streams).
+    if conn.rbuf.len() <= ex.consumed && event_stream {
+        let rbuf = std::mem::take(&mut conn.rbuf);
+        conn.w.bufs.give(rbuf);
+        ex.consumed = 0;
+    }
+
+    let mut decoder = wire::ChunkedDecoder::new();
+    // One per stream: monoio's canceller allocates, so it is not made per chunk.
+    let mut canceller = Canceller::new();
+    let mut tail: [u8; 2] = [b'\n', b'\n'];
+    let mut upstream_done = false;
+    // The wait before the next read: set only after a chunk went out, so the first one is
+    // never held back and time to first token is untouched by coalescing.
+    let mut hold = Duration::ZERO;
+    let mut coalesce = if event_stream {
+        conn.w.config.server.sse_coalesce
+    } else {
+        Duration::ZERO
+    };
+    loop {
+        let mut write_at = ubuf.len();
+        let mut extra = false;
+        let mut broken = false;
+        if chunked_in && ubuf.len() > CHUNK_HEADROOM {
+            write_at = CHUNK_HEADROOM;
+            match wire::dechunk_in_place(&mut decoder, &mut ubuf, CHUNK_HEADROOM, &mut write_at) {
+                Ok(d) => {
+                    upstream_done = d.done;
+                    extra = d.consumed < ubuf.len();
+                }
+                // The data decoded before the bad framing still goes out, then the error.
+                Err(_) => broken = true,
+            }
+        }
+        let data_len = write_at - CHUNK_HEADROOM;
+        if data_len > 0 {
+            note_usage(ex, &ubuf[CHUNK_HEADROOM..write_at]);
+        }
+        if data_len > 0 || upstream_done {
+            let mut start = CHUNK_HEADROOM;
+            if data_len >= 2 {
+                tail = [ubuf[write_at - 2], ubuf[write_at - 1]];
+            } else if data_len == 1 {
+                tail = [tail[1], ubuf[write_at - 1]];
+            }
+            ubuf.truncate(write_at);
+            if chunked_out {
+                if data_len > 0 {
+                    start = wire::write_chunk_header_before(&mut ubuf, CHUNK_HEADROOM, data_len);
+                    ubuf.extend_from_slice(b"\r\n");
+                }
+                if upstream_done {
+                    ubuf.extend_from_slice(wire::LAST_CHUNK);
+                }
+            }
+            // The write runs under the stream_idle deadline armed for the read: a client that
+            // stops reading stalls the stream just like a silent upstream.
+            let end = ubuf.len();
+            ubuf = write_client(conn, ubuf, start..end).await.map_err(halt)?;
+            if upstream_done {
+                conn.w.bufs.give(ubuf);
+                let flow = if close { Flow::Close } else { Flow::Keep };
+                let clean =
+                    chunked_in && ex.resp.keep_alive && ended_clean(extra, last_read_filled);
+                return Ok((flow, clean));
+            }
+            // Never hold after a read that filled the buffer: more is already waiting.
+            if data_len > 0 && !last_read_filled {
+                hold = coalesce;
+            }
+        }
+        if broken {
+            let error = RelayError::mid_stream(
+                "bad_upstream_response",
+                "upstream sent malformed chunked framing",
+            );
+            return end_with_error(conn, ex, ubuf, tail, &error, sse).await;
+        }
+
+        // Wait for more upstream bytes.
+        let wait = std::mem::take(&mut hold);
+        let held = !wait.is_zero();
+        let read = read_stream(conn, upconn, ubuf, t, event_stream, wait, &mut canceller).await;
+        match read {
+            StreamRead::Data(b) => {
+                last_read_filled = b.len() == b.capacity() - STREAM_TAILROOM;
+                // A hold that gathered a whole buffer shows a bulk stream, not tokens: holding
+                // it again would only throttle it.
+                if held && last_read_filled {
+                    coalesce = Duration::ZERO;
+                }
+                ubuf = b;
+            }
+            StreamRead::Eof(b) if !chunked_in => {
+                ubuf = b;
+                upstream_done = true;
+            }
+            StreamRead::Eof(b) => {
+                let error = RelayError::mid_stream(
+                    "upstream_closed",
+                    "upstream closed the stream before its end",
+                );
+                return end_with_error(conn, ex, b, tail, &error, sse).await;
+            }
+            StreamRead::Failed(b, e) => {
+                let error = RelayError::mid_stream(
+                    "upstream_reset",
+                    format!("upstream connection failed mid-stream: {e}"),
+                );
+                return end_with_error(conn, ex, b, tail, &error, sse).await;
+            }
+            StreamRead::Timeout => {
+                let layer = conn.deadline.layer();
+                conn.w.stats().count_timeout(layer);
+                let b = conn.w.bufs.take();
+                let error = RelayError::stream_timeout(layer);
+                return end_with_error(conn, ex, b, tail, &error, sse).await;
+            }
+            StreamRead::ClientGone => {
+                bump(&conn.w.stats().client_gone);
+                return Err(Halt::Close);
+            }
+        }
+    }
+}
+
+/// Read the next upstream body bytes into `ubuf[CHUNK_HEADROOM..]` under `stream_idle`.
+///
+/// An active SSE stream reads straight into its buffer (one op per chunk). When the stream
+/// goes quiet for [`WATCH_GRACE`], the read is cancelled and awaited (keeping any bytes it
+/// got), the buffer goes back to the pool, and the stream waits for readiness with no buffer
+/// while the client is watched for a hang-up: an idle stream costs no buffer.
+///
+/// `hold` (the `sse_coalesce` setting, right after a chunk went out) lets the next chunks
+/// gather in the socket first: a token stream then costs one read and one write per few
+/// chunks instead of per chunk, and streams whose holds end in the same wheel tick are served
+/// in one wake-up. Chunks further apart than `hold` are not delayed at all.
+async fn read_stream(
+    conn: &mut Conn,
+    upconn: &mut UpConn,
+    mut ubuf: Vec<u8>,
+    t: &Timeouts,
+    event_stream: bool,
+    hold: Duration,
+    canceller: &mut Canceller,
+) -> StreamRead {
+    let now = conn.deadline.now();
+    conn.deadline
+        .arm_at(Layer::StreamIdle, now + t[Layer::StreamIdle]);
+    // A hold that would reach the deadline is skipped: bytes that arrive during it must still
+    // count against stream_idle and total.
+    if !hold.is_zero() && conn.deadline.checkpoint(now + hold) {
+        conn.deadline.expired().await;
+        if conn.deadline.is_due() {
+            conn.w.bufs.give(ubuf);
+            return StreamRead::Timeout;
+        }
+        conn.deadline.resume();
+    }
+    loop {
+        ubuf.clear();
+        ubuf.resize(CHUNK_HEADROOM, 0);
+        let cap = ubuf.capacity() - STREAM_TAILROOM;
+        let tcp = match &mut upconn.stream {
+            Stream::Plain(tcp) if event_stream => tcp,
+            stream => {
+                // TLS keeps decrypted bytes of its own; and non-SSE bodies are never idle for
+                // long. A plain read, with the client watched after the grace period.
+                let read = stream.read(ubuf.slice_mut(CHUNK_HEADROOM..cap));
+                return match upstream_wait(read, &conn.deadline, &conn.client, &mut conn.watch)
+                    .await
+                {
+                    Waited::Done((Ok(0), b)) => StreamRead::Eof(b.into_inner()),
+                    Waited::Done((Ok(_), b)) => StreamRead::Data(b.into_inner()),
+                    Waited::Done((Err(e), b)) => StreamRead::Failed(b.into_inner(), e),
+                    Waited::Timeout(_) => StreamRead::Timeout,
+                    Waited::ClientGone => StreamRead::ClientGone,
+                };
+            }
+        };
+        conn.deadline.checkpoint(Instant::now() + WATCH_GRACE);
+        let (res, b) = {
+            let read = tcp.cancelable_read(ubuf.slice_mut(CHUNK_HEADROOM..cap), canceller.handle());
+            let mut read = std::pin::pin!(read);
+            match conn.deadline.race(&mut read).await {
+                Ok(r) => r,
+                Err(_) if conn.deadline.is_due() => return StreamRead::Timeout,
+                Err(_) => {
+                    // Quiet: take the buffer back whole before letting it go.
+                    *canceller = std::mem::take(canceller).cancel();
+                    read.await
+                }
+            }
+        };
+        conn.deadline.resume();
+        ubuf = b.into_inner();
+        match res {
+            Ok(0) => return StreamRead::Eof(ubuf),
+            Ok(_) => return StreamRead::Data(ubuf),
+            Err(e) if is_cancelled(&e) => {}
+            Err(e) => return StreamRead::Failed(ubuf, e),
+        }
+        conn.w.bufs.give(ubuf);
+        let ready = tcp.readable(false);
+        let waited = upstream_wait(ready, &conn.deadline, &conn.client, &mut conn.watch).await;
+        ubuf = conn.w.bufs.take();
+        match waited {
+            Waited::Done(_) => {}
+            Waited::Timeout(_) => {
+                conn.w.bufs.give(ubuf);
+                return StreamRead::Timeout;
+            }
+            Waited::ClientGone => {
+                conn.w.bufs.give(ubuf);
+                return StreamRead::ClientGone;
+            }
+        }
+    }
+}
+
+/// After streaming began an error can no longer change the status: an SSE stream gets an
+/// `error` event and a proper end; anything else is cut (close without the last chunk) so the
+/// client cannot mistake a truncated body for a whole one. The upstream is mid-response, so
+/// it is never clean.
+async fn end_with_error(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    mut buf: Vec<u8>,
+    tail: [u8; 2],
+    error: &RelayError,
+    sse: bool,
+) -> Result<(Flow, bool), Halt> {
+    if !sse {
+        conn.w.bufs.give(buf);
+        return Err(Halt::Close);
+    }
+    buf.clear();
+    buf.resize(CHUNK_HEADROOM, 0);
+    if tail != [b'\n', b'\n'] {
+        // Terminate a half-sent event so the error event parses on its own.
+        buf.extend_from_slice(b"\n\n");
+    }
+    buf.extend_from_slice(b"event: error\ndata: ");
+    error.render(&mut buf);
+    buf.extend_from_slice(b"\n\n");
+    let data_len = buf.len() - CHUNK_HEADROOM;
+    let start = wire::write_chunk_header_before(&mut buf, CHUNK_HEADROOM, data_len);
+    buf.extend_from_slice(b"\r\n");
+    buf.extend_from_slice(wire::LAST_CHUNK);
+    conn.deadline
+        .arm_unclamped(Layer::ClientIdle, conn.w.config.timeouts[Layer::ClientIdle]);
+    let end = buf.len();
+    let buf = write_client(conn, buf, start..end).await.map_err(halt)?;
+    conn.w.bufs.give(buf);
+    let flow = if ex.keeps_alive() {
+        Flow::Keep
+    } else {
+        Flow::Close
+    };
+    Ok((flow, false))
+}
