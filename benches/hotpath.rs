@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use ringway::provider;
-use ringway::wire::{self, ChunkedDecoder, RequestHead, ResponseHead};
+use ringway::internals as provider;
+use ringway::internals::{self as wire, ChunkedDecoder, RequestHead, ResponseHead};
 
 const REQUEST: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: OpenAI/Python 1.54.0\r\nAccept: application/json\r\nContent-Type: application/json\r\nAuthorization: Bearer sk-lab-client-7f3a9c2e5b8d4f1a6e0c9b7d3a5f8e2c\r\nX-Stainless-Lang: python\r\nX-Stainless-Package-Version: 1.54.0\r\nContent-Length: 118\r\n\r\n";
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 22 Nov 2026 02:00:00 GMT\r\nContent-Type: application/json\r\nContent-Length: 388\r\nConnection: keep-alive\r\nopenai-processing-ms: 312\r\nx-request-id: req_abc\r\n\r\n";
@@ -98,8 +98,8 @@ fn streaming(c: &mut Criterion) {
 }
 
 fn pool(c: &mut Criterion) {
-    use ringway::monitor::Monitor;
-    use ringway::upstream::{Pool, Stream};
+    use ringway::internals::Monitor;
+    use ringway::internals::{Pool, Stream};
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()

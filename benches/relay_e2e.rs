@@ -43,8 +43,8 @@ models = ["*"]
         mock.addr
     );
     std::mem::forget(mock);
-    let config = ringway::config::parse(&toml, Path::new("<bench>")).unwrap();
-    let running = ringway::cli::start(config).unwrap();
+    let config = ringway::parse(&toml, Path::new("<bench>")).unwrap();
+    let running = ringway::start(config).unwrap();
     std::mem::forget(running);
     format!("127.0.0.1:{port}").parse().unwrap()
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use monoio::time::{sleep_until, timeout, Sleep, TimeDriver};
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver};
-use ringway::wheel::{Timer, Wheel};
+use ringway::internals::{Timer, Wheel};
 
 type Rt = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
 

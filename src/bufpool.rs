@@ -10,6 +10,9 @@
 
 use std::cell::RefCell;
 
+/// IO buffer size: fits a typical chat request and any SSE event; large bodies grow past it.
+pub const BUF_SIZE: usize = 16 * 1024;
+
 pub struct BufPool {
     free: RefCell<Vec<Vec<u8>>>,
     buf_size: usize,
@@ -23,10 +26,6 @@ impl BufPool {
             buf_size,
             max_free,
         }
-    }
-
-    pub fn buf_size(&self) -> usize {
-        self.buf_size
     }
 
     /// An empty buffer with capacity `buf_size`.
@@ -51,6 +50,7 @@ impl BufPool {
         }
     }
 
+    #[cfg(test)]
     pub fn idle(&self) -> usize {
         self.free.borrow().len()
     }

@@ -26,9 +26,6 @@ use std::sync::Mutex;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// Upper bound for `busy_poll`: past this the worker is simply never idle.
-pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
-
 /// What the relay tells the spinner: a counter bumped at request events, and the spinner's
 /// waker while it waits for one.
 #[derive(Default)]
@@ -134,9 +131,8 @@ fn reap(ring: RawFd) {
 ///
 /// `ring` is the worker's own `DEFER_TASKRUN` ring to enter on every turn, or `None` where
 /// monoio's own zero-timeout poll posts completions ([`Reaper::Driver`]).
-pub async fn spin(worker: Rc<crate::worker::Worker>, ring: Option<RawFd>) {
-    let activity = &worker.activity;
-    let window = worker.config.server.busy_poll;
+pub async fn spin<W: AsRef<Activity>>(worker: Rc<W>, window: Duration, ring: Option<RawFd>) {
+    let activity: &Activity = (*worker).as_ref();
     let bounce = Rc::new(Bounce::default());
     // The bouncer lives exactly as long as the spinner: it is dropped with this future's task
     // only if the worker shuts down, which ends both.

@@ -2,18 +2,15 @@
 //! `demo` and `mock` need the default cargo feature `demo` (the `ringway-mock` crate); a build
 //! without it says so and exits 2.
 //!
-//! Owns: argument parsing, turning a validated config into running workers, and exit codes
+//! Owns: argument parsing, the commands, and exit codes
 //! (0 ok, 2 bad config or usage, 1 runtime failure, including an address another process
 //! listens on). Config warnings are printed by `check-config` (stderr, exit status still 0)
 //! and logged once as WARN when the relay starts. Must not: contain relay logic.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use crate::config::{self, Config};
-use crate::monitor::Monitor;
-use crate::route::Router;
-use crate::worker;
+use crate::config;
+use crate::server::start;
 
 const USAGE_HEAD: &str = "\
 ringway — OpenAI-compatible LLM API relay (monoio/io_uring, thread-per-core)
@@ -143,7 +140,7 @@ fn check_config(path: &Path) -> i32 {
     match config::load(path) {
         Ok(c) => {
             print!("{}", c.summary());
-            let fds = worker::FdBudget::of(&c);
+            let fds = crate::listen::FdBudget::of(&c);
             let limit = |n: u64| {
                 if n == u64::MAX {
                     "unlimited".to_string()
@@ -199,53 +196,4 @@ fn run_relay(path: &Path) -> i32 {
             1
         }
     }
-}
-
-/// A started relay: its workers run until the process ends.
-pub struct Running {
-    pub monitor: &'static Monitor,
-    pub workers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    pub fn wait(self) {
-        for h in self.workers {
-            let _ = h.join();
-        }
-    }
-}
-
-/// Start workers for a validated config; returns once every listener is bound.
-pub fn start(config: Config) -> std::io::Result<Running> {
-    let n = config.effective_workers();
-    worker::prepare_fd_limit(&config);
-    let monitor = Monitor::new(
-        n,
-        config.monitor.warn_inflight as u64,
-        config.monitor.alert_inflight as u64,
-        config.tokens.iter().map(|t| t.name.clone()).collect(),
-        config.channels.iter().map(|c| c.name.clone()).collect(),
-    );
-    let router = Arc::new(Router::new(&config));
-    // One connector per distinct channel ca_file, plus the default (webpki roots only).
-    let tls = crate::upstream::TlsConnectors::for_channels(&config.channels)?;
-    let listen = config.server.listen;
-    let shared = worker::Shared {
-        config: Arc::new(config),
-        router,
-        monitor,
-        tls,
-    };
-    let workers = worker::start(&shared, n)?;
-    monitor.baseline_fds.store(
-        crate::monitor::open_fds(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    monitor.mark_ready();
-    crate::log::info(&format!(
-        "ringway {} listening on {listen} with {n} worker(s), io driver {}",
-        env!("CARGO_PKG_VERSION"),
-        monitor.io_driver()
-    ));
-    Ok(Running { monitor, workers })
 }

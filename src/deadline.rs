@@ -126,11 +126,6 @@ impl DeadlineSet {
         self.timer.arm_at(at);
     }
 
-    pub fn cancel(&self) {
-        self.due.set(None);
-        self.timer.cancel();
-    }
-
     /// Resolves once the armed deadline passes; then [`DeadlineSet::layer`] says which it was.
     #[inline]
     pub fn expired(&self) -> Expired<'_> {
@@ -150,10 +145,6 @@ impl DeadlineSet {
             r = io => Ok(r),
             _ = self.expired() => Err(self.layer()),
         }
-    }
-
-    pub fn is_expired(&self) -> bool {
-        self.timer.is_expired()
     }
 
     pub fn layer(&self) -> Layer {

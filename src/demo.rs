@@ -1,10 +1,9 @@
 //! `ringway demo`: the mock upstream and a relay configured for it, on loopback.
 //!
 //! Owns: the demo's config (built as TOML text and validated like any user config) and the
-//! instructions it prints. Must not: need a key, the network, or any file. Running it needs the
+//! instructions it prints. Must not: need a key, the network, or any file. Compiled only with the
 //! `demo` cargo feature (the `ringway-mock` crate, on by default).
 
-#[cfg(feature = "demo")]
 use std::path::Path;
 
 pub const DEMO_TOKEN: &str = "sk-ringway-demo";
@@ -39,8 +38,7 @@ models = ["*"]
     )
 }
 
-/// Runs until the process ends. Only in a build with the `demo` feature (the default).
-#[cfg(feature = "demo")]
+/// Runs until the process ends.
 pub fn run(port: u16) -> i32 {
     let mock = match ringway_mock::spawn("127.0.0.1:0") {
         Ok(m) => m,
@@ -57,7 +55,7 @@ pub fn run(port: u16) -> i32 {
             return 1;
         }
     };
-    let running = match crate::cli::start(config) {
+    let running = match crate::server::start(config) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("demo: cannot start the relay on 127.0.0.1:{port}: {e} (try --port N)");

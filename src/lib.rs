@@ -1,4 +1,9 @@
-//! ringway: an OpenAI-compatible LLM API relay on monoio (io_uring), one runtime per core.
+//! ringway: an OpenAI-compatible LLM API gateway on monoio (io_uring), one runtime per core.
+//!
+//! The public surface is small: [`main`] (the command line), [`load`] / [`parse`] a
+//! [`Config`], and [`start`] the relay ([`Running`]). Everything else is private to the crate,
+//! so the compiler reports what is unused. [`internals`] re-exports the pure parts the
+//! project's own benches and fuzz targets measure; it is not an API.
 //!
 //! Module map, one concern each (docs/ARCHITECTURE.md has the request-lifecycle chart and the
 //! ownership table):
@@ -6,32 +11,61 @@
 //! | module     | concern |
 //! |------------|---------|
 //! | `cli`      | command line: run, check-config, demo, mock, top |
-//! | `config`   | TOML + env into a validated `Config`; errors name file, line and key |
-//! | `worker`   | threads, runtimes (io_uring / epoll fallback), listeners, accept loop |
-//! | `relay`    | the request lifecycle, phase by phase, inside one connection task |
+//! | `server`   | a validated config into running workers |
+//! | `config`   | TOML + env into a validated `Config`; errors name file, line and key; the timeout layers |
+//! | `worker`   | threads, runtimes (io_uring / epoll fallback), the accept loop |
+//! | `listen`   | the listen address (refused when taken), listeners, the fd budget |
+//! | `context`  | what one worker's requests share (`Worker`) |
+//! | `idle`     | a worker's idle client connections, oldest first |
+//! | `relay`    | the request lifecycle: read_request → admit → route → forward → respond → finish |
+//! | `error`    | the one error type, rendered in one place |
 //! | `wire`     | HTTP/1.1 framing on httparse: heads, chunked bodies, writers |
-//! | `upstream` | DNS, connect, TLS, per-worker connection pool |
+//! | `upstream` | connecting (DNS, TCP, TLS), the per-worker pool, per-channel runtime |
 //! | `deadline` | a request's layered timeouts on one wheel timer |
 //! | `wheel`    | the per-worker hierarchical timing wheel |
-//! | `route`    | token auth, channel choice, `/v1/models` |
-//! | `provider` | provider body formats: model peek, error JSON |
+//! | `route`    | token auth, candidate channels, `/v1/models` |
+//! | `provider` | provider adapters: paths, auth, body plans, error bodies, usage |
 //! | `bufpool`  | per-worker IO buffer pool |
 //! | `monitor`  | counters, health JSON, Prometheus metrics, health log line |
+//! | `busy`     | opt-in busy polling |
 
-pub mod bufpool;
-pub mod busy;
-pub mod cli;
-pub mod config;
-pub mod deadline;
-pub mod demo;
-pub mod error;
-pub mod log;
-pub mod monitor;
-pub mod provider;
-pub mod relay;
-pub mod route;
-pub mod top;
-pub mod upstream;
-pub mod wheel;
-pub mod wire;
-pub mod worker;
+mod bufpool;
+mod busy;
+mod cli;
+mod config;
+mod context;
+mod deadline;
+#[cfg(feature = "demo")]
+mod demo;
+mod error;
+mod idle;
+mod listen;
+mod log;
+mod monitor;
+mod provider;
+mod relay;
+mod route;
+mod server;
+mod top;
+mod upstream;
+mod wheel;
+mod wire;
+mod worker;
+
+pub use cli::main;
+pub use config::{load, parse, Config, ConfigError};
+pub use server::{start, Running};
+
+/// The pure parts the project's benches and fuzz targets drive directly. Not an API: names
+/// and signatures follow the code.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::monitor::Monitor;
+    pub use crate::provider::{model_name, peek_model, scan_usage, ModelField, Usage};
+    pub use crate::upstream::{Pool, Stream};
+    pub use crate::wheel::{Timer, Wheel};
+    pub use crate::wire::{
+        dechunk_in_place, parse_request, parse_response, write_chunk_header_before, BodyKind,
+        ChunkedDecoder, RequestHead, ResponseHead, CHUNK_HEADROOM, LAST_CHUNK,
+    };
+}

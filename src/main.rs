@@ -11,5 +11,5 @@ fn main() {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
-    std::process::exit(ringway::cli::main(std::env::args().skip(1).collect()));
+    std::process::exit(ringway::main(std::env::args().skip(1).collect()));
 }

@@ -82,11 +82,6 @@ impl Candidates {
         self.len += 1;
         true
     }
-
-    /// All of them, in order (not advancing).
-    pub fn as_slice(&self) -> &[u16] {
-        &self.list[..self.len as usize]
-    }
 }
 
 impl Iterator for Candidates {
@@ -318,5 +313,94 @@ impl ChannelConfig {
 impl TokenConfig {
     pub fn allows(&self, model: &str) -> bool {
         self.models.iter().any(|p| glob_match(p, model))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(channels: &[(&str, &str, i64, u32)], token_models: &str) -> Config {
+        let mut text = String::new();
+        for (name, models, priority, weight) in channels {
+            text.push_str(&format!(
+                "[[channels]]\nname = \"{name}\"\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\nkeys = [\"k\"]\nmodels = {models}\npriority = {priority}\nweight = {weight}\nmodel_map = {{ \"alias\" = \"real\" }}\n\n"
+            ));
+        }
+        text.push_str(&format!(
+            "[[tokens]]\nname = \"t\"\nkey = \"tk\"\nmodels = {token_models}\n"
+        ));
+        crate::config::parse(&text, std::path::Path::new("<test>")).expect("valid test config")
+    }
+
+    #[test]
+    fn globs_serves_allows_and_model_map() {
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("gpt-4o*", "gpt-4o"));
+        assert!(glob_match("gpt-4o*", "gpt-4o-mini"));
+        assert!(!glob_match("gpt-4o*", "gpt-4"));
+        assert!(glob_match("gpt-4", "gpt-4"));
+        assert!(!glob_match("gpt-4", "gpt-4o"));
+        assert!(!glob_match("gpt-4", "GPT-4"));
+
+        let c = config(&[("a", "[\"gpt-4o*\"]", 0, 1)], "[\"gpt-4o*\", \"o1\"]");
+        let ch = &c.channels[0];
+        assert!(ch.serves("gpt-4o") && ch.serves("gpt-4o-mini"));
+        assert!(ch.serves("alias"), "a mapped alias is served");
+        assert!(!ch.serves("gpt-3.5-turbo"));
+        assert_eq!(ch.upstream_model("alias"), "real");
+        assert_eq!(ch.upstream_model("gpt-4o-mini"), "gpt-4o-mini");
+        let t = &c.tokens[0];
+        assert!(t.allows("gpt-4o-mini") && t.allows("o1"));
+        assert!(!t.allows("o1-mini") && !t.allows("gpt-4"));
+    }
+
+    #[test]
+    fn candidates_go_by_tier_then_weight_and_never_repeat() {
+        let c = config(
+            &[
+                ("low", "[\"*\"]", 0, 1),
+                ("high-a", "[\"*\"]", 5, 3),
+                ("other", "[\"x-*\"]", 9, 1),
+                ("high-b", "[\"*\"]", 5, 1),
+            ],
+            "[\"*\"]",
+        );
+        let router = Router::new(&c);
+        let state = RouteState::new(42);
+        let mut firsts = [0u32; 4];
+        for _ in 0..4000 {
+            let order: Vec<usize> = router.candidates(0, "gpt", &state).unwrap().collect();
+            // Both priority-5 channels first (in some order), then the priority-0 one; the
+            // channel that does not serve the model never appears.
+            assert_eq!(order.len(), 3, "{order:?}");
+            let mut top = order[..2].to_vec();
+            top.sort();
+            assert_eq!(top, vec![1, 3]);
+            assert_eq!(order[2], 0);
+            firsts[order[0]] += 1;
+        }
+        // Weight 3 against 1: about three quarters of first picks.
+        let share = firsts[1] as f64 / 4000.0;
+        assert!((0.70..0.80).contains(&share), "{firsts:?}");
+        assert_eq!(router.candidates(0, "x-1", &state).unwrap().next(), Some(2));
+    }
+
+    #[test]
+    fn candidates_errors() {
+        let c = config(&[("a", "[\"gpt-*\"]", 0, 1)], "[\"gpt-4o\"]");
+        let router = Router::new(&c);
+        let state = RouteState::new(1);
+        assert_eq!(
+            router.candidates(0, "gpt-5", &state).err(),
+            Some(RouteError::ModelNotAllowed)
+        );
+        let c = config(&[("a", "[\"gpt-*\"]", 0, 1)], "[\"*\"]");
+        let router = Router::new(&c);
+        assert_eq!(
+            router.candidates(0, "claude", &state).err(),
+            Some(RouteError::ModelNotFound)
+        );
     }
 }

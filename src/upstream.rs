@@ -104,14 +104,6 @@ impl Stream {
     }
 }
 
-/// Where a channel connects: resolved once per worker and cached.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Endpoint {
-    pub scheme: Scheme,
-    pub host: String,
-    pub port: u16,
-}
-
 /// Which pool slot an endpoint uses; channels that share (scheme, host, port) share a slot.
 pub type PoolSlot = usize;
 

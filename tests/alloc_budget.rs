@@ -115,8 +115,8 @@ key = "sk-client"
 models = ["*"]
 "#
     );
-    let config = ringway::config::parse(&toml, Path::new("<alloc-test>")).unwrap();
-    let _running = ringway::cli::start(config).unwrap();
+    let config = ringway::parse(&toml, Path::new("<alloc-test>")).unwrap();
+    let _running = ringway::start(config).unwrap();
 
     let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32}"#;
     let mut req = format!(

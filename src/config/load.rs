@@ -230,13 +230,15 @@ fn read_server(sec: &Section) -> Result<ServerConfig, ConfigError> {
             None => d.sse_coalesce,
         },
         busy_poll: match sec.field("busy_poll") {
-            Some(f) => f.duration_at_most(crate::busy::MAX_BUSY_POLL)?,
+            Some(f) => f.duration_at_most(MAX_BUSY_POLL)?,
             None => d.busy_poll,
         },
     })
 }
 
 /// Coalescing is a latency trade: past this it would be felt as stutter in a token stream.
+/// Upper bound for `busy_poll`: past this a worker is simply never idle.
+const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 const MAX_SSE_COALESCE: Duration = Duration::from_secs(1);
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {

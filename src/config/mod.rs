@@ -30,7 +30,7 @@ mod summary;
 mod tests;
 mod timeouts;
 
-pub use load::{load, parse, parse_with_env, permission_warning};
+pub use load::{load, parse};
 pub use timeouts::{format_duration, parse_duration, ChannelTimeouts, Layer, Timeouts};
 
 /// A validated configuration. Build it with [`load`], [`parse`] or [`parse_with_env`].

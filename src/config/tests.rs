@@ -1,7 +1,7 @@
 //! Config loading, errors with exact lines, warnings and the summary.
 
+use super::load::{parse_with_env, permission_warning};
 use super::*;
-use crate::route::glob_match;
 
 const CONTRACT_EXAMPLE: &str = r#"[server]
 listen = "127.0.0.1:3000"   # host:port; each worker binds it with SO_REUSEPORT
@@ -699,36 +699,6 @@ fn durations() {
     ] {
         assert_eq!(format_duration(parse_duration(d).unwrap()), d);
     }
-}
-
-#[test]
-fn globs_serves_allows_and_model_map() {
-    assert!(glob_match("*", "anything"));
-    assert!(glob_match("*", ""));
-    assert!(glob_match("gpt-4o*", "gpt-4o"));
-    assert!(glob_match("gpt-4o*", "gpt-4o-mini"));
-    assert!(!glob_match("gpt-4o*", "gpt-4"));
-    assert!(glob_match("gpt-4", "gpt-4"));
-    assert!(!glob_match("gpt-4", "gpt-4o"));
-    assert!(!glob_match("gpt-4", "GPT-4"));
-
-    let c = parse_ok(CONTRACT_EXAMPLE);
-    let ch = &c.channels[0];
-    assert!(ch.serves("gpt-4o"));
-    assert!(ch.serves("gpt-4o-mini"));
-    assert!(ch.serves("gpt-4"), "mapped alias is served");
-    assert!(!ch.serves("gpt-3.5-turbo"));
-    assert_eq!(ch.upstream_model("gpt-4"), "gpt-4o");
-    assert_eq!(ch.upstream_model("gpt-4o-mini"), "gpt-4o-mini");
-    assert!(c.tokens[0].allows("claude-3"));
-
-    let c = parse_ok(&MINIMAL.replace(
-        "name = \"t\"\nkey = \"tk\"\nmodels = [\"*\"]",
-        "name = \"t\"\nkey = \"tk\"\nmodels = [\"gpt-4o*\", \"o1\"]",
-    ));
-    let t = &c.tokens[0];
-    assert!(t.allows("gpt-4o-mini") && t.allows("o1"));
-    assert!(!t.allows("o1-mini") && !t.allows("gpt-4"));
 }
 
 #[test]

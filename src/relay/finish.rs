@@ -9,8 +9,8 @@
 //!
 //! Must not: do IO — by the time an exchange finishes its answer is written or abandoned.
 
+use crate::bufpool::BUF_SIZE;
 use crate::upstream::UpConn;
-use crate::worker::BUF_SIZE;
 
 use super::exchange::Exchange;
 use super::{Conn, Flow};

@@ -15,6 +15,7 @@
 
 use monoio::buf::{IoBuf, IoBufMut};
 
+use crate::bufpool::BUF_SIZE;
 use crate::config::Timeouts;
 use crate::deadline::Layer;
 use crate::error::RelayError;
@@ -23,7 +24,6 @@ use crate::provider::{self, RequestPlan};
 use crate::route::Candidates;
 use crate::upstream::{ConnectError, UpConn};
 use crate::wire;
-use crate::worker::BUF_SIZE;
 
 use super::exchange::Exchange;
 use super::watch::{upstream_wait, Waited};

@@ -47,10 +47,10 @@ use std::time::Duration;
 use monoio::io::Canceller;
 use monoio::net::TcpStream;
 
+use crate::context::Worker;
 use crate::deadline::DeadlineSet;
 use crate::error::RelayError;
 use crate::monitor::{bump, drop_one};
-use crate::worker::Worker;
 
 use exchange::{Endpoint, Exchange, Scratch};
 use read_request::Next;

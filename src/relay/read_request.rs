@@ -11,10 +11,10 @@
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, CancelableAsyncReadRent};
 
+use crate::bufpool::BUF_SIZE;
 use crate::deadline::Layer;
 use crate::error::RelayError;
 use crate::wire::{self, BodyKind, Method, WireError};
-use crate::worker::BUF_SIZE;
 
 use super::exchange::{push_hex, Endpoint, Exchange, Scratch};
 use super::watch::is_cancelled;
