@@ -11,9 +11,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::access_log::AccessLog;
 use crate::bufpool::{BufPool, BUF_SIZE};
 use crate::config::{Config, Layer};
 use crate::idle::IdleConnections;
+use crate::limits::Limits;
 use crate::monitor::{self, Monitor};
 use crate::route::{RouteState, Router};
 use crate::upstream::{TlsConnectors, Upstreams};
@@ -36,8 +38,10 @@ pub struct Worker {
     pub wheel: Rc<Wheel>,
     /// The upstream side: idle pool, name cache, each channel's runtime.
     pub upstreams: Upstreams,
-    /// This worker's share of `max_inflight`.
-    pub max_inflight: u64,
+    /// The process-wide limits (`max_inflight`).
+    pub limits: &'static Limits,
+    /// This worker's end of the access log, when it is on.
+    pub access_log: Option<AccessLog>,
     /// This worker's share of `max_connections`.
     pub max_connections: usize,
     /// Client connections this worker holds now: counted at accept, before the connection's
@@ -66,13 +70,16 @@ impl AsRef<crate::busy::Activity> for Worker {
 
 impl Worker {
     /// Worker `id` of `workers`, for `config`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         workers: usize,
         config: Arc<Config>,
         router: Arc<Router>,
         monitor: &'static Monitor,
+        limits: &'static Limits,
         tls: TlsConnectors,
+        access_log: Option<AccessLog>,
     ) -> Worker {
         let seed = (Instant::now().elapsed().as_nanos() as u64)
             ^ ((id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -94,9 +101,8 @@ impl Worker {
                 id,
                 seed,
             ),
-            max_inflight: (config.server.max_inflight as u64)
-                .div_ceil(workers as u64)
-                .max(1),
+            limits,
+            access_log,
             max_connections: config.server.max_connections.div_ceil(workers).max(1),
             connections: Cell::new(0),
             idle: IdleConnections::counting(&monitor.workers[id].idle_shed),

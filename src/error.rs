@@ -32,6 +32,8 @@ pub struct RelayError {
     /// Nothing reached the client and the fault was the channel's: another channel may be
     /// tried (failover).
     pub retryable: bool,
+    /// The upstream's failure (or its own error answer), not the client's or the relay's.
+    pub upstream: bool,
 }
 
 impl RelayError {
@@ -51,7 +53,13 @@ impl RelayError {
             allow: None,
             closes: false,
             retryable: false,
+            upstream: false,
         }
+    }
+
+    fn upstream_side(mut self) -> RelayError {
+        self.upstream = true;
+        self
     }
 
     fn closing(mut self) -> RelayError {
@@ -184,7 +192,9 @@ impl RelayError {
     // ---- the upstream -------------------------------------------------------------------
 
     pub fn upstream_connect_failed(message: String) -> RelayError {
-        RelayError::new(502, "upstream_error", "upstream_connect_failed", message).retryable()
+        RelayError::new(502, "upstream_error", "upstream_connect_failed", message)
+            .retryable()
+            .upstream_side()
     }
 
     /// 504 for an upstream-side layer that expired before the response head (total included).
@@ -206,7 +216,9 @@ impl RelayError {
 
     /// 502: the upstream closed, reset, or sent a malformed or ambiguous head.
     pub fn bad_upstream_response(message: impl Into<Cow<'static, str>>) -> RelayError {
-        RelayError::new(502, "upstream_error", "bad_upstream_response", message).retryable()
+        RelayError::new(502, "upstream_error", "bad_upstream_response", message)
+            .retryable()
+            .upstream_side()
     }
 
     /// 502: the upstream refused the channel's key (401/403). Its body is never relayed.
@@ -220,6 +232,7 @@ impl RelayError {
             ),
         )
         .retryable()
+        .upstream_side()
     }
 
     /// An upstream non-2xx, normalised: the upstream's status, words and Retry-After.
@@ -240,12 +253,13 @@ impl RelayError {
             allow: None,
             closes: false,
             retryable: false,
+            upstream: true,
         }
     }
 
     /// An error after a stream began: only the code and message matter (the status is sent).
     pub fn mid_stream(code: &'static str, message: impl Into<Cow<'static, str>>) -> RelayError {
-        RelayError::new(502, "upstream_error", code, message)
+        RelayError::new(502, "upstream_error", code, message).upstream_side()
     }
 
     /// A timeout after a stream began.

@@ -29,6 +29,7 @@
 //! | `monitor`  | counters, health JSON, Prometheus metrics, health log line |
 //! | `busy`     | opt-in busy polling |
 
+mod access_log;
 mod bufpool;
 mod busy;
 mod cli;
@@ -39,6 +40,7 @@ mod deadline;
 mod demo;
 mod error;
 mod idle;
+mod limits;
 mod listen;
 mod log;
 mod monitor;

@@ -83,6 +83,8 @@ pub struct WorkerStats {
     pub token_usage: Vec<[AtomicU64; 3]>,
     /// Per channel: [requests, prompt tokens, completion tokens].
     pub channel_usage: Vec<[AtomicU64; 3]>,
+    /// Per channel: [upstream attempts, of them failed over or failed].
+    pub channel_attempts: Vec<[AtomicU64; 2]>,
 }
 
 impl WorkerStats {
@@ -90,7 +92,18 @@ impl WorkerStats {
         WorkerStats {
             token_usage: (0..tokens).map(|_| Default::default()).collect(),
             channel_usage: (0..channels).map(|_| Default::default()).collect(),
+            channel_attempts: (0..channels).map(|_| Default::default()).collect(),
             ..WorkerStats::default()
+        }
+    }
+
+    /// One upstream attempt on `channel`; `failed` when it ended before a usable answer.
+    pub fn count_attempt(&self, channel: usize, failed: bool) {
+        if let Some(row) = self.channel_attempts.get(channel) {
+            bump(&row[0]);
+            if failed {
+                bump(&row[1]);
+            }
         }
     }
 
@@ -114,6 +127,7 @@ impl Default for WorkerStats {
         WorkerStats {
             token_usage: Vec::new(),
             channel_usage: Vec::new(),
+            channel_attempts: Vec::new(),
             io_driver: AtomicU8::new(0),
             inflight: AtomicU64::new(0),
             client_connections: AtomicU64::new(0),
@@ -201,6 +215,8 @@ pub struct Monitor {
     /// Idle upstream connections are not counted as leaks in `open_fds`; this is what a fresh
     /// process holds (listeners, rings, stdio), read once when all workers are up.
     pub baseline_fds: AtomicU64,
+    /// Access-log lines dropped because a worker's buffer was full or the writer fell behind.
+    pub access_log_dropped: AtomicU64,
     /// Set once every worker is listening and `baseline_fds` is taken. Until then a worker that
     /// is already up answers health with 503 `"starting"`: with SO_REUSEPORT it can be reached
     /// while its siblings are still building their runtimes.
@@ -241,6 +257,7 @@ impl Monitor {
             warn_inflight,
             alert_inflight,
             baseline_fds: AtomicU64::new(0),
+            access_log_dropped: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             token_names,
             channel_names,
@@ -329,6 +346,7 @@ impl Monitor {
         m.insert("requests_total".into(), s(&|x| &x.requests_total).into());
         m.insert("client_gone".into(), s(&|x| &x.client_gone).into());
         m.insert("overloaded".into(), s(&|x| &x.overloaded).into());
+
         m.insert(
             "connections_rejected".into(),
             s(&|x| &x.connections_rejected).into(),
@@ -368,6 +386,10 @@ impl Monitor {
             self.baseline_fds.load(Relaxed).into(),
         );
         m.insert("rss_bytes".into(), rss_bytes().into());
+        m.insert(
+            "access_log_dropped".into(),
+            self.access_log_dropped.load(Relaxed).into(),
+        );
         let per: Vec<serde_json::Value> = self
             .workers
             .iter()
@@ -477,6 +499,13 @@ impl Monitor {
         );
         g(
             &mut o,
+            "ringway_access_log_dropped_total",
+            "Access-log lines dropped (a worker's buffer full, or the writer behind).",
+            "counter",
+            self.access_log_dropped.load(Relaxed),
+        );
+        g(
+            &mut o,
             "ringway_connections_rejected_total",
             "Client connections closed at once: over max_connections or at the fd limit.",
             "counter",
@@ -560,6 +589,30 @@ impl Monitor {
         }
         self.usage_metrics(&mut o, "token", &self.token_names, |w| &w.token_usage);
         self.usage_metrics(&mut o, "channel", &self.channel_names, |w| &w.channel_usage);
+        let attempts = |i: usize, k: usize| -> u64 {
+            self.workers
+                .iter()
+                .map(|w| w.channel_attempts.get(i).map_or(0, |r| r[k].load(Relaxed)))
+                .sum()
+        };
+        let _ = writeln!(
+            o,
+            "# HELP ringway_channel_attempts_total Upstream attempts by channel: relayed (its answer went to the client) or failed (failed over to the next channel, or ended the request).\n# TYPE ringway_channel_attempts_total counter"
+        );
+        for (i, name) in self.channel_names.iter().enumerate() {
+            let failed = attempts(i, 1);
+            let _ = writeln!(
+                o,
+                "ringway_channel_attempts_total{{channel=\"{}\",result=\"relayed\"}} {}",
+                LabelValue(name),
+                attempts(i, 0).saturating_sub(failed)
+            );
+            let _ = writeln!(
+                o,
+                "ringway_channel_attempts_total{{channel=\"{}\",result=\"failed\"}} {failed}",
+                LabelValue(name)
+            );
+        }
         self.histogram(
             &mut o,
             "ringway_request_duration_seconds",

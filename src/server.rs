@@ -40,13 +40,18 @@ pub fn start(config: Config) -> std::io::Result<Running> {
     // One connector per distinct channel ca_file, plus the default (webpki roots only).
     let tls = crate::upstream::TlsConnectors::for_channels(&config.channels)?;
     let listen = config.server.listen;
+    let max_inflight = config.server.max_inflight;
     let shared = worker::Shared {
         config: Arc::new(config),
         router,
         monitor,
+        limits: crate::limits::Limits::new(max_inflight),
         tls,
     };
-    let workers = worker::start(&shared, n)?;
+    let mut access_log =
+        crate::access_log::Writer::start(&shared.config.log.access, n, &monitor.access_log_dropped)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("access log: {e}")))?;
+    let workers = worker::start(&shared, n, &mut access_log)?;
     monitor.baseline_fds.store(
         crate::monitor::open_fds(),
         std::sync::atomic::Ordering::Relaxed,

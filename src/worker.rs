@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
 
+use crate::access_log::{AccessLog, Writer};
 use crate::config::Config;
 use crate::context::Worker;
+use crate::limits::Limits;
 use crate::listen::{bind, claim_address};
 use crate::monitor::{self, bump, Monitor};
 use crate::route::Router;
@@ -37,6 +39,7 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub router: Arc<Router>,
     pub monitor: &'static Monitor,
+    pub limits: &'static Limits,
     pub tls: TlsConnectors,
 }
 
@@ -66,7 +69,11 @@ fn uring_builder(flags: bool) -> io_uring::Builder {
 
 /// Start `n` workers; returns their join handles once every listener is bound, or the first
 /// error. Each worker reports its driver through the monitor.
-pub fn start(shared: &Shared, n: usize) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+pub fn start(
+    shared: &Shared,
+    n: usize,
+    access_log: &mut Writer,
+) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
     let listen = shared.config.server.listen;
     claim_address(listen)?;
     let cpus = allowed_cpus();
@@ -76,7 +83,9 @@ pub fn start(shared: &Shared, n: usize) -> io::Result<Vec<std::thread::JoinHandl
         let config = shared.config.clone();
         let router = shared.router.clone();
         let monitor = shared.monitor;
+        let limits = shared.limits;
         let tls = shared.tls.clone();
+        let log = access_log.take(id);
         let cpu = if cpus.is_empty() {
             None
         } else {
@@ -89,7 +98,9 @@ pub fn start(shared: &Shared, n: usize) -> io::Result<Vec<std::thread::JoinHandl
                 if let Some(cpu) = cpu {
                     let _ = monoio::utils::bind_to_cpu_set([cpu]);
                 }
-                run_worker(id, n, listen, config, router, monitor, tls, ready);
+                run_worker(
+                    id, n, listen, config, router, monitor, limits, tls, log, ready,
+                );
             })?;
         handles.push(h);
     }
@@ -126,9 +137,13 @@ fn run_worker(
     config: Arc<Config>,
     router: Arc<Router>,
     monitor: &'static Monitor,
+    limits: &'static Limits,
     tls: TlsConnectors,
+    access_log: Option<AccessLog>,
     ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
 ) {
+    // Taken by the runtime that starts (a failed io_uring attempt falls back to another).
+    let access_log = std::cell::Cell::new(access_log);
     // The ring's fd is looked for only when the spinner will need it.
     let busy_poll = !config.server.busy_poll.is_zero();
     let setup = move |driver: u8, reaper: crate::busy::Reaper| {
@@ -137,6 +152,7 @@ fn run_worker(
         let router = router.clone();
         let tls = tls.clone();
         let ready = ready.clone();
+        let access_log = access_log.take();
         async move {
             monitor.workers[id].io_driver.store(driver, Relaxed);
             let listener = match bind(listen) {
@@ -152,7 +168,9 @@ fn run_worker(
             // Opened before the process counts as started, so it is part of the fd baseline.
             let admission = Admission::new();
             let _ = ready.send(Ok(listen));
-            let worker = Rc::new(Worker::new(id, workers, config, router, monitor, tls));
+            let worker = Rc::new(Worker::new(
+                id, workers, config, router, monitor, limits, tls, access_log,
+            ));
             serve(worker, listener, admission, reaper).await;
         }
     };
@@ -231,6 +249,9 @@ async fn serve(
         }
     }
     monoio::spawn(janitor(worker.clone()));
+    if worker.access_log.is_some() {
+        monoio::spawn(access_log_flusher(worker.clone()));
+    }
     if worker.id == 0 {
         monoio::spawn(health_logger(worker.clone()));
     }
@@ -442,6 +463,16 @@ impl Admission {
 
 // ---------------------------------------------------------------------------------------------
 // Idle connections
+/// Hands this worker's access-log buffer to the writer thread every 100 ms.
+async fn access_log_flusher(worker: Rc<Worker>) {
+    loop {
+        monoio::time::sleep(crate::access_log::FLUSH_EVERY).await;
+        if let Some(log) = &worker.access_log {
+            log.flush();
+        }
+    }
+}
+
 /// Closes idle upstream connections past `pool_idle`, once a second.
 async fn janitor(worker: Rc<Worker>) {
     loop {

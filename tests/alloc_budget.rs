@@ -96,6 +96,9 @@ fn zero_allocations_per_relayed_request_after_warmup() {
     );
     wait_listening(mock_port);
     let port = free_port();
+    // The access log is on: its lines are formatted into a worker buffer and handed to the
+    // writer thread, which must cost no allocation per request either.
+    let access = std::env::temp_dir().join(format!("ringway-alloc-{}.log", std::process::id()));
     let toml = format!(
         r#"
 [server]
@@ -103,6 +106,8 @@ listen = "127.0.0.1:{port}"
 workers = 1
 [monitor]
 log_interval = "1h"
+[log]
+access = {access:?}
 [[channels]]
 name = "mock"
 provider = "openai"
@@ -148,4 +153,12 @@ models = ["*"]
     let allocs = ALLOCS.load(Relaxed) - before;
     eprintln!("allocations: first request {warmup_allocs}, next {N} relayed requests {allocs}");
     assert_eq!(allocs, 0, "{allocs} heap allocations over {N} requests");
+    // The lines were written (the log was really on).
+    std::thread::sleep(Duration::from_millis(300));
+    let logged = std::fs::read_to_string(&access)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let _ = std::fs::remove_file(&access);
+    assert!(logged as u64 >= N, "only {logged} access lines");
 }

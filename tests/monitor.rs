@@ -406,14 +406,17 @@ fn check_histogram(series: &BTreeMap<String, f64>, name: &str) -> f64 {
 
 fn metrics_are_prometheus_text_and_move_with_traffic(driver: Driver) {
     let mock = Mock::start();
-    // One impatient channel (priority 1) for the model that must time out.
-    let cfg = ConfigBuilder::new(mock.addr).channel(
-        "impatient",
-        &mock.base_url(),
-        UPSTREAM_KEY,
-        &["mock-stall-head-5000"],
-        "priority = 1\ntimeouts = { response_header = \"300ms\" }",
-    );
+    // One impatient channel (priority 1) for the model that must time out, and no failover
+    // to the default channel.
+    let cfg = ConfigBuilder::new(mock.addr)
+        .section("[retry]\nattempts = 0")
+        .channel(
+            "impatient",
+            &mock.base_url(),
+            UPSTREAM_KEY,
+            &["mock-stall-head-5000"],
+            "priority = 1\ntimeouts = { response_header = \"300ms\" }",
+        );
     let relay = start(driver, &cfg);
 
     let (m0, types) = parse_prometheus(&metrics_text(&relay));

@@ -286,14 +286,18 @@ fn upstream_tls_connection_is_reused(driver: Driver) {
 
 fn untrusted_certificate_is_502_and_never_pooled_across_trust(driver: Driver) {
     let mock = TlsMock::start();
-    // Same endpoint twice: `tls` trusts the test CA, `plain-trust` only the webpki roots.
-    let cfg = tls_config(&mock).workers(1).channel(
-        "plain-trust",
-        &mock.base_url(),
-        "sk-other",
-        &["untrusted-model"],
-        "priority = 1",
-    );
+    // Same endpoint twice: `tls` trusts the test CA, `plain-trust` only the webpki roots. No
+    // failover: the untrusting channel's own failure is what is tested.
+    let cfg = tls_config(&mock)
+        .workers(1)
+        .section("[retry]\nattempts = 0")
+        .channel(
+            "plain-trust",
+            &mock.base_url(),
+            "sk-other",
+            &["untrusted-model"],
+            "priority = 1",
+        );
     let relay = start(driver, &cfg);
 
     // Warm the pool through the trusting channel first: its connection must not be lent to

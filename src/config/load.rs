@@ -77,7 +77,9 @@ pub fn parse_with_env(
             _ => return Err(cx.error(0, "", "the document is not a TOML table")),
         },
     };
-    root.check_known(&["server", "timeouts", "monitor", "channels", "tokens"])?;
+    root.check_known(&[
+        "server", "timeouts", "monitor", "retry", "log", "channels", "tokens",
+    ])?;
 
     let server = match root.field("server") {
         Some(f) => read_server(&f.table()?)?,
@@ -91,6 +93,16 @@ pub fn parse_with_env(
     let monitor = match root.field("monitor") {
         Some(f) => read_monitor(&f.table()?, server.max_inflight, &mut warnings)?,
         None => MonitorConfig::defaults_for(server.max_inflight),
+    };
+
+    let retry = match root.field("retry") {
+        Some(f) => read_retry(&f.table()?)?,
+        None => RetryConfig::default(),
+    };
+
+    let log = match root.field("log") {
+        Some(f) => read_log(&f.table()?, base_dir)?,
+        None => LogConfig::default(),
     };
 
     let mut channels: Vec<ChannelConfig> = Vec::new();
@@ -158,9 +170,56 @@ pub fn parse_with_env(
         server,
         timeouts,
         monitor,
+        retry,
+        log,
         channels,
         tokens,
         warnings,
+    })
+}
+
+/// `[log]`: `access = "off" | "stderr" | PATH`.
+fn read_log(sec: &Section, base_dir: &Path) -> Result<LogConfig, ConfigError> {
+    sec.check_known(&["access"])?;
+    let access = match sec.field("access") {
+        None => AccessLogTo::Off,
+        Some(f) => match f.nonempty_str()? {
+            "off" => AccessLogTo::Off,
+            "stderr" => AccessLogTo::Stderr,
+            path => {
+                let path = base_dir.join(path);
+                if path.is_dir() {
+                    return Err(f.err(&format!("{} is a directory", path.display())));
+                }
+                AccessLogTo::File(path)
+            }
+        },
+    };
+    Ok(LogConfig { access })
+}
+
+/// `[retry]`: at most 10 extra attempts (each bounded by the request's total anyway); the
+/// statuses must be errors an upstream can answer with.
+fn read_retry(sec: &Section) -> Result<RetryConfig, ConfigError> {
+    sec.check_known(&["attempts", "on_status"])?;
+    let d = RetryConfig::default();
+    let attempts = sec.usize_or("attempts", d.attempts as usize, 0, 10)? as u32;
+    let on_status = match sec.field("on_status") {
+        None => d.on_status,
+        Some(f) => {
+            let mut out = Vec::new();
+            for item in f.array()? {
+                let n = item.usize_in(400, 599)? as u16;
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+            out
+        }
+    };
+    Ok(RetryConfig {
+        attempts,
+        on_status,
     })
 }
 

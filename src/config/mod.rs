@@ -41,6 +41,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub timeouts: Timeouts,
     pub monitor: MonitorConfig,
+    pub retry: RetryConfig,
+    pub log: LogConfig,
     /// In file order; never empty.
     pub channels: Vec<ChannelConfig>,
     /// In file order; never empty, keys unique.
@@ -70,6 +72,50 @@ pub struct ServerConfig {
     /// How long a worker keeps polling for completions after its last request event before it
     /// sleeps (zero: it sleeps at once). Trades CPU for the wake-up latency of an idle core.
     pub busy_poll: Duration,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Where the access log goes (default: off).
+    pub access: AccessLogTo,
+}
+
+/// The access log's destination.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AccessLogTo {
+    #[default]
+    Off,
+    Stderr,
+    /// A file (relative paths are relative to the config file), appended to and reopened on
+    /// SIGHUP.
+    File(PathBuf),
+}
+
+/// `[retry]`: failover to the next candidate channel, before the first response byte only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Extra attempts on other channels after the first one.
+    pub attempts: u32,
+    /// Upstream statuses that send the request on to the next channel.
+    pub on_status: Vec<u16>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 2,
+            on_status: vec![429, 500, 502, 503, 504],
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Does an upstream answering `status` send the request on to the next channel?
+    #[inline]
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.on_status.contains(&status)
+    }
 }
 
 #[derive(Clone, Debug)]

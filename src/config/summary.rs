@@ -77,6 +77,19 @@ impl Config {
             m.alert_inflight,
             derived(m.alert_inflight_set, ALERT_PERCENT)
         );
+        let statuses: Vec<String> = self.retry.on_status.iter().map(u16::to_string).collect();
+        let _ = writeln!(
+            out,
+            "retry     attempts {} (other channels, before the first response byte), on_status [{}]",
+            self.retry.attempts,
+            statuses.join(", ")
+        );
+        let access = match &self.log.access {
+            AccessLogTo::Off => "off".to_string(),
+            AccessLogTo::Stderr => "stderr".to_string(),
+            AccessLogTo::File(p) => p.display().to_string(),
+        };
+        let _ = writeln!(out, "log       access {access}");
         let _ = writeln!(out, "channels  {}", self.channels.len());
         for c in &self.channels {
             let provider = match c.provider {

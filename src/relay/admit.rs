@@ -10,7 +10,6 @@
 //! Error handling: 401, 408 and 413 as [`RelayError`]s; a client that leaves is `Halt::Close`.
 //! Must not: look at the body's content (that is `route`'s), or touch the upstream.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use monoio::buf::IoBufMut;
@@ -19,6 +18,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use crate::config::Timeouts;
 use crate::deadline::Layer;
 use crate::error::RelayError;
+use crate::limits::InflightSlot;
 use crate::monitor::bump;
 use crate::wire::{self, BodyKind};
 
@@ -27,6 +27,8 @@ use super::{Conn, GaugeGuard, Halt};
 
 /// Held for as long as the request counts against `max_inflight`.
 pub struct Admitted {
+    _slot: InflightSlot,
+    /// This worker's share of the count, for health.
     _inflight: GaugeGuard,
 }
 
@@ -43,11 +45,13 @@ pub async fn admit(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Admitted, H
     conn.deadline
         .begin_request(ex.start, w.config.timeouts[Layer::Total], Layer::Total);
     read_body(conn, ex).await?;
-    if w.stats().inflight.load(Relaxed) >= w.max_inflight {
+    // One process-wide count: max_inflight holds across workers exactly.
+    let Some(slot) = w.limits.admit() else {
         bump(&w.stats().overloaded);
         return Err(RelayError::overloaded().into());
-    }
+    };
     Ok(Admitted {
+        _slot: slot,
         _inflight: GaugeGuard::new(&w, |s| &s.inflight),
     })
 }

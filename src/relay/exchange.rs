@@ -9,6 +9,7 @@
 use std::ops::Range;
 use std::time::Instant;
 
+use crate::config::Layer;
 use crate::provider::{ModelField, Usage};
 use crate::wire::{Method, RequestHead, ResponseHead};
 
@@ -55,6 +56,19 @@ impl Endpoint {
         }
     }
 
+    /// The path of a known endpoint.
+    pub fn path(self) -> Option<&'static str> {
+        Some(match self {
+            Endpoint::Relay(RelayKind::ChatCompletions) => "/v1/chat/completions",
+            Endpoint::Relay(RelayKind::Completions) => "/v1/completions",
+            Endpoint::Relay(RelayKind::Embeddings) => "/v1/embeddings",
+            Endpoint::Models => "/v1/models",
+            Endpoint::Health => "/api/monitor/health",
+            Endpoint::Metrics => "/metrics",
+            _ => return None,
+        })
+    }
+
     /// Health and metrics are not traffic, and a refused head is not a request: none of
     /// them is counted as one.
     pub fn is_counted(self) -> bool {
@@ -71,6 +85,7 @@ pub struct Scratch {
     pub head: RequestHead,
     pub resp: ResponseHead,
     pub id: Vec<u8>,
+    pub model: String,
 }
 
 impl Default for Scratch {
@@ -79,6 +94,7 @@ impl Default for Scratch {
             head: RequestHead::default(),
             resp: ResponseHead::default(),
             id: Vec::with_capacity(48),
+            model: String::with_capacity(64),
         }
     }
 }
@@ -100,6 +116,8 @@ pub struct Exchange<'s> {
     pub consumed: usize,
     /// Where the body's `model` string is (relative to the body).
     pub model: Option<ModelField>,
+    /// The client's model name, kept for the access log (the body may be gone by then).
+    pub model_name: &'s mut String,
     /// The channel the answer came from.
     pub channel: Option<usize>,
     /// Upstream attempts made.
@@ -112,6 +130,45 @@ pub struct Exchange<'s> {
     /// The connection cannot carry another request after this one (an error that closes, a
     /// body left unread, or the client's own `Connection: close`).
     pub close: bool,
+    /// How the request ended, for the access log.
+    pub outcome: Outcome,
+    /// The answer went out whole (or a stream ended with its error event).
+    pub completed: bool,
+    /// Bytes written to the client for this request.
+    pub bytes_out: u64,
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The upstream failed or answered with an error status.
+    UpstreamError,
+    Timeout(Layer),
+    ClientGone,
+    /// Refused by the relay itself (auth, limits, a bad request).
+    Rejected,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Timeout(layer) => layer.code(),
+            Outcome::ClientGone => "client_gone",
+            Outcome::Rejected => "rejected",
+        }
+    }
+
+    /// The outcome an error of the relay's own stands for.
+    pub fn of(error: &crate::error::RelayError) -> Outcome {
+        match error.layer {
+            Some(layer) => Outcome::Timeout(layer),
+            None if error.upstream => Outcome::UpstreamError,
+            None => Outcome::Rejected,
+        }
+    }
 }
 
 impl<'s> Exchange<'s> {
@@ -120,6 +177,7 @@ impl<'s> Exchange<'s> {
             head: &mut scratch.head,
             resp: &mut scratch.resp,
             id: &mut scratch.id,
+            model_name: &mut scratch.model,
             start,
             endpoint: Endpoint::Unknown,
             token: None,
@@ -132,6 +190,9 @@ impl<'s> Exchange<'s> {
             status_sent: 0,
             first_byte_at: None,
             close: false,
+            outcome: Outcome::Ok,
+            completed: false,
+            bytes_out: 0,
         }
     }
 

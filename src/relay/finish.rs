@@ -10,24 +10,35 @@
 //! Must not: do IO — by the time an exchange finishes its answer is written or abandoned.
 
 use crate::bufpool::BUF_SIZE;
+use std::time::{Duration, SystemTime};
+
+use crate::access_log::Line;
 use crate::upstream::UpConn;
 
-use super::exchange::Exchange;
+use super::exchange::{method_name, Exchange, Outcome};
 use super::{Conn, Flow};
 
-pub fn finish(conn: &mut Conn, ex: Exchange<'_>, flow: Flow, upstream: Option<UpConn>) -> Flow {
+pub fn finish(conn: &mut Conn, mut ex: Exchange<'_>, flow: Flow, upstream: Option<UpConn>) -> Flow {
     conn.deadline.end_request();
     let w = &conn.w;
     if let Some(up) = upstream {
         w.upstreams.pool.put_back(up, conn.deadline.recent());
     }
+    if !ex.completed && ex.outcome == Outcome::Ok {
+        // Nothing else cut the answer short: the client went away.
+        ex.outcome = Outcome::ClientGone;
+    }
     let s = w.stats();
     if ex.endpoint.is_counted() {
         s.count_status(ex.status_sent);
         let now = conn.deadline.now();
-        s.latency_total.observe(now - ex.start);
+        let total = now - ex.start;
+        s.latency_total.observe(total);
         if let Some(t) = ex.first_byte_at {
             s.latency_ttfb.observe(t - ex.start);
+        }
+        if let Some(log) = &w.access_log {
+            log.append(|out| access_line(conn, &ex, total, out));
         }
     }
     if let (Some(token), Some(channel)) = (ex.token, ex.channel) {
@@ -51,4 +62,38 @@ pub fn finish(conn: &mut Conn, ex: Exchange<'_>, flow: Flow, upstream: Option<Up
         conn.rbuf.drain(..consumed);
     }
     Flow::Keep
+}
+
+/// The request's access-log line (see `access_log`).
+fn access_line(conn: &Conn, ex: &Exchange<'_>, total: Duration, out: &mut Vec<u8>) {
+    let router = &conn.w.router;
+    let channel = ex.channel.map(|c| &router.channels[c].cfg);
+    let model = (ex.model.is_some()).then_some(ex.model_name.as_str());
+    // An SSE stream gives the read buffer back before it ends: a relayed endpoint names its
+    // path itself.
+    let path = match ex.endpoint.path() {
+        Some(p) => p.as_bytes(),
+        None if conn.rbuf.len() >= ex.head.len => ex.head.route_path(&conn.rbuf),
+        None => b"",
+    };
+    Line {
+        at: SystemTime::now(),
+        request_id: ex.id,
+        method: method_name(ex.head.method),
+        path,
+        token: ex.token.map(|t| router.token_cfgs[t].name.as_str()),
+        channel: channel.map(|c| c.name.as_str()),
+        model,
+        upstream_model: channel.zip(model).map(|(c, m)| c.upstream_model(m)),
+        status: ex.status_sent,
+        outcome: ex.outcome.as_str(),
+        attempts: ex.attempts,
+        ttfb: ex.first_byte_at.map(|t| t - ex.start),
+        total,
+        prompt_tokens: ex.usage.map(|u| u.prompt),
+        completion_tokens: ex.usage.map(|u| u.completion),
+        bytes_in: (ex.head.len + ex.body.len()) as u64,
+        bytes_out: ex.bytes_out,
+    }
+    .write(out);
 }

@@ -7,8 +7,13 @@
 //! `response_header`, and reading the response head — interim 1xx heads skipped (at most
 //! [`MAX_INTERIM_RESPONSES`], parsed from what is already buffered before reading again),
 //! ambiguous or malformed heads refused. A parked connection that turns out closed before any
-//! response byte is retried once on a new one. Failover to the next candidate will go in this
-//! loop: each error says whether it may (`RelayError::retryable`).
+//! response byte is retried once on a new one.
+//!
+//! Failover (`[retry]`): while `attempts` extra attempts remain and a candidate is left, a
+//! failure that says it may go elsewhere (`RelayError::retryable`: connect or TLS failure, a
+//! connect / TLS / response-header timeout, a malformed head), an upstream 401/403 (the
+//! channel's key refused), or an upstream status in `on_status` sends the request to the next candidate — the body replayed from
+//! memory, within the request's total deadline. The client gets the last channel's answer.
 //!
 //! Error handling: 502 / 504 as [`RelayError`]s, counted here; a client that left while the
 //! relay waited is `Halt::Close`. Must not: write to the client.
@@ -25,7 +30,7 @@ use crate::route::Candidates;
 use crate::upstream::{ConnectError, UpConn};
 use crate::wire;
 
-use super::exchange::Exchange;
+use super::exchange::{Exchange, Outcome};
 use super::watch::{upstream_wait, Waited};
 use super::{Conn, Halt};
 
@@ -60,51 +65,54 @@ pub async fn forward(
     candidates: &mut Candidates,
 ) -> Result<Upstream, Halt> {
     let w = conn.w.clone();
-    let channel = candidates.next().expect("route found a candidate");
-    ex.channel = Some(channel);
-    let ch = &w.router.channels[channel];
-    let t = ch.timeouts;
-
-    // The upstream request head, with the body behind it when small enough for one write.
-    let mut req = w.bufs.take();
-    let body = &conn.rbuf[ex.body.clone()];
-    let field = ex.model.clone().expect("route found the model");
-    let model = provider::model_name(body, &field).expect("route read the model");
-    let plan = ch
-        .adapter
-        .request_plan(&model, ch.cfg.upstream_model(&model));
-    let separate_body = match plan {
-        RequestPlan::Passthrough => {
-            let inline = body.len() <= INLINE_BODY;
-            write_upstream_head(conn, ex, channel, &mut req, body.len());
-            if inline {
-                req.extend_from_slice(&conn.rbuf[ex.body.clone()]);
-            }
-            !inline
-        }
-        RequestPlan::SpliceModel(name) => {
-            let mut escaped = Vec::with_capacity(name.len() + 2);
-            crate::error::json_string(&mut escaped, name);
-            let name = &escaped[1..escaped.len() - 1];
-            let at = ex.body.start + field.span.start..ex.body.start + field.span.end;
-            write_upstream_head(
-                conn,
-                ex,
-                channel,
-                &mut req,
-                body.len() - at.len() + name.len(),
-            );
-            req.extend_from_slice(&conn.rbuf[ex.body.start..at.start]);
-            req.extend_from_slice(name);
-            req.extend_from_slice(&conn.rbuf[at.end..ex.body.end]);
-            false
-        }
-    };
-    drop(model);
-
-    let mut stale_retried = false;
+    let retry = &w.config.retry;
+    let mut channel = candidates.next().expect("route found a candidate");
     loop {
         ex.attempts += 1;
+        ex.channel = Some(channel);
+        // Failover: another channel may be tried while attempts remain and one is left. No
+        // response byte has reached the client yet: this phase never writes to it.
+        let mut rest = *candidates;
+        let next = rest.next().filter(|_| ex.attempts <= retry.attempts);
+        let result = attempt(conn, ex, channel).await;
+        let failed_over = match &result {
+            Ok(_) if next.is_some() && key_refused(ex.resp.status) => {
+                // The channel's key was refused, not the client's: another channel may serve.
+                w.stats().count_upstream_error(ex.resp.status);
+                bump(&w.stats().upstream_auth_failed);
+                true
+            }
+            Ok(_) if next.is_some() && retry.retries_status(ex.resp.status) => {
+                // The last channel's error is what the client gets; this one's is dropped
+                // with its connection (not drained: it is never pooled).
+                w.stats().count_upstream_error(ex.resp.status);
+                true
+            }
+            Err(Halt::Answer(e)) => e.retryable && next.is_some(),
+            _ => false,
+        };
+        w.stats()
+            .count_attempt(channel, failed_over || result.is_err());
+        if !failed_over {
+            return result;
+        }
+        if let Ok(up) = result {
+            w.bufs.give(up.ubuf);
+            drop(up.conn);
+        }
+        channel = candidates.next().expect("checked above");
+    }
+}
+
+/// One channel: build its request, get a connection, send, await the head. A parked
+/// connection found closed before any response byte is retried once on a new one.
+async fn attempt(conn: &mut Conn, ex: &mut Exchange<'_>, channel: usize) -> Result<Upstream, Halt> {
+    let w = conn.w.clone();
+    let ch = &w.router.channels[channel];
+    let t = ch.timeouts;
+    let (mut req, separate_body) = build_request(conn, ex, channel);
+    let mut stale_retried = false;
+    loop {
         let upconn = match w.upstreams.checkout(channel, conn.deadline.recent()) {
             Some(c) => c,
             None => match w.upstreams.connect(ch, channel, &conn.deadline).await {
@@ -145,12 +153,62 @@ pub async fn forward(
                     .into(),
                     Failure::ClientGone => {
                         bump(&w.stats().client_gone);
+                        ex.outcome = Outcome::ClientGone;
                         Halt::Close
                     }
                 });
             }
         }
     }
+}
+
+/// The upstream request for `channel`: its head, with the body behind it when small enough
+/// for one write (else the body goes in a second write, straight from the read buffer, which
+/// is why it can be replayed to another channel). Returns whether the body goes separately.
+fn build_request(conn: &Conn, ex: &Exchange<'_>, channel: usize) -> (Vec<u8>, bool) {
+    let w = &conn.w;
+    let ch = &w.router.channels[channel];
+    let mut req = w.bufs.take();
+    let body = &conn.rbuf[ex.body.clone()];
+    let field = ex.model.clone().expect("route found the model");
+    let model = provider::model_name(body, &field).expect("route read the model");
+    let plan = ch
+        .adapter
+        .request_plan(&model, ch.cfg.upstream_model(&model));
+    let separate_body = match plan {
+        RequestPlan::Passthrough => {
+            let inline = body.len() <= INLINE_BODY;
+            write_upstream_head(conn, ex, channel, &mut req, body.len());
+            if inline {
+                req.extend_from_slice(body);
+            }
+            !inline
+        }
+        RequestPlan::SpliceModel(name) => {
+            let mut escaped = Vec::with_capacity(name.len() + 2);
+            crate::error::json_string(&mut escaped, name);
+            let name = &escaped[1..escaped.len() - 1];
+            let at = field.span.clone();
+            write_upstream_head(
+                conn,
+                ex,
+                channel,
+                &mut req,
+                body.len() - at.len() + name.len(),
+            );
+            req.extend_from_slice(&body[..at.start]);
+            req.extend_from_slice(name);
+            req.extend_from_slice(&body[at.end..]);
+            false
+        }
+    };
+    (req, separate_body)
+}
+
+/// An upstream 401/403 refuses the channel's key (`respond` answers it as a 502
+/// `upstream_auth_failed` when no other channel is left).
+pub fn key_refused(status: u16) -> bool {
+    status == 401 || status == 403
 }
 
 fn connect_failed(conn: &Conn, e: ConnectError) -> RelayError {

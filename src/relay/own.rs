@@ -17,13 +17,14 @@ use crate::error::RelayError;
 use crate::monitor::bump;
 use crate::wire::{self, BodyKind, Method};
 
-use super::exchange::Exchange;
+use super::exchange::{Exchange, Outcome};
 use super::{Conn, Flow};
 
 /// Answer `error` with the contract's error body.
 pub async fn answer_error(conn: &mut Conn, ex: &mut Exchange<'_>, error: &RelayError) -> Flow {
     let mut body = Vec::with_capacity(error.message.len() + 96);
     error.render(&mut body);
+    ex.outcome = Outcome::of(error);
     if error.closes {
         ex.close = true;
     }
@@ -77,6 +78,8 @@ pub async fn respond(
     match write_client(conn, out, 0..len).await {
         Ok(out) => {
             conn.w.bufs.give(out);
+            ex.bytes_out += len as u64;
+            ex.completed = true;
             if close {
                 Flow::Close
             } else {

@@ -22,7 +22,7 @@ use crate::provider::{self, ResponsePlan};
 use crate::upstream::UpConn;
 use crate::wire::{self, BodyKind, ResponseHead};
 
-use super::exchange::{Endpoint, Exchange};
+use super::exchange::{Endpoint, Exchange, Outcome};
 use super::forward::Upstream;
 use super::own::{respond, write_client};
 use super::{Conn, Flow, Halt};
@@ -211,6 +211,7 @@ async fn relay_fixed(
         let len = out.len();
         let out = write_client(conn, out, 0..len).await.map_err(halt)?;
         conn.w.bufs.give(out);
+        ex.bytes_out += len as u64;
     } else {
         let len = out.len();
         let out = write_client(conn, out, 0..len).await.map_err(halt)?;
@@ -218,6 +219,7 @@ async fn relay_fixed(
         ubuf = write_client(conn, ubuf, hl..hl + first)
             .await
             .map_err(halt)?;
+        ex.bytes_out += (len + first) as u64;
     }
     while remaining > 0 {
         conn.deadline.arm(Layer::StreamIdle, t[Layer::StreamIdle]);
@@ -240,9 +242,13 @@ async fn relay_fixed(
                 remaining -= ubuf.len() as u64;
             }
             // The upstream died mid-body; the client sees a short body and a close.
-            Ok(_) => return Err(Halt::Close),
+            Ok(_) => {
+                ex.outcome = Outcome::UpstreamError;
+                return Err(Halt::Close);
+            }
             Err(layer) => {
                 conn.w.stats().count_timeout(layer);
+                ex.outcome = Outcome::Timeout(layer);
                 return Err(Halt::Close);
             }
         }
@@ -250,8 +256,10 @@ async fn relay_fixed(
         conn.deadline.arm(Layer::ClientIdle, t[Layer::ClientIdle]);
         let len = ubuf.len();
         ubuf = write_client(conn, ubuf, 0..len).await.map_err(halt)?;
+        ex.bytes_out += len as u64;
     }
     conn.w.bufs.give(ubuf);
+    ex.completed = true;
     let flow = if close { Flow::Close } else { Flow::Keep };
     Ok((
         flow,
@@ -364,7 +372,7 @@ async fn upstream_error(
         && ended_clean(extra, last_read_filled);
     w.bufs.give(ubuf);
     let ch = &w.router.channels[channel];
-    let error = if status == 401 || status == 403 {
+    let error = if super::forward::key_refused(status) {
         bump(&w.stats().upstream_auth_failed);
         RelayError::upstream_auth_failed(&ch.cfg.name, status)
     } else {

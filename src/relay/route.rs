@@ -33,6 +33,8 @@ pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt>
         }
         Err(RouteError::ModelNotFound) => return Err(RelayError::model_not_found(&model).into()),
     };
+    ex.model_name.clear();
+    ex.model_name.push_str(&model);
     ex.model = Some(field);
     Ok(candidates)
 }

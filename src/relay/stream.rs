@@ -25,7 +25,7 @@ use crate::monitor::bump;
 use crate::upstream::{Stream, UpConn};
 use crate::wire::{self, BodyKind, CHUNK_HEADROOM};
 
-use super::exchange::Exchange;
+use super::exchange::{Exchange, Outcome};
 use super::own::write_client;
 use super::respond::{ended_clean, halt, note_usage, write_client_head, ClientFraming};
 use super::watch::{is_cancelled, upstream_wait, Waited, WATCH_GRACE};
@@ -72,6 +72,7 @@ pub async fn relay_stream(
     let len = out.len();
     let out = write_client(conn, out, 0..len).await.map_err(halt)?;
     conn.w.bufs.give(out);
+    ex.bytes_out += len as u64;
 
     let mut last_read_filled = ubuf.len() == ubuf.capacity();
     // Body bytes that came with the head move behind the chunk-header headroom.
@@ -143,7 +144,9 @@ pub async fn relay_stream(
             // stops reading stalls the stream just like a silent upstream.
             let end = ubuf.len();
             ubuf = write_client(conn, ubuf, start..end).await.map_err(halt)?;
+            ex.bytes_out += (end - start) as u64;
             if upstream_done {
+                ex.completed = true;
                 conn.w.bufs.give(ubuf);
                 let flow = if close { Flow::Close } else { Flow::Keep };
                 let clean =
@@ -204,6 +207,7 @@ pub async fn relay_stream(
             }
             StreamRead::ClientGone => {
                 bump(&conn.w.stats().client_gone);
+                ex.outcome = Outcome::ClientGone;
                 return Err(Halt::Close);
             }
         }
@@ -316,6 +320,7 @@ async fn end_with_error(
     error: &RelayError,
     sse: bool,
 ) -> Result<(Flow, bool), Halt> {
+    ex.outcome = Outcome::of(error);
     if !sse {
         conn.w.bufs.give(buf);
         return Err(Halt::Close);
@@ -338,6 +343,8 @@ async fn end_with_error(
     let end = buf.len();
     let buf = write_client(conn, buf, start..end).await.map_err(halt)?;
     conn.w.bufs.give(buf);
+    ex.bytes_out += (end - start) as u64;
+    ex.completed = true;
     let flow = if ex.keeps_alive() {
         Flow::Keep
     } else {
