@@ -22,7 +22,7 @@ fn free_port() -> u16 {
 }
 
 fn start_relay() -> std::net::SocketAddr {
-    let mock = ringway::mock::spawn("127.0.0.1:0").unwrap();
+    let mock = ringway_mock::spawn("127.0.0.1:0").unwrap();
     let port = free_port();
     let toml = format!(
         r#"

@@ -1,4 +1,6 @@
 //! The command line: `ringway --config PATH`, `check-config`, `demo`, `mock`, `top`.
+//! `demo` and `mock` need the default cargo feature `demo` (the `ringway-mock` crate); a build
+//! without it says so and exits 2.
 //!
 //! Owns: argument parsing, the commands, and exit codes
 //! (0 ok, 2 bad config or usage, 1 runtime failure, including an address another process
@@ -10,16 +12,28 @@ use std::path::Path;
 use crate::config;
 use crate::server::start;
 
-pub const USAGE: &str = "\
+const USAGE_HEAD: &str = "\
 ringway — OpenAI-compatible LLM API relay (monoio/io_uring, thread-per-core)
 
 USAGE:
     ringway --config PATH            run the relay (foreground; logs to stderr)
     ringway check-config PATH        validate, print a one-screen summary, exit 0; on error exit 2
-    ringway demo [--port N]          relay + built-in mock upstream on loopback, no API key needed
+";
+
+/// The lines for `demo` and `mock`, which exist only in a build with the `demo` feature.
+#[cfg(feature = "demo")]
+const USAGE_DEMO: &str = "    ringway demo [--port N]          relay + built-in mock upstream on loopback, no API key needed
     ringway mock --listen ADDR       the mock upstream alone (tests, benches, fault injection)
         [--tls-cert CERT.pem --tls-key KEY.pem]   serve it over TLS (PEM chain, leaf first)
-    ringway top [URL]                live terminal view of a running relay's health
+    ringway mock --help              the mock's models (its fault injection menu)
+";
+#[cfg(not(feature = "demo"))]
+const USAGE_DEMO: &str =
+    "    (demo and mock: not in this binary, built without the `demo` cargo feature)
+";
+
+const USAGE_TAIL: &str =
+    "    ringway top [URL]                live terminal view of a running relay's health
     ringway --version | --help
 
 ENVIRONMENT:
@@ -27,11 +41,16 @@ ENVIRONMENT:
     RINGWAY_FORCE_EPOLL=1            skip io_uring and use the epoll driver
 ";
 
+/// The text of `ringway --help`.
+pub fn usage() -> String {
+    format!("{USAGE_HEAD}{USAGE_DEMO}{USAGE_TAIL}")
+}
+
 pub fn main(args: Vec<String>) -> i32 {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         [] | ["--help"] | ["-h"] | ["help"] => {
-            print!("{USAGE}\n{}", crate::mock::MODELS_DOC);
+            print!("{}", usage());
             0
         }
         ["--version"] | ["-V"] => {
@@ -40,20 +59,46 @@ pub fn main(args: Vec<String>) -> i32 {
         }
         ["--config", path] | ["-c", path] => run_relay(Path::new(path)),
         ["check-config", path] => check_config(Path::new(path)),
+        #[cfg(feature = "demo")]
         ["demo"] => crate::demo::run(3000),
+        #[cfg(feature = "demo")]
         ["demo", "--port", port] => match port.parse() {
             Ok(p) => crate::demo::run(p),
             Err(_) => usage_error(&format!("--port: not a port number: {port}")),
         },
+        #[cfg(feature = "demo")]
         ["mock", rest @ ..] => mock(rest),
+        #[cfg(not(feature = "demo"))]
+        [command @ ("demo" | "mock"), ..] => {
+            eprintln!(
+                "ringway: `{command}` is not in this binary: it was built without the `demo` \
+                 cargo feature (cargo build --no-default-features). Build with the default \
+                 features (cargo build --release) for `ringway demo` and `ringway mock`."
+            );
+            2
+        }
         ["top"] => crate::top::run("http://127.0.0.1:3000"),
         ["top", url] => crate::top::run(url),
         _ => usage_error(&format!("unrecognised arguments: {}", args.join(" "))),
     }
 }
 
-/// `ringway mock --listen ADDR [--tls-cert CERT.pem --tls-key KEY.pem]`, flags in any order.
+#[cfg(feature = "demo")]
+const MOCK_USAGE: &str = "\
+USAGE:
+    ringway mock --listen ADDR [--tls-cert CERT.pem --tls-key KEY.pem]
+        the fault-injecting mock upstream alone, until killed; with both TLS flags it serves
+        https (PEM chain, leaf first, and its key)
+";
+
+/// `ringway mock --listen ADDR [--tls-cert CERT.pem --tls-key KEY.pem]`, flags in any order;
+/// `ringway mock --help` prints the model table.
+#[cfg(feature = "demo")]
 fn mock(args: &[&str]) -> i32 {
+    if matches!(args, ["--help"] | ["-h"]) {
+        print!("{MOCK_USAGE}\n{}\n", ringway_mock::MODELS_DOC);
+        return 0;
+    }
     let (mut listen, mut cert, mut key) = (None, None, None);
     for pair in args.chunks(2) {
         let slot = match pair[0] {
@@ -73,8 +118,8 @@ fn mock(args: &[&str]) -> i32 {
         return usage_error("mock: --listen ADDR is required");
     };
     let result = match (cert, key) {
-        (None, None) => crate::mock::run(listen),
-        (Some(cert), Some(key)) => crate::mock::run_tls(listen, cert, key),
+        (None, None) => ringway_mock::run(listen),
+        (Some(cert), Some(key)) => ringway_mock::run_tls(listen, cert, key),
         _ => return usage_error("mock: --tls-cert and --tls-key go together"),
     };
     match result {
@@ -87,7 +132,7 @@ fn mock(args: &[&str]) -> i32 {
 }
 
 fn usage_error(msg: &str) -> i32 {
-    eprintln!("ringway: {msg}\n\n{USAGE}");
+    eprintln!("ringway: {msg}\n\n{}", usage());
     2
 }
 

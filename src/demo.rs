@@ -1,7 +1,8 @@
 //! `ringway demo`: the mock upstream and a relay configured for it, on loopback.
 //!
 //! Owns: the demo's config (built as TOML text and validated like any user config) and the
-//! instructions it prints. Must not: need a key, the network, or any file.
+//! instructions it prints. Must not: need a key, the network, or any file. Compiled only with the
+//! `demo` cargo feature (the `ringway-mock` crate, on by default).
 
 use std::path::Path;
 
@@ -37,8 +38,9 @@ models = ["*"]
     )
 }
 
+/// Runs until the process ends.
 pub fn run(port: u16) -> i32 {
-    let mock = match crate::mock::spawn("127.0.0.1:0") {
+    let mock = match ringway_mock::spawn("127.0.0.1:0") {
         Ok(m) => m,
         Err(e) => {
             eprintln!("demo: cannot start the mock upstream: {e}");
@@ -86,7 +88,7 @@ Python (pip install openai):
         messages=[{{"role": "user", "content": "Hello"}}]):
       print(chunk.choices[0].delta.content or "", end="", flush=True)
 
-Fault models (mock-status-429, mock-stall-head-5000, mock-reset-stream, ...): ringway --help
+Fault models (mock-status-429, mock-stall-head-5000, mock-reset-stream, ...): ringway mock --help
 Ctrl-C stops the demo.
 "#,
         mock = mock.addr

@@ -28,7 +28,6 @@
 //! | `bufpool`  | per-worker IO buffer pool |
 //! | `monitor`  | counters, health JSON, Prometheus metrics, health log line |
 //! | `busy`     | opt-in busy polling |
-//! | `mock`     | the fault-injecting mock upstream (tests, benches, the demo) |
 
 mod access_log;
 mod bufpool;
@@ -37,13 +36,13 @@ mod cli;
 mod config;
 mod context;
 mod deadline;
+#[cfg(feature = "demo")]
 mod demo;
 mod error;
 mod idle;
 mod limits;
 mod listen;
 mod log;
-pub mod mock;
 mod monitor;
 mod provider;
 mod relay;

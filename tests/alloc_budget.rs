@@ -81,6 +81,10 @@ fn roundtrip(conn: &mut TcpStream, req: &[u8], buf: &mut [u8]) -> u16 {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "demo"),
+    ignore = "runs `ringway mock`/`demo`: needs the demo feature"
+)]
 fn zero_allocations_per_relayed_request_after_warmup() {
     let mock_port = free_port();
     let _mock = KillOnDrop(

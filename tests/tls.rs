@@ -1,5 +1,5 @@
 //! TLS upstreams, end to end: the real `ringway` binary in front of the mock upstream in TLS
-//! mode (`mock::spawn_tls` with the test-only certificates in `tests/certs/`), through an
+//! mode (`ringway_mock::spawn_tls` with the test-only certificates in `tests/certs/`), through an
 //! `https://127.0.0.1:PORT` channel that trusts the test CA via `ca_file`. Every relay test runs
 //! twice, once on io_uring and once with `RINGWAY_FORCE_EPOLL=1`.
 
@@ -34,13 +34,13 @@ fn cert(name: &str) -> Vec<u8> {
 /// The mock upstream serving TLS with the test server certificate; stopped on drop.
 struct TlsMock {
     addr: SocketAddr,
-    handle: Option<ringway::mock::MockHandle>,
+    handle: Option<ringway_mock::MockHandle>,
 }
 
 impl TlsMock {
     fn start() -> TlsMock {
         let handle =
-            ringway::mock::spawn_tls("127.0.0.1:0", &cert("server.pem"), &cert("server.key"))
+            ringway_mock::spawn_tls("127.0.0.1:0", &cert("server.pem"), &cert("server.key"))
                 .expect("start the TLS mock upstream");
         TlsMock {
             addr: handle.addr,
@@ -48,7 +48,7 @@ impl TlsMock {
         }
     }
 
-    fn stats(&self) -> ringway::mock::MockStats {
+    fn stats(&self) -> ringway_mock::MockStats {
         self.handle.as_ref().expect("mock running").stats()
     }
 
@@ -368,6 +368,10 @@ fn echo_over_tls_shows_host_and_channel_key(driver: Driver) {
 // The mock's TLS mode on its own (no relay, so no io driver involved).
 
 #[test]
+#[cfg_attr(
+    not(feature = "demo"),
+    ignore = "runs `ringway mock`/`demo`: needs the demo feature"
+)]
 fn mock_cli_serves_tls() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");

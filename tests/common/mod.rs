@@ -99,19 +99,19 @@ impl Driver {
 /// The in-process mock upstream; stopped (listener closed) on drop.
 pub struct Mock {
     pub addr: SocketAddr,
-    handle: Option<ringway::mock::MockHandle>,
+    handle: Option<ringway_mock::MockHandle>,
 }
 
 impl Mock {
     pub fn start() -> Mock {
-        let handle = ringway::mock::spawn("127.0.0.1:0").expect("start mock upstream");
+        let handle = ringway_mock::spawn("127.0.0.1:0").expect("start mock upstream");
         Mock {
             addr: handle.addr,
             handle: Some(handle),
         }
     }
 
-    pub fn stats(&self) -> ringway::mock::MockStats {
+    pub fn stats(&self) -> ringway_mock::MockStats {
         self.handle.as_ref().expect("mock running").stats()
     }
 

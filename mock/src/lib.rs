@@ -1,17 +1,20 @@
-//! `ringway mock`: a fault-injecting, OpenAI-compatible upstream for the relay's integration
-//! tests, the demo and the benchmarks.
+//! `ringway-mock`: a fault-injecting, OpenAI-compatible upstream for ringway's integration
+//! tests, the demo (`ringway demo`, `ringway mock`, behind the `ringway` crate's default `demo`
+//! feature) and the benchmarks.
 //!
 //! What it owns: a real HTTP/1.1 server (keep-alive, pipelining, Content-Length and chunked
 //! request bodies) whose behaviour is picked by the request's JSON `model` — canned replies,
 //! SSE streams with controlled pacing, error statuses, stalls, resets, broken framing and an
-//! echo of exactly what arrived (see [`MODELS_DOC`]). It also keeps exact connection counters
-//! ([`MockHandle::stats`], `GET /mock/stats`) so tests can prove the relay closed its upstream
-//! sockets.
+//! echo of exactly what arrived (see [`MODELS_DOC`]). Its replies have the shapes of the API it
+//! imitates: `chat.completion(.chunk)` on `/v1/chat/completions`, `text_completion` (streamed
+//! too) on `/v1/completions`, one embedding per input on `/v1/embeddings`. It also keeps exact
+//! connection counters ([`MockHandle::stats`], `GET /mock/stats`) so tests can prove the relay
+//! closed its upstream sockets.
 //!
 //! What it must not do: it is never on the relay's request path, and it deliberately shares no
-//! code with the relay's own wire framing or async runtime. It uses blocking std sockets, one
-//! thread per connection, and httparse for heads, so a framing bug in the relay cannot be
-//! mirrored (and thereby hidden) by the same bug here.
+//! code (it does not depend on the `ringway` crate) with the relay's own wire framing or async
+//! runtime. It uses blocking std sockets, one thread per connection, and httparse for heads, so
+//! a framing bug in the relay cannot be mirrored (and thereby hidden) by the same bug here.
 //!
 //! [`spawn_tls`] / `ringway mock --tls-cert --tls-key` serve the same behaviours over TLS
 //! (blocking rustls over the same sockets), for the relay's https upstream tests.
@@ -33,13 +36,17 @@ use rustls::{ServerConfig, ServerConnection};
 pub const MODELS_DOC: &str = "\
 Mock upstream models (chosen by the request body's JSON \"model\"):
   mock-fixed             200 JSON, Content-Length framed: chat.completion on /v1/chat/completions,
-                         text_completion on /v1/completions, one 8-float embedding on
-                         /v1/embeddings, an Anthropic-style message on /v1/messages.
+                         text_completion on /v1/completions, an Anthropic-style message on
+                         /v1/messages; on /v1/embeddings one embedding (8 floats, or base64 with
+                         \"encoding_format\": \"base64\") per input: \"input\" a string, an array
+                         of strings, an array of token ids or an array of those (else 400);
+                         usage counts a string's words and a token array's length.
                          \"stream\": true streams like mock-stream-5-0 (except on /v1/embeddings).
                          Any model name not listed here behaves like mock-fixed.
   mock-stream-N-D        200 text/event-stream, chunked: N chat.completion.chunk events
-                         (content tok0, tok1, ...), one HTTP chunk each, D ms apart (the first at
-                         once), then data: [DONE] and the terminating chunk. Ignores \"stream\".
+                         (content tok0, tok1, ...; text_completion chunks with text tok0, ... on
+                         /v1/completions), one HTTP chunk each, D ms apart (the first at once),
+                         then data: [DONE] and the terminating chunk. Ignores \"stream\".
   mock-status-CODE       status CODE (200-599) with an OpenAI error body \"mock error CODE\";
                          429 and 503 also send Retry-After: 7.
   mock-huge-error        500 with a 10 MiB (10485760-byte) JSON error body, Content-Length framed.
@@ -912,8 +919,38 @@ impl Reply<'_> {
     }
 }
 
+/// The reason phrase the mock writes: RFC 9110's for the statuses it is asked for most, "Mock
+/// Status" for any other (a client must not care; the relay's tests check that it does not).
 fn reason(status: u16) -> &'static str {
-    crate::wire::known_reason_phrase(status).unwrap_or("Mock Status")
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Mock Status",
+    }
 }
 
 /// OpenAI-style `(type, code)` for an error status.
@@ -974,15 +1011,109 @@ fn text_completion(model: &str) -> String {
     )
 }
 
-fn embeddings(model: &str) -> String {
-    format!(
+/// Every input's embedding: the same 8 floats, exactly representable in f32.
+const EMBEDDING: [f32; 8] = [0.125, -0.25, 0.375, -0.5, 0.625, -0.75, 0.875, -1.0];
+
+/// The tokens of each input of an embeddings request, like the API takes them: `input` is a
+/// string, an array of strings, an array of token ids, or an array of such arrays. A string
+/// counts one token per whitespace-separated word (at least 1); a token array its length.
+/// `Err` is the message of a 400, for anything else (missing, empty, mixed, not integers).
+fn embedding_inputs(json: &serde_json::Value) -> Result<Vec<u64>, String> {
+    use serde_json::Value;
+    fn words(s: &str) -> u64 {
+        (s.split_whitespace().count() as u64).max(1)
+    }
+    fn token_ids(items: &[Value]) -> Option<u64> {
+        let ok = !items.is_empty() && items.iter().all(|t| t.is_u64());
+        ok.then_some(items.len() as u64)
+    }
+    let invalid = || {
+        "'input' must be a string, an array of strings, an array of token ids, or an array of \
+         token id arrays (none of them empty)"
+            .to_string()
+    };
+    match json.get("input") {
+        None | Some(Value::Null) => Err("'input' is a required property".to_string()),
+        Some(Value::String(s)) => Ok(vec![words(s)]),
+        Some(Value::Array(items)) if items.is_empty() => Err(invalid()),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => Ok(items
+            .iter()
+            .map(|s| words(s.as_str().unwrap_or_default()))
+            .collect()),
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
+            token_ids(items).map(|n| vec![n]).ok_or_else(invalid)
+        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_array().and_then(|ids| token_ids(ids)))
+            .collect::<Option<Vec<u64>>>()
+            .ok_or_else(invalid),
+        Some(_) => Err(invalid()),
+    }
+}
+
+/// An embeddings list with one item per input, `index` in input order, and usage summing the
+/// inputs' tokens. `"encoding_format": "base64"` gives each vector as base64 of little-endian
+/// f32s, as the API does (the official SDKs ask for that by default).
+fn embeddings(model: &str, json: &serde_json::Value) -> Result<String, String> {
+    let tokens = embedding_inputs(json)?;
+    let vector = match json
+        .get("encoding_format")
+        .and_then(serde_json::Value::as_str)
+    {
+        None | Some("float") => {
+            let floats: Vec<String> = EMBEDDING.iter().map(|f| format!("{f:?}")).collect();
+            format!("[{}]", floats.join(","))
+        }
+        Some("base64") => {
+            let bytes: Vec<u8> = EMBEDDING.iter().flat_map(|f| f.to_le_bytes()).collect();
+            json_str(&base64(&bytes))
+        }
+        Some(other) => {
+            return Err(format!(
+                "'encoding_format' must be \"float\" or \"base64\", not {}",
+                json_str(other)
+            ))
+        }
+    };
+    let data: Vec<String> = (0..tokens.len())
+        .map(|index| {
+            format!("{{\"object\":\"embedding\",\"index\":{index},\"embedding\":{vector}}}")
+        })
+        .collect();
+    let total: u64 = tokens.iter().sum();
+    Ok(format!(
         concat!(
-            "{{\"object\":\"list\",\"data\":[{{\"object\":\"embedding\",\"index\":0,",
-            "\"embedding\":[0.125,-0.25,0.375,-0.5,0.625,-0.75,0.875,-1.0]}}],",
-            "\"model\":{},\"usage\":{{\"prompt_tokens\":9,\"total_tokens\":9}}}}"
+            "{{\"object\":\"list\",\"data\":[{}],\"model\":{},",
+            "\"usage\":{{\"prompt_tokens\":{},\"total_tokens\":{}}}}}"
         ),
-        json_str(model)
-    )
+        data.join(","),
+        json_str(model),
+        total,
+        total
+    ))
+}
+
+/// Standard base64 with padding (RFC 4648), for `encoding_format: base64`.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= group.len() {
+                out.push(ALPHABET[(n >> shift) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn anthropic_message(model: &str) -> String {
@@ -997,7 +1128,23 @@ fn anthropic_message(model: &str) -> String {
     )
 }
 
-fn chunk_event(model: &str, index: u64, last: bool) -> String {
+/// One SSE event of a streamed reply, with content `tok<index>`: a `text_completion` chunk
+/// (`choices[].text`) on `/v1/completions`, a `chat.completion.chunk` (`choices[].delta`)
+/// everywhere else.
+fn chunk_event(endpoint: Endpoint, model: &str, index: u64, last: bool) -> String {
+    let finish = if last { "\"stop\"" } else { "null" };
+    if endpoint == Endpoint::Completions {
+        return format!(
+            concat!(
+                "data: {{\"id\":\"cmpl-mock\",\"object\":\"text_completion\",",
+                "\"created\":1700000000,\"model\":{},\"choices\":[{{\"text\":\"tok{}\",",
+                "\"index\":0,\"logprobs\":null,\"finish_reason\":{}}}]}}\n\n"
+            ),
+            json_str(model),
+            index,
+            finish
+        );
+    }
     format!(
         concat!(
             "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",",
@@ -1006,7 +1153,7 @@ fn chunk_event(model: &str, index: u64, last: bool) -> String {
         ),
         json_str(model),
         index,
-        if last { "\"stop\"" } else { "null" }
+        finish
     )
 }
 
@@ -1026,7 +1173,7 @@ fn huge_error_body() -> &'static [u8] {
 // ---------------------------------------------------------------------------------------------
 // Routing and behaviours
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Endpoint {
     Chat,
     Completions,
@@ -1202,23 +1349,22 @@ fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome> {
             &[],
         );
     };
-    let wants_stream = json.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
     match behaviour(model) {
-        Behaviour::Fixed => fixed(reply, endpoint, model, wants_stream),
-        Behaviour::Stream { events, gap_ms } => stream(reply, model, events, gap_ms),
+        Behaviour::Fixed => fixed(reply, endpoint, model, &json),
+        Behaviour::Stream { events, gap_ms } => stream(reply, endpoint, model, events, gap_ms),
         Behaviour::Status(code) => status_error(reply, code),
         Behaviour::HugeError => huge_error(reply),
         Behaviour::ResetBody => reset_body(reply),
-        Behaviour::ResetStream => reset_stream(reply, model),
+        Behaviour::ResetStream => reset_stream(reply, endpoint, model),
         Behaviour::StallHead(ms) => {
             if reply.pause(Duration::from_millis(ms)) {
-                fixed(reply, endpoint, model, wants_stream)
+                fixed(reply, endpoint, model, &json)
             } else {
                 Ok(Outcome::Close)
             }
         }
-        Behaviour::StallStream(ms) => stall_stream(reply, model, ms),
-        Behaviour::BrokenChunked => broken_chunked(reply, model),
+        Behaviour::StallStream(ms) => stall_stream(reply, endpoint, model, ms),
+        Behaviour::BrokenChunked => broken_chunked(reply, endpoint, model),
         Behaviour::Echo => echo(reply, request),
         Behaviour::Close => fixed(
             Reply {
@@ -1227,15 +1373,21 @@ fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome> {
             },
             endpoint,
             model,
-            wants_stream,
+            &json,
         ),
         Behaviour::SlowBody(ms) => slow_body(reply, model, ms),
-        Behaviour::Hostile(h) => hostile(reply, request, model, h),
+        Behaviour::Hostile(h) => hostile(reply, request, endpoint, model, h),
     }
 }
 
 /// The hostile behaviours write their bytes raw: the point is that they are not valid HTTP.
-fn hostile(reply: Reply<'_>, request: &Request, model: &str, h: Hostile) -> io::Result<Outcome> {
+fn hostile(
+    reply: Reply<'_>,
+    request: &Request,
+    endpoint: Endpoint,
+    model: &str,
+    h: Hostile,
+) -> io::Result<Outcome> {
     let body = chat_completion(model);
     let json_tail = |status_line: &str, eol: &str| {
         format!(
@@ -1254,7 +1406,7 @@ fn hostile(reply: Reply<'_>, request: &Request, model: &str, h: Hostile) -> io::
                 b"HTTP/1.1 200\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
             )?;
             for index in 0..3 {
-                reply.chunk(chunk_event(model, index, index == 2).as_bytes())?;
+                reply.chunk(chunk_event(endpoint, model, index, index == 2).as_bytes())?;
             }
             reply.end_stream()
         }
@@ -1290,7 +1442,7 @@ fn hostile(reply: Reply<'_>, request: &Request, model: &str, h: Hostile) -> io::
         }
         Hostile::ExtraAfterStream => {
             reply.sse_head()?;
-            reply.chunk(chunk_event(model, 0, true).as_bytes())?;
+            reply.chunk(chunk_event(endpoint, model, 0, true).as_bytes())?;
             let injected = "{\"injected\":\"INJECTED\"}";
             let bytes = format!(
                 "e\r\ndata: [DONE]\n\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{injected}",
@@ -1390,7 +1542,7 @@ fn hostile(reply: Reply<'_>, request: &Request, model: &str, h: Hostile) -> io::
         }
         Hostile::BrokenChunkedOneWrite => {
             reply.sse_head()?;
-            let event = chunk_event(model, 0, false);
+            let event = chunk_event(endpoint, model, 0, false);
             let bytes = format!("{:x}\r\n{event}\r\nzz\r\n", event.len());
             reply.send(bytes.as_bytes())?;
             Ok(Outcome::Close)
@@ -1415,27 +1567,39 @@ fn fixed(
     reply: Reply<'_>,
     endpoint: Endpoint,
     model: &str,
-    wants_stream: bool,
+    json: &serde_json::Value,
 ) -> io::Result<Outcome> {
+    let wants_stream = json.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
     if wants_stream && endpoint != Endpoint::Embeddings {
-        return stream(reply, model, 5, 0);
+        return stream(reply, endpoint, model, 5, 0);
     }
     let body = match endpoint {
         Endpoint::Chat => chat_completion(model),
         Endpoint::Completions => text_completion(model),
-        Endpoint::Embeddings => embeddings(model),
+        Endpoint::Embeddings => match embeddings(model, json) {
+            Ok(body) => body,
+            Err(message) => {
+                return reply.error(400, &message, "invalid_request_error", "invalid_input", &[])
+            }
+        },
         Endpoint::Messages => anthropic_message(model),
     };
     reply.json(200, &body)
 }
 
-fn stream(reply: Reply<'_>, model: &str, events: u64, gap_ms: u64) -> io::Result<Outcome> {
+fn stream(
+    reply: Reply<'_>,
+    endpoint: Endpoint,
+    model: &str,
+    events: u64,
+    gap_ms: u64,
+) -> io::Result<Outcome> {
     reply.sse_head()?;
     for index in 0..events {
         if index > 0 && !reply.pause(Duration::from_millis(gap_ms)) {
             return Ok(Outcome::Close);
         }
-        reply.chunk(chunk_event(model, index, index + 1 == events).as_bytes())?;
+        reply.chunk(chunk_event(endpoint, model, index, index + 1 == events).as_bytes())?;
     }
     reply.end_stream()
 }
@@ -1481,27 +1645,27 @@ fn reset_body(reply: Reply<'_>) -> io::Result<Outcome> {
     Ok(Outcome::Reset)
 }
 
-fn reset_stream(reply: Reply<'_>, model: &str) -> io::Result<Outcome> {
+fn reset_stream(reply: Reply<'_>, endpoint: Endpoint, model: &str) -> io::Result<Outcome> {
     reply.sse_head()?;
-    reply.chunk(chunk_event(model, 0, false).as_bytes())?;
-    reply.chunk(chunk_event(model, 1, false).as_bytes())?;
+    reply.chunk(chunk_event(endpoint, model, 0, false).as_bytes())?;
+    reply.chunk(chunk_event(endpoint, model, 1, false).as_bytes())?;
     reply.pause(RESET_GRACE);
     Ok(Outcome::Reset)
 }
 
-fn stall_stream(reply: Reply<'_>, model: &str, ms: u64) -> io::Result<Outcome> {
+fn stall_stream(reply: Reply<'_>, endpoint: Endpoint, model: &str, ms: u64) -> io::Result<Outcome> {
     reply.sse_head()?;
-    reply.chunk(chunk_event(model, 0, false).as_bytes())?;
+    reply.chunk(chunk_event(endpoint, model, 0, false).as_bytes())?;
     if !reply.pause(Duration::from_millis(ms)) {
         return Ok(Outcome::Close);
     }
-    reply.chunk(chunk_event(model, 1, true).as_bytes())?;
+    reply.chunk(chunk_event(endpoint, model, 1, true).as_bytes())?;
     reply.end_stream()
 }
 
-fn broken_chunked(reply: Reply<'_>, model: &str) -> io::Result<Outcome> {
+fn broken_chunked(reply: Reply<'_>, endpoint: Endpoint, model: &str) -> io::Result<Outcome> {
     reply.sse_head()?;
-    reply.chunk(chunk_event(model, 0, false).as_bytes())?;
+    reply.chunk(chunk_event(endpoint, model, 0, false).as_bytes())?;
     reply.send(b"zz\r\n")?;
     Ok(Outcome::Close)
 }
@@ -1768,9 +1932,15 @@ mod tests {
         assert_eq!(json["choices"][0]["text"], FIXED_TEXT);
 
         client.send(&post("/v1/embeddings", body));
-        let json = client.response().json();
-        assert_eq!(json["object"], "list");
-        assert_eq!(json["data"][0]["embedding"].as_array().unwrap().len(), 8);
+        let response = client.response();
+        assert_eq!(
+            response.text(),
+            concat!(
+                r#"{"object":"list","data":[{"object":"embedding","index":0,"#,
+                r#""embedding":[0.125,-0.25,0.375,-0.5,0.625,-0.75,0.875,-1.0]}],"#,
+                r#""model":"mock-fixed","usage":{"prompt_tokens":1,"total_tokens":1}}"#
+            )
+        );
 
         client.send(&post("/v1/messages", body));
         let json = client.response().json();
@@ -1780,7 +1950,7 @@ mod tests {
         // Embeddings never stream, whatever the flag says.
         client.send(&post(
             "/v1/embeddings",
-            r#"{"model":"mock-fixed","stream":true}"#,
+            r#"{"model":"mock-fixed","input":"x","stream":true}"#,
         ));
         let response = client.response();
         assert_eq!(response.header("content-type"), Some("application/json"));
@@ -1930,7 +2100,7 @@ mod tests {
         let mut client = Client::connect(mock.addr);
         client.send(&chat("mock-broken-chunked"));
         assert_eq!(client.head().0, 200);
-        let event = chunk_event("mock-broken-chunked", 0, false);
+        let event = chunk_event(Endpoint::Chat, "mock-broken-chunked", 0, false);
         let mut expected = format!("{:x}\r\n", event.len()).into_bytes();
         expected.extend_from_slice(event.as_bytes());
         expected.extend_from_slice(b"\r\nzz\r\n");
@@ -2182,6 +2352,188 @@ mod tests {
         assert!(TcpStream::connect(addr).is_err());
         assert_eq!(idle.drain(), (Vec::new(), None));
         assert!(wait_until(|| stats.stats().open_connections == 0));
+    }
+
+    /// The `choices[0]` of each `data:` event of an SSE body, and whether it ended in [DONE].
+    fn sse_choices(response: &Response) -> (Vec<serde_json::Value>, bool) {
+        let mut choices = Vec::new();
+        let mut done = false;
+        for chunk in &response.chunks {
+            let text = std::str::from_utf8(chunk).unwrap();
+            let data = text
+                .strip_prefix("data: ")
+                .and_then(|t| t.strip_suffix("\n\n"))
+                .expect("one SSE event per chunk");
+            assert!(!done, "an event after [DONE]");
+            if data == "[DONE]" {
+                done = true;
+                continue;
+            }
+            let json: serde_json::Value = serde_json::from_str(data).unwrap();
+            choices.push(json);
+        }
+        (choices, done)
+    }
+
+    #[test]
+    fn streamed_completions_are_text_completion_chunks() {
+        let mock = mock();
+        let mut client = Client::connect(mock.addr);
+        for body in [
+            r#"{"model":"mock-fixed","prompt":"Say","stream":true}"#,
+            r#"{"model":"mock-stream-3-0","prompt":"Say"}"#,
+        ] {
+            client.send(&post("/v1/completions", body));
+            let response = client.response();
+            assert_eq!(response.status, 200);
+            assert_eq!(response.header("content-type"), Some("text/event-stream"));
+            let (events, done) = sse_choices(&response);
+            assert!(done, "{body}: ends with [DONE]");
+            let n = if body.contains("stream-3") { 3 } else { 5 };
+            assert_eq!(events.len(), n, "{body}");
+            for (i, event) in events.iter().enumerate() {
+                assert_eq!(event["object"], "text_completion", "{event}");
+                assert_eq!(event["id"], "cmpl-mock");
+                let choice = &event["choices"][0];
+                assert_eq!(choice["text"], format!("tok{i}"), "{event}");
+                assert_eq!(choice["index"], 0);
+                assert!(choice["logprobs"].is_null());
+                assert!(choice.get("delta").is_none(), "{event}");
+                let finish = if i + 1 == n {
+                    "stop".into()
+                } else {
+                    serde_json::Value::Null
+                };
+                assert_eq!(choice["finish_reason"], finish, "{event}");
+            }
+        }
+        // The first event, byte for byte.
+        client.send(&post(
+            "/v1/completions",
+            r#"{"model":"mock-stream-1-0","prompt":"Say"}"#,
+        ));
+        let response = client.response();
+        assert_eq!(
+            std::str::from_utf8(&response.chunks[0]).unwrap(),
+            concat!(
+                r#"data: {"id":"cmpl-mock","object":"text_completion","created":1700000000,"#,
+                r#""model":"mock-stream-1-0","choices":[{"text":"tok0","index":0,"#,
+                r#""logprobs":null,"finish_reason":"stop"}]}"#,
+                "\n\n"
+            )
+        );
+
+        // Chat streams stay chat.completion.chunk.
+        client.send(&post(
+            "/v1/chat/completions",
+            r#"{"model":"mock-fixed","messages":[],"stream":true}"#,
+        ));
+        let (events, done) = sse_choices(&client.response());
+        assert!(done);
+        assert_eq!(events.len(), 5);
+        assert!(events.iter().all(
+            |e| e["object"] == "chat.completion.chunk" && e["choices"][0]["delta"].is_object()
+        ));
+        mock.stop();
+    }
+
+    #[test]
+    fn embeddings_answer_one_item_per_input() {
+        let mock = mock();
+        let mut client = Client::connect(mock.addr);
+        let floats = serde_json::json!([0.125, -0.25, 0.375, -0.5, 0.625, -0.75, 0.875, -1.0]);
+        // (input, items, prompt tokens)
+        let cases = [
+            (r#""one two three""#, 1, 3),
+            (r#"["a b", "c"]"#, 2, 3),
+            (r#"["x", "y", "z w v", ""]"#, 4, 6),
+            ("[1, 2, 3, 4]", 1, 4),
+            ("[[1, 2], [3], [4, 5, 6]]", 3, 6),
+        ];
+        for (input, items, tokens) in cases {
+            let body = format!(r#"{{"model":"text-embedding-3-small","input":{input}}}"#);
+            client.send(&post("/v1/embeddings", &body));
+            let response = client.response();
+            assert_eq!(response.status, 200, "{input}: {}", response.text());
+            let json = response.json();
+            assert_eq!(json["object"], "list");
+            assert_eq!(json["model"], "text-embedding-3-small");
+            let data = json["data"].as_array().unwrap();
+            assert_eq!(data.len(), items, "{input}");
+            for (i, item) in data.iter().enumerate() {
+                assert_eq!(item["object"], "embedding");
+                assert_eq!(item["index"], i, "{input}");
+                assert_eq!(item["embedding"], floats);
+            }
+            assert_eq!(json["usage"]["prompt_tokens"], tokens, "{input}");
+            assert_eq!(json["usage"]["total_tokens"], tokens, "{input}");
+        }
+
+        // base64: little-endian f32s, as the SDKs ask for by default.
+        client.send(&post(
+            "/v1/embeddings",
+            r#"{"model":"m","input":["a","b"],"encoding_format":"base64"}"#,
+        ));
+        let json = client.response().json();
+        assert_eq!(json["data"].as_array().unwrap().len(), 2);
+        for item in json["data"].as_array().unwrap() {
+            assert_eq!(
+                item["embedding"],
+                "AAAAPgAAgL4AAMA+AAAAvwAAID8AAEC/AABgPwAAgL8="
+            );
+        }
+
+        // What the API refuses is a 400 the connection survives.
+        for input in [
+            None,
+            Some("null"),
+            Some("[]"),
+            Some("[[]]"),
+            Some(r#"[1, "a"]"#),
+            Some("[1.5]"),
+            Some("[-1]"),
+            Some(r#"[[1], "a"]"#),
+            Some("{}"),
+            Some("7"),
+        ] {
+            let body = match input {
+                Some(input) => format!(r#"{{"model":"m","input":{input}}}"#),
+                None => r#"{"model":"m"}"#.to_string(),
+            };
+            client.send(&post("/v1/embeddings", &body));
+            let response = client.response();
+            assert_eq!(response.status, 400, "{body}");
+            let json = response.json();
+            assert_eq!(json["error"]["type"], "invalid_request_error", "{body}");
+            assert!(json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("'input'"));
+        }
+        client.send(&post(
+            "/v1/embeddings",
+            r#"{"model":"m","input":"x","encoding_format":"int8"}"#,
+        ));
+        assert_eq!(client.response().status, 400);
+        client.send(&post("/v1/embeddings", r#"{"model":"m","input":"x"}"#));
+        assert_eq!(client.response().status, 200);
+        mock.stop();
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0xfd]), "//79");
     }
 
     #[test]
