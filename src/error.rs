@@ -176,7 +176,25 @@ impl RelayError {
         e
     }
 
+    /// 401 `token_expired`: the token's `expires_at` (shown in UTC) has passed.
+    pub fn token_expired(expired_at: &str) -> RelayError {
+        RelayError::new(
+            401,
+            "invalid_request_error",
+            "token_expired",
+            format!("this API key expired at {expired_at}"),
+        )
+    }
+
     // ---- the relay's own limits ---------------------------------------------------------
+
+    /// 429 `rate_limited`: the token is over one of its limits; `message` names which one
+    /// (never the key). `Retry-After` is whole seconds, at least 1.
+    pub fn rate_limited(message: String, retry_after_secs: u64) -> RelayError {
+        let mut e = RelayError::new(429, "rate_limit_error", "rate_limited", message);
+        e.retry_after = Some(Cow::Owned(retry_after_secs.max(1).to_string().into_bytes()));
+        e
+    }
 
     pub fn overloaded() -> RelayError {
         let mut e = RelayError::new(
@@ -331,5 +349,17 @@ mod tests {
         assert_eq!(RelayError::method_not_allowed("POST").allow, Some("POST"));
         assert!(RelayError::upstream_auth_failed("c", 401).retryable);
         assert!(!RelayError::model_not_allowed("m").retryable);
+        let e = RelayError::rate_limited("over rpm".into(), 0);
+        assert_eq!(
+            (e.status, &*e.code, &*e.kind),
+            (429, "rate_limited", "rate_limit_error")
+        );
+        assert_eq!(e.retry_after.as_deref(), Some(&b"1"[..]));
+        assert!(!e.retryable && !e.closes);
+        let e = RelayError::rate_limited("over tpm".into(), 42);
+        assert_eq!(e.retry_after.as_deref(), Some(&b"42"[..]));
+        let e = RelayError::token_expired("2020-01-01T00:00:00Z");
+        assert_eq!((e.status, &*e.code), (401, "token_expired"));
+        assert!(e.message.contains("2020-01-01T00:00:00Z"));
     }
 }

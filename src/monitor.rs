@@ -67,6 +67,8 @@ pub struct WorkerStats {
     pub timeouts: [AtomicU64; Layer::COUNT],
     pub client_gone: AtomicU64,
     pub overloaded: AtomicU64,
+    /// Requests refused 429 `rate_limited` by a token's rpm, tpm or max_inflight.
+    pub rate_limited: AtomicU64,
     /// Client connections accepted and closed at once: over `max_connections` with no idle
     /// connection to close, or at the fd limit (see `worker`).
     pub connections_rejected: AtomicU64,
@@ -143,6 +145,7 @@ impl Default for WorkerStats {
             timeouts: Default::default(),
             client_gone: AtomicU64::new(0),
             overloaded: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             connections_rejected: AtomicU64::new(0),
             idle_shed: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
@@ -346,7 +349,7 @@ impl Monitor {
         m.insert("requests_total".into(), s(&|x| &x.requests_total).into());
         m.insert("client_gone".into(), s(&|x| &x.client_gone).into());
         m.insert("overloaded".into(), s(&|x| &x.overloaded).into());
-
+        m.insert("rate_limited".into(), s(&|x| &x.rate_limited).into());
         m.insert(
             "connections_rejected".into(),
             s(&|x| &x.connections_rejected).into(),
@@ -496,6 +499,13 @@ impl Monitor {
             "Requests refused over max_inflight.",
             "counter",
             self.sum(|w| &w.overloaded),
+        );
+        g(
+            &mut o,
+            "ringway_rate_limited_total",
+            "Requests refused over a token's rpm, tpm or max_inflight.",
+            "counter",
+            self.sum(|w| &w.rate_limited),
         );
         g(
             &mut o,

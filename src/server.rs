@@ -40,12 +40,12 @@ pub fn start(config: Config) -> std::io::Result<Running> {
     // One connector per distinct channel ca_file, plus the default (webpki roots only).
     let tls = crate::upstream::TlsConnectors::for_channels(&config.channels)?;
     let listen = config.server.listen;
-    let max_inflight = config.server.max_inflight;
+    let limits = crate::limits::Limits::new(config.server.max_inflight, &config.tokens);
     let shared = worker::Shared {
         config: Arc::new(config),
         router,
         monitor,
-        limits: crate::limits::Limits::new(max_inflight),
+        limits,
         tls,
     };
     let mut access_log =

@@ -1,4 +1,5 @@
-//! Hot-path budget: zero heap allocations per relayed non-streaming request after warm-up.
+//! Hot-path budget: zero heap allocations per relayed non-streaming request after warm-up, for a
+//! token without limits and for one with every limit (expires_at, rpm, tpm, max_inflight).
 //!
 //! A counting global allocator wraps the system one for this test binary. The relay runs in
 //! process (real workers, real sockets), the mock upstream runs as a separate `ringway mock`
@@ -118,18 +119,31 @@ models = ["gpt-4o-mini"]
 name = "t"
 key = "sk-client"
 models = ["*"]
+[[tokens]]
+name = "limited"
+key = "sk-limited"
+models = ["*"]
+expires_at = "2999-01-01T00:00:00Z"
+rpm = 1000000
+tpm = 1000000000
+max_inflight = 4
 "#
     );
     let config = ringway::parse(&toml, Path::new("<alloc-test>")).unwrap();
     let _running = ringway::start(config).unwrap();
 
     let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32}"#;
-    let mut req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer sk-client\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    req.extend_from_slice(body);
+    let request_as = |key: &str| {
+        let mut req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        req
+    };
+    let req = request_as("sk-client");
+    let limited = request_as("sk-limited");
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -153,6 +167,23 @@ models = ["*"]
     let allocs = ALLOCS.load(Relaxed) - before;
     eprintln!("allocations: first request {warmup_allocs}, next {N} relayed requests {allocs}");
     assert_eq!(allocs, 0, "{allocs} heap allocations over {N} requests");
+
+    // A token with every limit: the checks (expiry, max_inflight, tpm, rpm) and the usage
+    // spent at the end allocate nothing either.
+    for _ in 0..50 {
+        assert_eq!(roundtrip(&mut conn, &limited, &mut buf), 200);
+    }
+    let before = ALLOCS.load(Relaxed);
+    for _ in 0..N {
+        assert_eq!(roundtrip(&mut conn, &limited, &mut buf), 200);
+    }
+    let allocs = ALLOCS.load(Relaxed) - before;
+    eprintln!("allocations: {N} requests with a limited token {allocs}");
+    assert_eq!(
+        allocs, 0,
+        "{allocs} heap allocations over {N} limited requests"
+    );
+
     // The lines were written (the log was really on).
     std::thread::sleep(Duration::from_millis(300));
     let logged = std::fs::read_to_string(&access)

@@ -5,6 +5,7 @@
 
 use super::spans::{Cx, Field, Kind, Node, Section};
 use super::timeouts::{parse_relay_timeout, CLIENT_BODY_TOTAL};
+use super::timestamp::parse_rfc3339;
 use super::*;
 
 /// Reads `path` and parses it with the real process environment. A file that users other
@@ -127,6 +128,10 @@ pub fn parse_with_env(
     }
 
     let mut tokens: Vec<TokenConfig> = Vec::new();
+    // Only to warn about an `expires_at` already past; the relay checks expiry per request.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     let mut token_lines: Vec<(usize, usize)> = Vec::new();
     for f in root.required_array_of_tables("tokens")? {
         let table = f.table()?;
@@ -153,6 +158,20 @@ pub fn parse_with_env(
                     tokens[first].name, token_lines[first].1
                 ),
             ));
+        }
+        if let (Some(at), Some(f)) = (token.expires_at, table.field("expires_at")) {
+            if at <= now_ms {
+                warnings.push(ConfigWarning {
+                    file: cx.file.clone(),
+                    line: f.line,
+                    key: f.path.clone(),
+                    message: format!(
+                        "{} has passed: every request with token {:?} is refused (401 token_expired)",
+                        format_rfc3339(at),
+                        token.name
+                    ),
+                });
+            }
         }
         token_lines.push((name_line, key_line));
         tokens.push(token);
@@ -253,7 +272,15 @@ const CHANNEL_KEYS: &[&str] = &[
     "timeouts",
     "ca_file",
 ];
-const TOKEN_KEYS: &[&str] = &["name", "key", "models"];
+const TOKEN_KEYS: &[&str] = &[
+    "name",
+    "key",
+    "models",
+    "expires_at",
+    "rpm",
+    "tpm",
+    "max_inflight",
+];
 
 /// Upper bound for counts and byte limits: generous, but keeps arithmetic elsewhere far from
 /// overflow.
@@ -595,11 +622,55 @@ fn read_token(sec: &Section) -> Result<TokenConfig, ConfigError> {
     let key = key_field.str()?;
     check_secret(key).map_err(|m| key_field.err(m))?;
     let models = read_patterns(&sec.required("models")?)?;
+    let expires_at = match sec.field("expires_at") {
+        Some(f) => Some(read_timestamp(&f)?),
+        None => None,
+    };
     Ok(TokenConfig {
         name,
         key: key.to_string(),
         models,
+        expires_at,
+        rpm: read_limit(sec, "rpm")?,
+        tpm: read_limit(sec, "tpm")?,
+        max_inflight: read_limit(sec, "max_inflight")?,
     })
+}
+
+/// A token's optional limit: a whole number from 1 to [`MAX_COUNT`]; leaving the key out is
+/// how to have no limit (there is no 0 = unlimited).
+fn read_limit(sec: &Section, key: &str) -> Result<Option<u64>, ConfigError> {
+    let Some(f) = sec.field(key) else {
+        return Ok(None);
+    };
+    let n = f.int()?;
+    if n < 1 {
+        return Err(f.err("must be >= 1 (leave the key out for no limit)"));
+    }
+    if n as u64 > MAX_COUNT as u64 {
+        return Err(f.err(&format!("must be at most {MAX_COUNT}")));
+    }
+    Ok(Some(n as u64))
+}
+
+/// An RFC 3339 date-time string, as Unix milliseconds.
+fn read_timestamp(f: &Field) -> Result<i64, ConfigError> {
+    const HINT: &str = "use an RFC 3339 date-time in quotes, e.g. \"2027-01-01T00:00:00Z\"";
+    let text = match &f.node.kind {
+        Kind::Str(s) => s.as_str(),
+        Kind::Datetime => {
+            return Err(f.err(&format!(
+                "expected a string, found a bare TOML date-time: {HINT}"
+            )))
+        }
+        other => {
+            return Err(f.err(&format!(
+                "expected a string, found {}: {HINT}",
+                other.describe()
+            )))
+        }
+    };
+    parse_rfc3339(text).map_err(|m| f.err(&format!("invalid timestamp {text:?}: {m} ({HINT})")))
 }
 
 /// A model allow-list: non-empty, each entry non-empty, `*` only as the final character

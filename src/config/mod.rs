@@ -29,9 +29,11 @@ mod summary;
 #[cfg(test)]
 mod tests;
 mod timeouts;
+mod timestamp;
 
 pub use load::{load, parse};
 pub use timeouts::{format_duration, parse_duration, ChannelTimeouts, Layer, Timeouts};
+pub use timestamp::format_rfc3339;
 
 /// A validated configuration. Build it with [`load`], [`parse`] or [`parse_with_env`].
 #[derive(Clone, Debug)]
@@ -221,6 +223,14 @@ pub struct TokenConfig {
     pub name: String,
     pub key: String,
     pub models: Vec<String>,
+    /// `expires_at` as Unix milliseconds: from then on the token gets 401 `token_expired`.
+    pub expires_at: Option<i64>,
+    /// Requests per minute, whole process (429 `rate_limited` over it).
+    pub rpm: Option<u64>,
+    /// Prompt + completion tokens per minute from reported usage, whole process.
+    pub tpm: Option<u64>,
+    /// This token's requests at once, whole process.
+    pub max_inflight: Option<u64>,
 }
 
 /// A configuration problem, displayed as `FILE:LINE: KEY: MESSAGE`.

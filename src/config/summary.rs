@@ -135,7 +135,20 @@ impl Config {
         }
         let _ = writeln!(out, "tokens    {}", self.tokens.len());
         for tk in &self.tokens {
-            let _ = writeln!(out, "  {} models {}", tk.name, tk.models.join(","));
+            let _ = write!(out, "  {} models {}", tk.name, tk.models.join(","));
+            for (key, limit) in [
+                ("rpm", tk.rpm),
+                ("tpm", tk.tpm),
+                ("max_inflight", tk.max_inflight),
+            ] {
+                if let Some(n) = limit {
+                    let _ = write!(out, " {key} {n}");
+                }
+            }
+            if let Some(at) = tk.expires_at {
+                let _ = write!(out, " expires_at {}", format_rfc3339(at));
+            }
+            out.push('\n');
         }
         out
     }

@@ -18,16 +18,17 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use crate::config::Timeouts;
 use crate::deadline::Layer;
 use crate::error::RelayError;
-use crate::limits::InflightSlot;
+use crate::limits::Admission;
 use crate::monitor::bump;
 use crate::wire::{self, BodyKind};
 
 use super::exchange::Exchange;
 use super::{Conn, GaugeGuard, Halt};
 
-/// Held for as long as the request counts against `max_inflight`.
+/// Held for as long as the request counts against `max_inflight` (the process's and its
+/// token's).
 pub struct Admitted {
-    _slot: InflightSlot,
+    _slot: Admission,
     /// This worker's share of the count, for health.
     _inflight: GaugeGuard,
 }
@@ -42,14 +43,20 @@ pub async fn admit(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Admitted, H
         return Err(RelayError::invalid_api_key(ex.head.api_key.is_some()).into());
     };
     ex.token = Some(token);
+    w.limits.check_expiry(token)?;
     conn.deadline
         .begin_request(ex.start, w.config.timeouts[Layer::Total], Layer::Total);
     read_body(conn, ex).await?;
-    // One process-wide count: max_inflight holds across workers exactly.
-    let Some(slot) = w.limits.admit() else {
-        bump(&w.stats().overloaded);
-        return Err(RelayError::overloaded().into());
-    };
+    // The token's limits, then one process-wide count: all hold across workers (limits.rs).
+    let slot = w.limits.admit(token).map_err(|refused| {
+        let s = w.stats();
+        bump(if refused.is_overloaded() {
+            &s.overloaded
+        } else {
+            &s.rate_limited
+        });
+        refused.error()
+    })?;
     Ok(Admitted {
         _slot: slot,
         _inflight: GaugeGuard::new(&w, |s| &s.inflight),

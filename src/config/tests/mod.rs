@@ -493,3 +493,4 @@ fn display_format() {
 }
 
 mod errors;
+mod tokens;
