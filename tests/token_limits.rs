@@ -86,6 +86,11 @@ fn expired_token_is_refused_before_its_body(driver: Driver) {
     let e = assert_error_shape(&r, 401, Some("token_expired"));
     let message = e["message"].as_str().unwrap();
     assert!(message.contains("2001-02-03T04:05:06Z"), "{message}");
+    // The model list is closed to it as well.
+    for path in ["/v1/models", "/v1/models/mock-fixed"] {
+        let r = relay.roundtrip(&get(path, &[("authorization", "Bearer sk-old")]));
+        assert_error_shape(&r, 401, Some("token_expired"));
+    }
     assert!(!r.text().contains("sk-old"), "{}", r.text());
     // The unread body cannot be taken for the next request: the connection ends.
     assert!(

@@ -1,13 +1,15 @@
 //! Phase 2, `admit`: who is asking, the whole body, and whether the relay takes the request
 //! on now.
 //!
-//! Owns: token authentication (before any body byte is read, so an unknown key costs no
-//! body), reading and de-chunking the body (`client_body` silence, `client_body_total` for the
-//! whole body, `max_body_bytes`, `Expect: 100-continue`), and admission into `max_inflight` —
-//! only once the body is in, so a client trickling its body holds no inflight slot. Token
-//! limits and quotas will go here, after the body (their estimates read it).
+//! Owns: token authentication and expiry (before any body byte is read, so an unknown or
+//! expired key costs no body), reading and de-chunking the body (`client_body` silence,
+//! `client_body_total` for the whole body, `max_body_bytes`, `Expect: 100-continue`), and
+//! admission — the token's `max_inflight`, `tpm` and `rpm`, then the process's `max_inflight`
+//! (`limits`) — only once the body is in, so a client trickling its body holds no slot. A
+//! token quota will go here too.
 //!
-//! Error handling: 401, 408 and 413 as [`RelayError`]s; a client that leaves is `Halt::Close`.
+//! Error handling: 401, 408, 413, 429 and 503 as [`RelayError`]s; a client that leaves is
+//! `Halt::Close`.
 //! Must not: look at the body's content (that is `route`'s), or touch the upstream.
 
 use std::time::Instant;

@@ -54,6 +54,9 @@ pub async fn operations(conn: &mut Conn, ex: &mut Exchange<'_>) -> Flow {
                 let error = RelayError::invalid_api_key(ex.head.api_key.is_some());
                 return super::own::answer_error(conn, ex, &error).await;
             };
+            if let Err(error) = w.limits.check_expiry(token) {
+                return super::own::answer_error(conn, ex, &error).await;
+            }
             ex.token = Some(token);
             if ex.endpoint == Endpoint::Models {
                 let body = w.router.models_body(token);
