@@ -17,6 +17,7 @@ both_drivers! {
     chunk_lines_are_crlf_only_and_sizes_hex_only,
     a_trickling_body_gets_408_and_holds_no_inflight_slot,
     head_requests_get_no_body_and_405_carries_allow,
+    an_escaped_model_key_cannot_dodge_the_allow_list,
 }
 
 /// Sends `raw` on a fresh connection; returns the response and whether the relay closed after.
@@ -196,4 +197,30 @@ fn head_requests_get_no_body_and_405_carries_allow(driver: Driver) {
         }
     }
     assert_eq!(mock.stats().requests, 0);
+}
+
+fn an_escaped_model_key_cannot_dodge_the_allow_list(driver: Driver) {
+    let mock = Mock::start();
+    let cfg = ConfigBuilder::new(mock.addr).token("narrow", "sk-narrow", &["mock-fixed"]);
+    let relay = start(driver, &cfg);
+    // Every JSON parser reads the second key as `model` too, and the last one wins: the relay
+    // must check the model the upstream would serve, not the first spelling it saw.
+    let body = r#"{"model":"mock-fixed","mod\u0065l":"mock-echo","messages":[]}"#;
+    let r = relay.roundtrip(&post_json(
+        "/v1/chat/completions",
+        Some("sk-narrow"),
+        &[],
+        body,
+    ));
+    let e = assert_error_shape(&r, 403, Some("model_not_allowed"));
+    assert!(e["message"].as_str().unwrap().contains("mock-echo"));
+    assert_eq!(mock.stats().requests, 0);
+    let body = r#"{"mod\u0065l":"mock-fixed","messages":[]}"#;
+    let r = relay.roundtrip(&post_json(
+        "/v1/chat/completions",
+        Some("sk-narrow"),
+        &[],
+        body,
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
 }

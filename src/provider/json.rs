@@ -40,13 +40,28 @@ pub fn peek_model(body: &[u8]) -> Result<Option<ModelField>, &'static str> {
             return Err("malformed JSON in request body");
         }
         p.ws();
-        let is_model = !key_escaped && &body[key.clone()] == b"model";
+        // A key written with escapes (`"mod\u0065l"`) is still `model` to every JSON parser
+        // upstream: compare it decoded, or the allow-list would check one model and the
+        // upstream serve another (found by the model_peek fuzz target).
+        let is_model = if key_escaped {
+            let field = ModelField {
+                span: key.clone(),
+                escaped: true,
+            };
+            model_name(body, &field).is_some_and(|k| k == "model")
+        } else {
+            &body[key.clone()] == b"model"
+        };
         if is_model && p.peek() == Some(b'"') {
             p.i += 1;
             let (span, escaped) = p.string()?;
             // JSON allows duplicate keys; like most parsers, the last one wins.
             found = Some(ModelField { span, escaped });
         } else {
+            if is_model {
+                // The last `model` is not a string: there is no model name to route by.
+                found = None;
+            }
             p.skip_value()?;
         }
         p.ws();
@@ -213,6 +228,21 @@ mod tests {
         );
         assert_eq!(model(r#"{"model":12}"#), None);
         assert_eq!(model(r#"{}"#), None);
+    }
+
+    #[test]
+    fn escaped_model_keys_count_and_the_last_model_wins() {
+        assert_eq!(
+            model(r#"{"model":"allowed","mod\u0065l":"other"}"#).as_deref(),
+            Some("other")
+        );
+        assert_eq!(model(r#"{"\u006dodel":"m"}"#).as_deref(), Some("m"));
+        assert_eq!(model(r#"{"model":"a","model":5}"#), None);
+        assert_eq!(model(r#"{"model":"a","mode\u006c":null}"#), None);
+        assert_eq!(
+            model(r#"{"mod\nel":"x","model":"y"}"#).as_deref(),
+            Some("y")
+        );
     }
 
     #[test]
