@@ -64,6 +64,9 @@ pub struct Timeouts {
     pub quick: Duration,
     pub client_header: Duration,
     pub client_body: Duration,
+    /// The whole request body, however it trickles in (a body that is never silent for
+    /// `client_body` is still bounded).
+    pub client_body_total: Duration,
     pub client_idle: Duration,
 }
 
@@ -199,6 +202,7 @@ impl Default for Timeouts {
             quick: Duration::from_secs(2 * 60),
             client_header: Duration::from_secs(30),
             client_body: Duration::from_secs(30),
+            client_body_total: Duration::from_secs(2 * 60),
             client_idle: Duration::from_secs(75),
         }
     }
@@ -458,11 +462,12 @@ impl Config {
         );
         let _ = writeln!(
             out,
-            "          pool_idle {}, quick {}, client_header {}, client_body {}, client_idle {}",
+            "          pool_idle {}, quick {}, client_header {}, client_body {}, client_body_total {}, client_idle {}",
             format_duration(t.pool_idle),
             format_duration(t.quick),
             format_duration(t.client_header),
             format_duration(t.client_body),
+            format_duration(t.client_body_total),
             format_duration(t.client_idle)
         );
         let _ = writeln!(
@@ -580,6 +585,7 @@ const TIMEOUT_KEYS: &[&str] = &[
     "quick",
     "client_header",
     "client_body",
+    "client_body_total",
     "client_idle",
 ];
 const CHANNEL_TIMEOUT_KEYS: &[&str] = &[
@@ -686,6 +692,7 @@ fn read_timeouts(sec: &Section) -> Result<Timeouts, ConfigError> {
         quick: sec.duration_or("quick", d.quick)?,
         client_header: sec.duration_or("client_header", d.client_header)?,
         client_body: sec.duration_or("client_body", d.client_body)?,
+        client_body_total: sec.duration_or("client_body_total", d.client_body_total)?,
         client_idle: sec.duration_or("client_idle", d.client_idle)?,
     })
 }
@@ -1427,6 +1434,7 @@ pool_idle = "90s"           # idle upstream connection kept at most this long
 quick = "2m"                # total for quick endpoints (/v1/models, task polls, health)
 client_header = "30s"       # client must deliver a full request head within this
 client_body = "30s"         # longest silence while reading a client request body
+client_body_total = "2m"    # ringway extension: the whole request body, however slowly it trickles
 client_idle = "75s"         # idle keep-alive client connection closed after this
 
 [monitor]

@@ -52,6 +52,23 @@ Mock upstream models (chosen by the request body's JSON \"model\"):
                          order, \"body\": the request body as lossy UTF-8}.
   mock-close             like mock-fixed, plus Connection: close; the mock then closes.
   mock-slow-body-MS      the mock-fixed reply, Content-Length framed, written in 3 pieces MS ms apart.
+Hostile upstreams (bytes written raw; for the relay's hostile-peer tests):
+  mock-no-reason         200 with no reason phrase (\"HTTP/1.1 200\\r\\n\"); -stream: the same as SSE.
+  mock-binary-reason     200 with a reason phrase of bytes 0x80-0xFF.
+  mock-bare-lf           a whole response with bare LF line ends.
+  mock-extra-response    a whole response, then a second (\"INJECTED\") in the same write;
+                         mock-extra-later: the second one 50 ms after the first.
+  mock-extra-after-stream  a whole SSE stream, then a stray response after its last chunk.
+  mock-unasked-101       101 Switching Protocols and websocket bytes.
+  mock-length-and-chunked  Content-Length: 5 and chunked framing at once.
+  mock-duplicate-length  two different Content-Length values.
+  mock-bad-status-NNN    status NNN, any three digits (e.g. 600, 099).
+  mock-interim-N         N interim responses (100 / 103 alternating) and the final one, one write.
+  mock-endless-interim   103 Early Hints every 10 ms until the peer leaves.
+  mock-echo-key-STATUS   STATUS, echoing the received Authorization in the error body and in an
+                         x-debug-auth header (STATUS 200: a chat completion with that header).
+  mock-bulk-MIB          an SSE stream of MIB MiB: 1 KiB events back to back, 16 per chunk.
+  mock-broken-chunked-one-write  one valid SSE chunk and a \"zz\" chunk-size line in one write.
 Other routes: GET /v1/models lists these names (parameterised ones with sample values);
 GET /mock/stats returns {\"open_connections\",\"total_connections\",\"requests\"}, where the stats
 request itself is counted in requests and its own connection in open_connections.
@@ -1030,6 +1047,43 @@ enum Behaviour {
     Echo,
     Close,
     SlowBody(u64),
+    Hostile(Hostile),
+}
+
+/// Upstreams that break HTTP on purpose, for the relay's hostile-peer tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hostile {
+    /// `HTTP/1.1 200\r\n`: no reason phrase (JSON, or an SSE stream).
+    NoReason { stream: bool },
+    /// A reason phrase with bytes 0x80-0xFF.
+    BinaryReason,
+    /// A whole response with bare LF line ends.
+    BareLf,
+    /// A whole response, then a second one ("INJECTED") in the same write, kept alive.
+    ExtraResponse,
+    /// A whole response, then 50 ms later a second one ("INJECTED"), kept alive.
+    ExtraLater,
+    /// A whole SSE stream, then stray bytes after its last chunk, kept alive.
+    ExtraAfterStream,
+    /// `101 Switching Protocols` although nothing asked for an upgrade.
+    UnaskedSwitch,
+    /// Content-Length and chunked framing at once, disagreeing.
+    LengthAndChunked,
+    /// Two different Content-Length values.
+    DuplicateLength,
+    /// A status outside 100-599.
+    BadStatus(u16),
+    /// N interim responses (100, 103, ...) and the final one, all in one write.
+    Interim(u64),
+    /// 103 Early Hints every 10 ms, forever.
+    EndlessInterim,
+    /// STATUS with the received Authorization header echoed in the body and in an
+    /// `x-debug-auth` header.
+    EchoKey(u16),
+    /// An SSE stream of N MiB: 1 KiB events written back to back, 16 per chunk.
+    Bulk(u64),
+    /// One valid SSE chunk and a non-hex chunk-size line in the same write.
+    BrokenChunkedOneWrite,
 }
 
 fn behaviour(model: &str) -> Behaviour {
@@ -1049,6 +1103,18 @@ fn behaviour(model: &str) -> Behaviour {
         "mock-broken-chunked" => Some(Behaviour::BrokenChunked),
         "mock-echo" => Some(Behaviour::Echo),
         "mock-close" => Some(Behaviour::Close),
+        "mock-no-reason" => Some(Behaviour::Hostile(Hostile::NoReason { stream: false })),
+        "mock-no-reason-stream" => Some(Behaviour::Hostile(Hostile::NoReason { stream: true })),
+        "mock-binary-reason" => Some(Behaviour::Hostile(Hostile::BinaryReason)),
+        "mock-bare-lf" => Some(Behaviour::Hostile(Hostile::BareLf)),
+        "mock-extra-response" => Some(Behaviour::Hostile(Hostile::ExtraResponse)),
+        "mock-extra-later" => Some(Behaviour::Hostile(Hostile::ExtraLater)),
+        "mock-extra-after-stream" => Some(Behaviour::Hostile(Hostile::ExtraAfterStream)),
+        "mock-unasked-101" => Some(Behaviour::Hostile(Hostile::UnaskedSwitch)),
+        "mock-length-and-chunked" => Some(Behaviour::Hostile(Hostile::LengthAndChunked)),
+        "mock-duplicate-length" => Some(Behaviour::Hostile(Hostile::DuplicateLength)),
+        "mock-endless-interim" => Some(Behaviour::Hostile(Hostile::EndlessInterim)),
+        "mock-broken-chunked-one-write" => Some(Behaviour::Hostile(Hostile::BrokenChunkedOneWrite)),
         _ => {
             if let Some(rest) = model.strip_prefix("mock-stream-") {
                 let (events, gap) = rest.split_once('-').unwrap_or((rest, "0"));
@@ -1065,6 +1131,20 @@ fn behaviour(model: &str) -> Behaviour {
                 millis(ms).map(Behaviour::StallStream)
             } else if let Some(ms) = model.strip_prefix("mock-slow-body-") {
                 millis(ms).map(Behaviour::SlowBody)
+            } else if let Some(code) = model.strip_prefix("mock-bad-status-") {
+                // Any three digits: 000-099 and 600-999 are what this is for.
+                (code.len() == 3)
+                    .then(|| number(code))
+                    .flatten()
+                    .map(|c| Behaviour::Hostile(Hostile::BadStatus(c as u16)))
+            } else if let Some(n) = model.strip_prefix("mock-interim-") {
+                number(n).map(|n| Behaviour::Hostile(Hostile::Interim(n.min(1000))))
+            } else if let Some(code) = model.strip_prefix("mock-echo-key-") {
+                number(code)
+                    .filter(|c| (200..=599).contains(c))
+                    .map(|c| Behaviour::Hostile(Hostile::EchoKey(c as u16)))
+            } else if let Some(mib) = model.strip_prefix("mock-bulk-") {
+                number(mib).map(|m| Behaviour::Hostile(Hostile::Bulk(m.min(1024))))
             } else {
                 None
             }
@@ -1145,6 +1225,165 @@ fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome> {
             wants_stream,
         ),
         Behaviour::SlowBody(ms) => slow_body(reply, model, ms),
+        Behaviour::Hostile(h) => hostile(reply, request, model, h),
+    }
+}
+
+/// The hostile behaviours write their bytes raw: the point is that they are not valid HTTP.
+fn hostile(reply: Reply<'_>, request: &Request, model: &str, h: Hostile) -> io::Result<Outcome> {
+    let body = chat_completion(model);
+    let json_tail = |status_line: &str, eol: &str| {
+        format!(
+            "{status_line}{eol}content-type: application/json{eol}content-length: {}{eol}x-mock-request: {}{eol}{eol}{body}",
+            body.len(),
+            reply.n
+        )
+    };
+    match h {
+        Hostile::NoReason { stream: false } => {
+            reply.send(json_tail("HTTP/1.1 200", "\r\n").as_bytes())?;
+            Ok(reply.finished())
+        }
+        Hostile::NoReason { stream: true } => {
+            reply.send(
+                b"HTTP/1.1 200\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+            )?;
+            for index in 0..3 {
+                reply.chunk(chunk_event(model, index, index == 2).as_bytes())?;
+            }
+            reply.end_stream()
+        }
+        Hostile::BinaryReason => {
+            let mut bytes = b"HTTP/1.1 200 \xe9t\xe9".to_vec();
+            let rest = json_tail("", "\r\n");
+            bytes.extend_from_slice(rest.as_bytes());
+            reply.send(&bytes)?;
+            Ok(reply.finished())
+        }
+        Hostile::BareLf => {
+            reply.send(json_tail("HTTP/1.1 200 OK", "\n").as_bytes())?;
+            Ok(reply.finished())
+        }
+        Hostile::ExtraResponse | Hostile::ExtraLater => {
+            let injected = "{\"injected\":\"INJECTED by the upstream after its response\"}";
+            let extra = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{injected}",
+                injected.len()
+            );
+            let mut bytes = json_tail("HTTP/1.1 200 OK", "\r\n").into_bytes();
+            if h == Hostile::ExtraLater {
+                reply.send(&bytes)?;
+                if !reply.pause(Duration::from_millis(50)) {
+                    return Ok(Outcome::Close);
+                }
+                reply.send(extra.as_bytes())?;
+            } else {
+                bytes.extend_from_slice(extra.as_bytes());
+                reply.send(&bytes)?;
+            }
+            Ok(reply.finished())
+        }
+        Hostile::ExtraAfterStream => {
+            reply.sse_head()?;
+            reply.chunk(chunk_event(model, 0, true).as_bytes())?;
+            let injected = "{\"injected\":\"INJECTED\"}";
+            let bytes = format!(
+                "e\r\ndata: [DONE]\n\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{injected}",
+                injected.len()
+            );
+            reply.send(bytes.as_bytes())?;
+            Ok(reply.finished())
+        }
+        Hostile::UnaskedSwitch => {
+            reply.send(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\x81\x05hello",
+            )?;
+            Ok(Outcome::Close)
+        }
+        Hostile::LengthAndChunked => {
+            let bytes = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            );
+            reply.send(bytes.as_bytes())?;
+            Ok(reply.finished())
+        }
+        Hostile::DuplicateLength => {
+            let bytes = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncontent-length: 5\r\n\r\n{body}",
+                body.len()
+            );
+            reply.send(bytes.as_bytes())?;
+            Ok(reply.finished())
+        }
+        Hostile::BadStatus(code) => {
+            reply.send(json_tail(&format!("HTTP/1.1 {code:03} Odd"), "\r\n").as_bytes())?;
+            Ok(reply.finished())
+        }
+        Hostile::Interim(n) => {
+            let mut bytes = Vec::new();
+            for i in 0..n {
+                let line: &[u8] = if i % 2 == 0 {
+                    b"HTTP/1.1 100 Continue\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"
+                };
+                bytes.extend_from_slice(line);
+            }
+            bytes.extend_from_slice(json_tail("HTTP/1.1 200 OK", "\r\n").as_bytes());
+            reply.send(&bytes)?;
+            Ok(reply.finished())
+        }
+        Hostile::EndlessInterim => loop {
+            reply.send(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n")?;
+            if !reply.pause(Duration::from_millis(10)) {
+                return Ok(Outcome::Close);
+            }
+        },
+        Hostile::EchoKey(status) => {
+            let auth = request
+                .headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            let (kind, code) = error_kind(status);
+            let text = if status < 400 {
+                body.clone()
+            } else {
+                error_body(
+                    &format!("Incorrect API key provided: {auth}. You can find your key at https://example.invalid."),
+                    kind,
+                    code,
+                )
+            };
+            reply.full(
+                status,
+                &[
+                    ("content-type", "application/json"),
+                    ("x-debug-auth", &auth),
+                ],
+                text.as_bytes(),
+            )
+        }
+        Hostile::Bulk(mib) => {
+            reply.sse_head()?;
+            let mut event = b"data: ".to_vec();
+            event.resize(1022, b'x');
+            event.extend_from_slice(b"\n\n");
+            let chunk = event.repeat(16);
+            for _ in 0..mib * 64 {
+                reply.chunk(&chunk)?;
+            }
+            reply.end_stream()
+        }
+        Hostile::BrokenChunkedOneWrite => {
+            reply.sse_head()?;
+            let event = chunk_event(model, 0, false);
+            let bytes = format!("{:x}\r\n{event}\r\nzz\r\n", event.len());
+            reply.send(bytes.as_bytes())?;
+            Ok(Outcome::Close)
+        }
     }
 }
 

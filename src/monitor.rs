@@ -53,6 +53,12 @@ pub struct WorkerStats {
     pub upstream_idle: AtomicU64,
     pub upstream_connects: AtomicU64,
     pub upstream_reused: AtomicU64,
+    /// Parked connections closed instead of lent: bytes or a close were waiting on them.
+    pub upstream_unclean: AtomicU64,
+    /// Upstream responses refused as malformed or ambiguous (connection closed, 502).
+    pub upstream_bad_response: AtomicU64,
+    /// Upstream 401/403: the channel's key was refused (answered 502 upstream_auth_failed).
+    pub upstream_auth_failed: AtomicU64,
     pub requests_total: AtomicU64,
     pub status_class: [AtomicU64; 6],
     pub timeouts: [AtomicU64; Layer::COUNT],
@@ -105,6 +111,9 @@ impl Default for WorkerStats {
             upstream_idle: AtomicU64::new(0),
             upstream_connects: AtomicU64::new(0),
             upstream_reused: AtomicU64::new(0),
+            upstream_unclean: AtomicU64::new(0),
+            upstream_bad_response: AtomicU64::new(0),
+            upstream_auth_failed: AtomicU64::new(0),
             requests_total: AtomicU64::new(0),
             status_class: Default::default(),
             timeouts: Default::default(),
@@ -292,6 +301,18 @@ impl Monitor {
             s(&|x| &x.upstream_connects).into(),
         );
         m.insert("upstream_reused".into(), s(&|x| &x.upstream_reused).into());
+        m.insert(
+            "upstream_unclean".into(),
+            s(&|x| &x.upstream_unclean).into(),
+        );
+        m.insert(
+            "upstream_bad_response".into(),
+            s(&|x| &x.upstream_bad_response).into(),
+        );
+        m.insert(
+            "upstream_auth_failed".into(),
+            s(&|x| &x.upstream_auth_failed).into(),
+        );
         m.insert("requests_total".into(), s(&|x| &x.requests_total).into());
         m.insert("client_gone".into(), s(&|x| &x.client_gone).into());
         m.insert("overloaded".into(), s(&|x| &x.overloaded).into());
@@ -399,6 +420,27 @@ impl Monitor {
             "Requests sent on a pooled upstream connection.",
             "counter",
             self.sum(|w| &w.upstream_reused),
+        );
+        g(
+            &mut o,
+            "ringway_upstream_unclean_total",
+            "Pooled upstream connections closed instead of reused: bytes or a close were waiting.",
+            "counter",
+            self.sum(|w| &w.upstream_unclean),
+        );
+        g(
+            &mut o,
+            "ringway_upstream_bad_response_total",
+            "Upstream responses refused as malformed or ambiguous.",
+            "counter",
+            self.sum(|w| &w.upstream_bad_response),
+        );
+        g(
+            &mut o,
+            "ringway_upstream_auth_failed_total",
+            "Upstream 401/403 answers: a channel key was refused.",
+            "counter",
+            self.sum(|w| &w.upstream_auth_failed),
         );
         g(
             &mut o,

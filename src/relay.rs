@@ -47,6 +47,10 @@ use crate::worker::{Worker, BUF_SIZE};
 const STREAM_TAILROOM: usize = 2 + wire::LAST_CHUNK.len();
 /// Largest upstream response head accepted.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
+/// Interim (1xx) responses skipped before an upstream is taken for broken. Real servers send
+/// one or two (100 Continue, 103 Early Hints); an endless stream of them must not hold the
+/// request until `response_header`.
+const MAX_INTERIM_RESPONSES: usize = 8;
 /// Bodies up to this size are copied behind the head so one write sends both.
 const INLINE_BODY: usize = BUF_SIZE / 2;
 /// How long a keep-alive connection may sit idle before its read buffer goes back to the pool.
@@ -287,8 +291,10 @@ fn is_cancelled(e: &std::io::Error) -> bool {
 enum Failure {
     Connect(String),
     Timeout(Layer),
-    /// The upstream misbehaved (closed, reset, malformed head).
+    /// The upstream misbehaved (closed, reset).
     Upstream(String),
+    /// The upstream's response head was malformed or ambiguous (counted apart).
+    BadResponse(String),
     /// A reused connection died before any response byte: safe to retry once on a new one.
     StaleConnection,
     /// The client hung up while we waited; nobody is left to answer.
@@ -370,6 +376,10 @@ impl Conn {
                     Ok(false) => {}
                     Err(WireError::TooManyHeaders) => {
                         self.reject_head(431, "too many request headers").await;
+                        return Err(());
+                    }
+                    Err(e @ WireError::UnsupportedCoding) => {
+                        self.reject_head(501, e.message()).await;
                         return Err(());
                     }
                     Err(e) => {
@@ -474,6 +484,7 @@ impl Conn {
         self.w.stats().count_timeout(phase);
         if phase == Layer::ClientHeader {
             self.new_request_id();
+            self.head.method = Method::Other;
             self.head.keep_alive = false;
             let _ = self
                 .respond_error(
@@ -489,10 +500,13 @@ impl Conn {
 
     async fn reject_head(&mut self, status: u16, message: &str) {
         self.new_request_id();
+        // No head was accepted: the fields still hold the previous request's.
+        self.head.method = Method::Other;
         self.head.keep_alive = false;
         self.head.body = BodyKind::None;
         let code = match status {
             431 => "request_header_too_large",
+            501 => "unsupported_transfer_encoding",
             _ => "bad_request",
         };
         let _ = self
@@ -508,7 +522,13 @@ impl Conn {
         self.consumed = self.head.len;
         let endpoint = endpoint_of(self.head.route_path(&self.rbuf));
         let method = self.head.method;
-        let flow = match (endpoint, method) {
+        // HEAD is GET without the body (RFC 9110 9.3.2); `respond` leaves the body out.
+        let read_method = if method == Method::Head {
+            Method::Get
+        } else {
+            method
+        };
+        let flow = match (endpoint, read_method) {
             (Endpoint::Health, Method::Get) => {
                 self.begin_quick(start);
                 // 503 until the whole process is up, so a health check never passes a relay
@@ -554,20 +574,25 @@ impl Conn {
                     .await
             }
             _ => {
-                self.respond_error(
-                    405,
+                let allow: &[u8] = match endpoint {
+                    Endpoint::Health | Endpoint::Metrics | Endpoint::Models => b"GET, HEAD",
+                    _ => b"POST",
+                };
+                let mut body = Vec::with_capacity(160);
+                provider::error_json(
+                    &mut body,
                     "method not allowed for this endpoint",
                     "invalid_request_error",
                     "method_not_allowed",
-                    None,
-                )
-                .await
+                );
+                self.respond_with(405, b"application/json", &body, (b"allow", allow))
+                    .await
             }
         };
         // Unknown paths and wrong methods count like relay requests; the operations
         // endpoints (health, metrics) are not traffic and are not counted.
         let operations =
-            matches!(endpoint, Endpoint::Health | Endpoint::Metrics) && method == Method::Get;
+            matches!(endpoint, Endpoint::Health | Endpoint::Metrics) && read_method == Method::Get;
         if !self.accounted && !operations {
             self.account(start);
         }
@@ -638,13 +663,19 @@ impl Conn {
         let Some(token) = self.authenticate() else {
             return self.unauthorized().await;
         };
+        self.deadline
+            .begin_request(start, self.timeouts().total, Layer::Total);
+        if let Err(flow) = self.read_body().await {
+            return flow;
+        }
+        // Admitted only once the body is in: a client trickling its body holds a connection
+        // (bounded by client_body_total), never an inflight slot.
         if w.stats()
             .inflight
             .load(std::sync::atomic::Ordering::Relaxed)
             >= w.max_inflight
         {
             bump(&w.stats().overloaded);
-            self.head.keep_alive = self.head.keep_alive && self.head.body == BodyKind::None;
             return self
                 .respond_error(
                     503,
@@ -656,11 +687,6 @@ impl Conn {
                 .await;
         }
         let _inflight = GaugeGuard::new(&w, |s| &s.inflight);
-        self.deadline
-            .begin_request(start, self.timeouts().total, Layer::Total);
-        if let Err(flow) = self.read_body().await {
-            return flow;
-        }
         let body = &self.rbuf[self.body.clone()];
         let field = match provider::peek_model(body) {
             Ok(Some(f)) => f,
@@ -730,6 +756,7 @@ impl Conn {
         let max = self.w.config.server.max_body_bytes;
         let t = self.timeouts();
         let hl = self.head.len;
+        let body_due = self.deadline.recent() + t.client_body_total;
         match self.head.body {
             BodyKind::None | BodyKind::UntilClose => {
                 self.body = hl..hl;
@@ -748,7 +775,7 @@ impl Conn {
                     self.rbuf.reserve(need - self.rbuf.len());
                 }
                 while self.rbuf.len() < need {
-                    self.read_more_body(&t).await?;
+                    self.read_more_body(&t, body_due).await?;
                 }
                 self.body = hl..need;
                 self.consumed = need;
@@ -802,7 +829,7 @@ impl Conn {
                     if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                         self.rbuf.reserve(self.rbuf.capacity());
                     }
-                    self.read_more_body(&t).await?;
+                    self.read_more_body(&t, body_due).await?;
                 }
             }
         }
@@ -832,8 +859,12 @@ impl Conn {
         .await
     }
 
-    async fn read_more_body(&mut self, t: &Timeouts) -> Result<(), Flow> {
-        self.deadline.arm(Layer::ClientBody, t.client_body);
+    /// Read more of the body: silence is bounded by `client_body`, the whole body by
+    /// `body_due` (`client_body_total` after the head), both answered 408.
+    async fn read_more_body(&mut self, t: &Timeouts, body_due: Instant) -> Result<(), Flow> {
+        let silence_due = self.deadline.now() + t.client_body;
+        self.deadline
+            .arm_at(Layer::ClientBody, silence_due.min(body_due));
         let buf = std::mem::take(&mut self.rbuf);
         let (len, cap) = (buf.len(), buf.capacity());
         let Conn {
@@ -949,13 +980,13 @@ impl Conn {
 
         // ---- phase 9: respond -----------------------------------------------------------------
         if self.resp.status >= 400 {
-            return self.relay_upstream_error(conn, ubuf, &t).await;
+            return self.relay_upstream_error(conn, ubuf, channel, &t).await;
         }
         let flow = match self.resp.body {
-            BodyKind::None => self.relay_fixed(&mut conn, ubuf, 0, &t).await,
-            BodyKind::Length(n) => self.relay_fixed(&mut conn, ubuf, n, &t).await,
+            BodyKind::None => self.relay_fixed(&mut conn, ubuf, 0, channel, &t).await,
+            BodyKind::Length(n) => self.relay_fixed(&mut conn, ubuf, n, channel, &t).await,
             BodyKind::Chunked | BodyKind::UntilClose => {
-                self.relay_stream(&mut conn, ubuf, &t).await
+                self.relay_stream(&mut conn, ubuf, channel, &t).await
             }
         };
         match flow {
@@ -998,9 +1029,9 @@ impl Conn {
             }
             wire::write_header(out, name, h.value.of(buf));
         }
-        if self.head.request_id.is_none() {
-            wire::write_header(out, b"x-request-id", &self.request_id);
-        }
+        // Always exactly one: a refused client value was skipped with the other replaced
+        // headers above.
+        wire::write_header(out, b"x-request-id", &self.request_id);
         out.extend_from_slice(b"\r\n");
     }
 
@@ -1086,7 +1117,49 @@ impl Conn {
             }
         }
         let mut ubuf = self.w.bufs.take();
+        let mut received = false;
+        let mut interim = 0;
         loop {
+            // Parse what is already here first: a 1xx and the final head often share a read.
+            if !ubuf.is_empty() {
+                match wire::parse_response(&ubuf, &mut self.resp, false) {
+                    Ok(true) if self.resp.status == 101 => {
+                        // Nothing here asks for an upgrade: whatever follows is not HTTP.
+                        return (
+                            Err(Failure::BadResponse(
+                                "upstream switched protocols (101) without being asked".into(),
+                            )),
+                            Some(req),
+                        );
+                    }
+                    Ok(true) if self.resp.status < 200 => {
+                        // An interim response (100 Continue, 103 Early Hints): skip it. An
+                        // upstream that sends nothing else is cut off after a few.
+                        interim += 1;
+                        if interim > MAX_INTERIM_RESPONSES {
+                            return (
+                                Err(Failure::BadResponse(format!(
+                                    "upstream sent more than {MAX_INTERIM_RESPONSES} interim (1xx) responses"
+                                ))),
+                                Some(req),
+                            );
+                        }
+                        ubuf.drain(..self.resp.len);
+                        continue;
+                    }
+                    Ok(true) => return (Ok((conn, ubuf)), Some(req)),
+                    Ok(false) => {}
+                    Err(e) => {
+                        return (
+                            Err(Failure::BadResponse(format!(
+                                "malformed upstream response head: {}",
+                                e.message()
+                            ))),
+                            Some(req),
+                        )
+                    }
+                }
+            }
             let (len, cap) = (ubuf.len(), ubuf.capacity());
             if len == cap {
                 if cap >= MAX_UPSTREAM_HEAD {
@@ -1107,7 +1180,7 @@ impl Conn {
                 };
             ubuf = b.into_inner();
             match r {
-                Ok(0) if len == 0 => {
+                Ok(0) if !received => {
                     return (
                         Err(stale_or(
                             reused,
@@ -1124,8 +1197,8 @@ impl Conn {
                         Some(req),
                     )
                 }
-                Ok(_) => {}
-                Err(e) if len == 0 => {
+                Ok(_) => received = true,
+                Err(e) if !received => {
                     return (
                         Err(stale_or(reused, format!("upstream connection failed: {e}"))),
                         Some(req),
@@ -1136,20 +1209,6 @@ impl Conn {
                         Err(Failure::Upstream(format!(
                             "upstream connection failed: {e}"
                         ))),
-                        Some(req),
-                    )
-                }
-            }
-            match wire::parse_response(&ubuf, &mut self.resp, false) {
-                Ok(true) if (100..200).contains(&self.resp.status) && self.resp.status != 101 => {
-                    // An interim response: skip it and read the real one.
-                    ubuf.drain(..self.resp.len);
-                }
-                Ok(true) => return (Ok((conn, ubuf)), Some(req)),
-                Ok(false) => {}
-                Err(_) => {
-                    return (
-                        Err(Failure::Upstream("malformed upstream response head".into())),
                         Some(req),
                     )
                 }
@@ -1181,6 +1240,11 @@ impl Conn {
                 self.respond_error(502, &msg, "upstream_error", "bad_upstream_response", None)
                     .await
             }
+            Failure::BadResponse(msg) => {
+                bump(&s.upstream_bad_response);
+                self.respond_error(502, &msg, "upstream_error", "bad_upstream_response", None)
+                    .await
+            }
             Failure::ClientGone => {
                 bump(&s.client_gone);
                 self.head.keep_alive = false;
@@ -1206,9 +1270,11 @@ impl Conn {
         &self,
         out: &mut Vec<u8>,
         ubuf: &[u8],
+        channel: usize,
         framing: ClientFraming,
         close: bool,
     ) {
+        let head_start = out.len();
         let status = self.resp.status;
         out.extend_from_slice(b"HTTP/1.1 ");
         wire::push_u64(out, status as u64);
@@ -1245,6 +1311,8 @@ impl Conn {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
+        // An upstream may echo the channel's key in a header; the client never sees it.
+        self.w.router.channels[channel].mask_keys(&mut out[head_start..]);
     }
 
     /// Write `buf[range]` to the client under the current deadline; gives the buffer back.
@@ -1309,16 +1377,19 @@ impl Conn {
         conn: &mut UpConn,
         mut ubuf: Vec<u8>,
         n: u64,
+        channel: usize,
         t: &Timeouts,
     ) -> Result<(Flow, bool), Flow> {
         let hl = self.resp.len;
         let have = (ubuf.len() - hl) as u64;
         let first = have.min(n) as usize;
-        let extra = have > n;
+        // Bytes past the body's end are the upstream's, not the next request's answer.
+        let mut extra = have > n;
+        let mut last_read_filled = ubuf.len() == ubuf.capacity();
         let close = !self.head.keep_alive;
         self.note_usage(&ubuf[hl..hl + first]);
         let mut out = self.w.bufs.take();
-        self.write_client_head(&mut out, &ubuf, ClientFraming::Length(n), close);
+        self.write_client_head(&mut out, &ubuf, channel, ClientFraming::Length(n), close);
         self.mark_first_byte(self.resp.status);
         let mut remaining = n - first as u64;
         self.deadline.arm_recent(Layer::ClientIdle, t.client_idle);
@@ -1336,7 +1407,9 @@ impl Conn {
         while remaining > 0 {
             self.deadline.arm(Layer::StreamIdle, t.stream_idle);
             ubuf.clear();
-            let want = (ubuf.capacity() as u64).min(remaining) as usize;
+            // The whole buffer, not just what is left of the body: a read that brings more
+            // than the body shows the upstream sent something after it.
+            let want = ubuf.capacity();
             let deadline = &self.deadline;
             let r = monoio::select! {
                 biased;
@@ -1346,7 +1419,12 @@ impl Conn {
             match r {
                 Some((Ok(k), b)) if k > 0 => {
                     ubuf = b.into_inner();
-                    remaining -= k as u64;
+                    last_read_filled = k == want;
+                    if k as u64 > remaining {
+                        extra = true;
+                        ubuf.truncate(remaining as usize);
+                    }
+                    remaining -= ubuf.len() as u64;
                 }
                 Some(_) => {
                     // The upstream died mid-body; the client sees a short body and a close.
@@ -1364,7 +1442,10 @@ impl Conn {
         }
         self.w.bufs.give(ubuf);
         let flow = if close { Flow::Close } else { Flow::Keep };
-        Ok((flow, self.resp.keep_alive && !extra))
+        Ok((
+            flow,
+            self.resp.keep_alive && ended_clean(extra, last_read_filled),
+        ))
     }
 
     /// A chunked or close-delimited upstream body, re-framed chunk by chunk as it arrives, so
@@ -1373,6 +1454,7 @@ impl Conn {
         &mut self,
         conn: &mut UpConn,
         mut ubuf: Vec<u8>,
+        channel: usize,
         t: &Timeouts,
     ) -> Result<(Flow, bool), Flow> {
         let hl = self.resp.len;
@@ -1386,13 +1468,14 @@ impl Conn {
             ClientFraming::UntilClose
         };
         let mut out = self.w.bufs.take();
-        self.write_client_head(&mut out, &ubuf, framing, close);
+        self.write_client_head(&mut out, &ubuf, channel, framing, close);
         self.mark_first_byte(self.resp.status);
         self.deadline.arm_recent(Layer::ClientIdle, t.client_idle);
         let len = out.len();
         let out = self.write_client(out, 0..len).await?;
         self.w.bufs.give(out);
 
+        let mut last_read_filled = ubuf.len() == ubuf.capacity();
         // Body bytes that came with the head move behind the chunk-header headroom.
         let initial = ubuf.len() - hl;
         if ubuf.capacity() < CHUNK_HEADROOM + initial + STREAM_TAILROOM {
@@ -1417,7 +1500,7 @@ impl Conn {
         // The wait before the next read: set only after a chunk went out, so the first one is
         // never held back and time to first token is untouched by coalescing.
         let mut hold = Duration::ZERO;
-        let coalesce = if event_stream {
+        let mut coalesce = if event_stream {
             self.w.config.server.sse_coalesce
         } else {
             Duration::ZERO
@@ -1425,6 +1508,7 @@ impl Conn {
         loop {
             let mut write_at = ubuf.len();
             let mut extra = false;
+            let mut broken = false;
             if chunked_in && ubuf.len() > CHUNK_HEADROOM {
                 write_at = CHUNK_HEADROOM;
                 match wire::dechunk_in_place(&mut decoder, &mut ubuf, CHUNK_HEADROOM, &mut write_at)
@@ -1433,17 +1517,8 @@ impl Conn {
                         upstream_done = d.done;
                         extra = d.consumed < ubuf.len();
                     }
-                    Err(_) => {
-                        return self
-                            .end_stream_with_error(
-                                ubuf,
-                                tail,
-                                "upstream sent malformed chunked framing",
-                                "bad_upstream_response",
-                                chunked_out && event_stream,
-                            )
-                            .await;
-                    }
+                    // The data decoded before the bad framing still goes out, then the error.
+                    Err(_) => broken = true,
                 }
             }
             let data_len = write_at - CHUNK_HEADROOM;
@@ -1475,20 +1550,43 @@ impl Conn {
                 if upstream_done {
                     self.w.bufs.give(ubuf);
                     let flow = if close { Flow::Close } else { Flow::Keep };
-                    return Ok((flow, chunked_in && self.resp.keep_alive && !extra));
+                    let reusable =
+                        chunked_in && self.resp.keep_alive && ended_clean(extra, last_read_filled);
+                    return Ok((flow, reusable));
                 }
-                if data_len > 0 {
+                // Never hold after a read that filled the buffer: more is already waiting.
+                if data_len > 0 && !last_read_filled {
                     hold = coalesce;
                 }
+            }
+            if broken {
+                return self
+                    .end_stream_with_error(
+                        ubuf,
+                        tail,
+                        "upstream sent malformed chunked framing",
+                        "bad_upstream_response",
+                        chunked_out && event_stream,
+                    )
+                    .await;
             }
 
             // Wait for more upstream bytes.
             let wait = std::mem::take(&mut hold);
+            let held = !wait.is_zero();
             match self
                 .read_stream(conn, ubuf, t, event_stream, wait, &mut canceller)
                 .await
             {
-                StreamRead::Data(b) => ubuf = b,
+                StreamRead::Data(b) => {
+                    last_read_filled = b.len() == b.capacity() - STREAM_TAILROOM;
+                    // A hold that gathered a whole buffer shows a bulk stream, not tokens:
+                    // holding it again would only throttle it.
+                    if held && last_read_filled {
+                        coalesce = Duration::ZERO;
+                    }
+                    ubuf = b;
+                }
                 StreamRead::Eof(b) if !chunked_in => {
                     ubuf = b;
                     upstream_done = true;
@@ -1692,10 +1790,15 @@ impl Conn {
 
     /// An upstream non-2xx: read its body up to the cap, answer with the contract's error
     /// shape (keeping status and Retry-After), and pool the connection only if fully drained.
+    ///
+    /// An upstream 401/403 is the channel's key being refused, not the client's: it becomes a
+    /// 502 `upstream_auth_failed` naming the channel, and the upstream's body (which may echo
+    /// the key) is never relayed. Any other body has the channel's keys masked.
     async fn relay_upstream_error(
         &mut self,
         conn: UpConn,
         mut ubuf: Vec<u8>,
+        channel: usize,
         t: &Timeouts,
     ) -> Flow {
         let mut conn = conn;
@@ -1705,6 +1808,8 @@ impl Conn {
         let hl = self.resp.len;
         let mut body: Vec<u8> = Vec::new();
         let mut complete = false;
+        let mut extra = false;
+        let mut last_read_filled = ubuf.len() == ubuf.capacity();
         let mut decoder = wire::ChunkedDecoder::new();
         let mut remaining = match self.resp.body {
             BodyKind::Length(n) => n,
@@ -1718,19 +1823,26 @@ impl Conn {
             // Take what is in `ubuf[input]`.
             let chunk = &ubuf[input.clone()];
             match kind {
-                BodyKind::None => complete = true,
+                BodyKind::None => {
+                    complete = true;
+                    extra = !chunk.is_empty();
+                }
                 BodyKind::Length(_) => {
                     let take = (chunk.len() as u64).min(remaining) as usize;
                     let room = cap.saturating_sub(body.len()).min(take);
                     body.extend_from_slice(&chunk[..room]);
                     remaining -= take as u64;
                     complete = remaining == 0;
+                    extra = chunk.len() > take;
                 }
                 BodyKind::Chunked => match decoder.decode(chunk, |r| {
                     let room = cap.saturating_sub(body.len()).min(r.len());
                     body.extend_from_slice(&chunk[r.start..r.start + room]);
                 }) {
-                    Ok(d) => complete = d.done,
+                    Ok(d) => {
+                        complete = d.done;
+                        extra = d.done && d.consumed < chunk.len();
+                    }
                     Err(_) => break,
                 },
                 BodyKind::UntilClose => {
@@ -1759,6 +1871,7 @@ impl Conn {
                 }
                 Some((Ok(n), b)) => {
                     ubuf = b.into_inner();
+                    last_read_filled = n == c;
                     input = 0..n;
                 }
                 Some((Err(_), b)) => {
@@ -1772,12 +1885,26 @@ impl Conn {
                 }
             }
         }
-        let reusable = complete && self.resp.keep_alive && kind != BodyKind::UntilClose;
+        let reusable = complete
+            && self.resp.keep_alive
+            && kind != BodyKind::UntilClose
+            && ended_clean(extra, last_read_filled);
         w.bufs.give(ubuf);
-        let json = provider::normalise_upstream_error(status, &body, !complete);
-        let flow = self
-            .respond(status, b"application/json", &json, retry_after.as_deref())
-            .await;
+        let ch = &w.router.channels[channel];
+        let flow = if status == 401 || status == 403 {
+            bump(&w.stats().upstream_auth_failed);
+            let msg = format!(
+                "upstream channel '{}' refused its API key ({status}); the request was not served",
+                ch.cfg.name
+            );
+            self.respond_error(502, &msg, "upstream_error", "upstream_auth_failed", None)
+                .await
+        } else {
+            ch.mask_keys(&mut body);
+            let json = provider::normalise_upstream_error(status, &body, !complete);
+            self.respond(status, b"application/json", &json, retry_after.as_deref())
+                .await
+        };
         if reusable {
             w.pool.put_back(conn, Instant::now());
         } else {
@@ -1809,6 +1936,27 @@ impl Conn {
         body: &[u8],
         retry_after: Option<&[u8]>,
     ) -> Flow {
+        match retry_after {
+            Some(r) => {
+                self.respond_with(status, content_type, body, (b"retry-after", r))
+                    .await
+            }
+            None => {
+                self.respond_with(status, content_type, body, (b"", b""))
+                    .await
+            }
+        }
+    }
+
+    /// A response of the relay's own, with one extra header (skipped when its name is empty).
+    /// The answer to a HEAD request carries the head only.
+    async fn respond_with(
+        &mut self,
+        status: u16,
+        content_type: &[u8],
+        body: &[u8],
+        extra: (&[u8], &[u8]),
+    ) -> Flow {
         // A body the client sent but we did not read would be parsed as the next request.
         let unread_body = self.head.body != BodyKind::None && self.consumed <= self.head.len;
         let close = !self.head.keep_alive || unread_body;
@@ -1819,14 +1967,16 @@ impl Conn {
         wire::push_u64(&mut out, body.len() as u64);
         out.extend_from_slice(b"\r\n");
         wire::write_header(&mut out, b"x-request-id", &self.request_id);
-        if let Some(r) = retry_after {
-            wire::write_header(&mut out, b"retry-after", r);
+        if !extra.0.is_empty() {
+            wire::write_header(&mut out, extra.0, extra.1);
         }
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body);
+        if self.head.method != Method::Head {
+            out.extend_from_slice(body);
+        }
         self.mark_first_byte(status);
         let t = self.timeouts();
         // Unclamped: this may be the answer to an expired total, which must still go out.
@@ -1846,6 +1996,16 @@ impl Conn {
             Err(flow) => flow,
         }
     }
+}
+
+/// May a connection whose response just ended go back to the pool? Not when bytes followed
+/// the response, and not when the read that ended it filled its buffer: a TLS session may
+/// then hold more decrypted bytes that no socket check can see. Together with the pool's
+/// check that a parked socket has nothing to read, nothing an upstream sent after a response
+/// can reach another request.
+#[inline]
+fn ended_clean(extra: bool, last_read_filled: bool) -> bool {
+    !extra && !last_read_filled
 }
 
 #[derive(Clone, Copy)]

@@ -21,6 +21,31 @@ pub struct Channel {
     pub auth_lines: Vec<Vec<u8>>,
     /// The request timeouts with this channel's overrides applied.
     pub timeouts: Timeouts,
+    /// One searcher per key long enough to mask (see [`Channel::mask_keys`]).
+    key_finders: Vec<memchr::memmem::Finder<'static>>,
+}
+
+/// Keys shorter than this are not searched for: masking a short string would deface
+/// ordinary text, and no real provider key is this short.
+const MIN_MASKED_KEY: usize = 8;
+/// How much of a key's end stays readable, so an operator can tell keys apart.
+const KEY_TAIL_SHOWN: usize = 4;
+
+impl Channel {
+    /// Overwrite every occurrence of one of this channel's keys in `buf` with `*`, all but
+    /// the last few characters, in place (the length never changes, so framing computed
+    /// before still holds). Upstreams echo keys in auth errors and debug headers.
+    pub fn mask_keys(&self, buf: &mut [u8]) {
+        for finder in &self.key_finders {
+            let n = finder.needle().len();
+            let mut at = 0;
+            while let Some(i) = finder.find(&buf[at..]) {
+                let start = at + i;
+                buf[start..start + n - KEY_TAIL_SHOWN].fill(b'*');
+                at = start + n;
+            }
+        }
+    }
 }
 
 pub struct Router {
@@ -78,6 +103,12 @@ impl Router {
                         .map(|k| format!("Authorization: Bearer {k}\r\n").into_bytes())
                         .collect(),
                     timeouts,
+                    key_finders: c
+                        .keys
+                        .iter()
+                        .filter(|k| k.len() >= MIN_MASKED_KEY)
+                        .map(|k| memchr::memmem::Finder::new(k.as_bytes()).into_owned())
+                        .collect(),
                 }
             })
             .collect();

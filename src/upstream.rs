@@ -3,8 +3,10 @@
 //! Owns: every upstream socket. A socket is either lent to exactly one request as an
 //! [`UpConn`] (counted in `upstream_connections_active`) or parked in this worker's [`Pool`]
 //! (counted in `upstream_connections_idle`); dropping an `UpConn` closes it. The relay calls
-//! [`Pool::put_back`] only after it has read a response to its end on a keep-alive connection,
-//! so a connection with unread bytes can never be reused.
+//! [`Pool::put_back`] only after it has read a response to its end on a keep-alive connection
+//! with nothing after it; [`Pool::take`] lends a parked connection only if its socket has
+//! nothing to read (no stray bytes, no close), so bytes an upstream sent after a response can
+//! never become another request's response.
 //!
 //! Must not: block the worker (name lookups run on a small blocking pool with a per-worker
 //! cache; IP literals never look anything up), share pools across workers, or keep an idle
@@ -14,6 +16,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +36,9 @@ pub type TlsStream = monoio_rustls::ClientTlsStream<TcpStream>;
 /// A connected upstream socket, plain or TLS.
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<TlsStream>),
+    /// The TLS session over its socket, and that socket's fd (the session does not expose it),
+    /// for the pool's quiet check.
+    Tls(Box<TlsStream>, RawFd),
 }
 
 impl Stream {
@@ -41,7 +46,7 @@ impl Stream {
     pub async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Stream::Plain(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
+            Stream::Tls(s, _) => s.read(buf).await,
         }
     }
 
@@ -49,7 +54,7 @@ impl Stream {
     pub async fn write_all<T: IoBuf + 'static>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Stream::Plain(s) => s.write_all(buf).await,
-            Stream::Tls(s) => s.write_all(buf).await,
+            Stream::Tls(s, _) => s.write_all(buf).await,
         }
     }
 
@@ -58,12 +63,38 @@ impl Stream {
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.readable(true).await,
-            Stream::Tls(_) => Ok(()),
+            Stream::Tls(..) => Ok(()),
         }
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
+        matches!(self, Stream::Tls(..))
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Tls(_, fd) => *fd,
+        }
+    }
+
+    /// True when the socket has nothing to read: no stray bytes and no close from the
+    /// upstream. A parked connection that fails this is closed, never lent. One non-blocking
+    /// peek; a TLS layer's own buffer is covered by the relay, which pools a connection only
+    /// when the read that ended its response left room in its buffer (see `relay`).
+    pub fn is_quiet(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: a valid open fd owned by this stream and a 1-byte buffer we own; MSG_PEEK
+        // leaves any data in the socket.
+        let n = unsafe {
+            libc::recv(
+                self.raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 }
 
@@ -144,16 +175,22 @@ impl Pool {
         }
     }
 
-    /// The warmest idle connection for `slot`, dropping any that sat too long.
+    /// The warmest idle connection for `slot`, dropping any that sat too long, or that has
+    /// something to read (stray bytes after its last response, or the upstream's close).
     pub fn take(&self, slot: PoolSlot, now: Instant) -> Option<UpConn> {
         let mut slots = self.slots.borrow_mut();
         let list = slots.get_mut(slot)?;
         while let Some(idle) = list.pop() {
             drop_one(&self.stats().upstream_idle);
-            if now.saturating_duration_since(idle.since) < self.pool_idle {
-                drop(slots);
-                return Some(self.lend(idle.stream, slot, true));
+            if now.saturating_duration_since(idle.since) >= self.pool_idle {
+                continue;
             }
+            if !idle.stream.is_quiet() {
+                bump(&self.stats().upstream_unclean);
+                continue;
+            }
+            drop(slots);
+            return Some(self.lend(idle.stream, slot, true));
         }
         None
     }
@@ -271,13 +308,14 @@ pub async fn tls_handshake(
     host: &str,
     tcp: TcpStream,
 ) -> io::Result<Stream> {
+    let fd = tcp.as_raw_fd();
     let name = ServerName::try_from(host.to_owned())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let s = tls
         .connect(name, tcp)
         .await
         .map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(Stream::Tls(Box::new(s)))
+    Ok(Stream::Tls(Box::new(s), fd))
 }
 
 /// The TLS client connectors for a config: the default one (webpki roots only) and one per

@@ -26,9 +26,18 @@ impl Span {
         &buf[self.start as usize..self.end as usize]
     }
 
+    /// The span of `part` inside `base`. httparse hands back a static `""` (pointing
+    /// nowhere near `base`) for parts it could not or did not take from the input — a status
+    /// line with no reason phrase, or one with bytes 0x80–0xFF — so a part that does not lie
+    /// inside `base` becomes the empty span instead of a garbage offset.
     #[inline]
     fn within(base: &[u8], part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - base.as_ptr() as usize;
+        let base_start = base.as_ptr() as usize;
+        let start = (part.as_ptr() as usize).wrapping_sub(base_start);
+        if start > base.len() || part.len() > base.len() - start {
+            debug_assert!(part.is_empty(), "a non-empty part outside the buffer");
+            return Span::default();
+        }
         Span {
             start: start as u32,
             end: (start + part.len()) as u32,
@@ -78,6 +87,8 @@ pub enum WireError {
     TooManyHeaders,
     HeadTooLarge,
     BadChunk,
+    /// A request transfer coding other than a single `chunked` (answered 501).
+    UnsupportedCoding,
 }
 
 impl WireError {
@@ -87,6 +98,9 @@ impl WireError {
             WireError::TooManyHeaders => "too many request headers",
             WireError::HeadTooLarge => "request head too large",
             WireError::BadChunk => "malformed chunked body",
+            WireError::UnsupportedCoding => {
+                "unsupported transfer-encoding: only a single \"chunked\" coding is accepted"
+            }
         }
     }
 }
@@ -153,7 +167,8 @@ impl RequestHead {
 
 /// Headers the relay sets itself on the upstream request (or deliberately drops):
 /// identity and framing are per hop; `accept-encoding` is dropped so that streamed bodies stay
-/// plain text the relay can inspect (SSE error injection, usage accounting).
+/// plain text the relay can inspect (SSE error injection, usage accounting); `x-request-id`
+/// is always the relay's one id for the request (the client's own when it was acceptable).
 const REPLACED_REQUEST_HEADERS: &[&[u8]] = &[
     b"host",
     b"content-length",
@@ -161,6 +176,7 @@ const REPLACED_REQUEST_HEADERS: &[&[u8]] = &[
     b"x-api-key",
     b"expect",
     b"accept-encoding",
+    b"x-request-id",
 ];
 
 const HOP_BY_HOP: &[&[u8]] = &[
@@ -192,6 +208,11 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<bool, WireErr
         Err(httparse::Error::TooManyHeaders) => return Err(WireError::TooManyHeaders),
         Err(_) => return Err(WireError::Malformed("malformed request head")),
     };
+    // httparse also takes bare LF line ends; a relay must not, since a peer that reads the
+    // head differently would see different requests (RFC 9112 2.2).
+    if has_bare_lf(&buf[..len]) {
+        return Err(WireError::Malformed("request head lines must end in CRLF"));
+    }
     head.len = len;
     head.method = match req.method.unwrap_or("") {
         "GET" => Method::Get,
@@ -220,10 +241,17 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<bool, WireErr
         if name.eq_ignore_ascii_case(b"content-length") {
             note_content_length(value, &mut content_length)?;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // Only plain `chunked` is accepted: anything else cannot be framed safely and is a
-            // classic request-smuggling vector.
-            if !last_token_is(value, b"chunked") {
-                return Err(WireError::Malformed("unsupported transfer-encoding"));
+            // HTTP/1.0 has no transfer codings: a peer that reads the request as 1.0 would
+            // frame it by Content-Length or the close instead (RFC 9112 6.1).
+            if head.minor_version == 0 {
+                return Err(WireError::Malformed(
+                    "transfer-encoding in an HTTP/1.0 request",
+                ));
+            }
+            // Exactly one `chunked` and nothing else: other codings would be forwarded
+            // undecoded, and `gzip, chunked` or a repeated header are smuggling material.
+            if chunked || !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(WireError::UnsupportedCoding);
             }
             chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
@@ -316,6 +344,9 @@ pub fn parse_response(
     };
     head.len = len;
     head.status = resp.code.unwrap_or(0);
+    if !(100..=599).contains(&head.status) {
+        return Err(WireError::Malformed("upstream status outside 100-599"));
+    }
     head.reason = Span::within(buf, resp.reason.unwrap_or("").as_bytes());
     head.headers.clear();
     head.event_stream = false;
@@ -323,6 +354,7 @@ pub fn parse_response(
     let mut keep_alive = resp.version.unwrap_or(1) >= 1;
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
+    let mut transfer_encoding = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
@@ -333,6 +365,7 @@ pub fn parse_response(
         if name.eq_ignore_ascii_case(b"content-length") {
             note_content_length(value, &mut content_length)?;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
             if last_token_is(value, b"chunked") {
                 chunked = true;
             } else {
@@ -355,6 +388,13 @@ pub fn parse_response(
         } else if name.eq_ignore_ascii_case(b"retry-after") {
             head.retry_after = Some(Span::within(buf, value));
         }
+    }
+    // Two framings at once is how responses get split: which one ends the body depends on
+    // who reads it. Refused, so the connection is closed and never pooled (RFC 9112 6.3).
+    if transfer_encoding && content_length.is_some() {
+        return Err(WireError::Malformed(
+            "upstream response has both content-length and transfer-encoding",
+        ));
     }
     head.body = if request_was_head
         || (100..200).contains(&head.status)
@@ -410,6 +450,11 @@ fn last_token_is(value: &[u8], token: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
+/// A `\n` not preceded by `\r`.
+fn has_bare_lf(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
+}
+
 /// Values echoed back in a response header must not be able to inject header lines.
 fn is_token_safe(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= 200 && v.iter().all(|&b| (0x21..0x7f).contains(&b))
@@ -442,7 +487,11 @@ pub struct ChunkedDecoder {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChunkState {
+    /// Hex digits of the chunk size.
     Size,
+    /// Whitespace after the size: only `;` (an extension) or the CR may follow.
+    SizeWs,
+    /// Inside a chunk extension, up to its CR.
     Ext,
     SizeLf,
     Data,
@@ -450,6 +499,7 @@ enum ChunkState {
     DataLf,
     TrailerStart,
     TrailerLine,
+    TrailerLf,
     EndLf,
     Done,
 }
@@ -533,32 +583,35 @@ impl ChunkedDecoder {
                         i += 1;
                     }
                     None if self.digits == 0 => return Err(WireError::BadChunk),
-                    None => match b {
-                        b'\r' => {
-                            self.state = ChunkState::SizeLf;
-                            i += 1;
-                        }
-                        b'\n' => {
-                            i += 1;
-                            self.end_size_line();
-                        }
-                        b';' | b' ' | b'\t' => {
-                            self.state = ChunkState::Ext;
-                            i += 1;
-                        }
-                        _ => return Err(WireError::BadChunk),
-                    },
+                    // CRLF only: a bare LF, or anything but an extension after the digits
+                    // (`18 zz`), is refused (RFC 9112 7.1).
+                    None => {
+                        self.state = match b {
+                            b'\r' => ChunkState::SizeLf,
+                            b';' => ChunkState::Ext,
+                            b' ' | b'\t' => ChunkState::SizeWs,
+                            _ => return Err(WireError::BadChunk),
+                        };
+                        i += 1;
+                    }
                 },
+                ChunkState::SizeWs => {
+                    self.state = match b {
+                        b' ' | b'\t' => ChunkState::SizeWs,
+                        b';' => ChunkState::Ext,
+                        b'\r' => ChunkState::SizeLf,
+                        _ => return Err(WireError::BadChunk),
+                    };
+                    i += 1;
+                }
                 ChunkState::Ext => match memchr::memchr2(b'\r', b'\n', &input[i..]) {
                     Some(off) => {
                         i += off;
-                        if input[i] == b'\r' {
-                            self.state = ChunkState::SizeLf;
-                            i += 1;
-                        } else {
-                            i += 1;
-                            self.end_size_line();
+                        if input[i] != b'\r' {
+                            return Err(WireError::BadChunk);
                         }
+                        self.state = ChunkState::SizeLf;
+                        i += 1;
                     }
                     None => i = input.len(),
                 },
@@ -583,12 +636,11 @@ impl ChunkedDecoder {
                     });
                 }
                 ChunkState::DataCr => {
-                    i += 1;
-                    match b {
-                        b'\r' => self.state = ChunkState::DataLf,
-                        b'\n' => self.state = ChunkState::Size,
-                        _ => return Err(WireError::BadChunk),
+                    if b != b'\r' {
+                        return Err(WireError::BadChunk);
                     }
+                    i += 1;
+                    self.state = ChunkState::DataLf;
                 }
                 ChunkState::DataLf => {
                     if b != b'\n' {
@@ -601,24 +653,28 @@ impl ChunkedDecoder {
                     i += 1;
                     match b {
                         b'\r' => self.state = ChunkState::EndLf,
-                        b'\n' => {
-                            self.state = ChunkState::Done;
-                            return Ok(Step {
-                                consumed: i,
-                                data: None,
-                                done: true,
-                            });
-                        }
+                        b'\n' => return Err(WireError::BadChunk),
                         _ => self.state = ChunkState::TrailerLine,
                     }
                 }
-                ChunkState::TrailerLine => match memchr::memchr(b'\n', &input[i..]) {
+                ChunkState::TrailerLine => match memchr::memchr2(b'\r', b'\n', &input[i..]) {
                     Some(off) => {
-                        i += off + 1;
-                        self.state = ChunkState::TrailerStart;
+                        i += off;
+                        if input[i] != b'\r' {
+                            return Err(WireError::BadChunk);
+                        }
+                        i += 1;
+                        self.state = ChunkState::TrailerLf;
                     }
                     None => i = input.len(),
                 },
+                ChunkState::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(WireError::BadChunk);
+                    }
+                    i += 1;
+                    self.state = ChunkState::TrailerStart;
+                }
                 ChunkState::EndLf => {
                     if b != b'\n' {
                         return Err(WireError::BadChunk);
@@ -913,6 +969,117 @@ mod tests {
         let r = dechunk_in_place(&mut d, &mut buf, 0, &mut w).unwrap();
         assert!(r.done);
         assert_eq!(&buf[..w], b"hello, world");
+    }
+
+    /// Every span a parsed response head carries, read as the relay reads them.
+    fn touch_response_spans(h: &ResponseHead, buf: &[u8]) {
+        let _ = h.reason.of(buf);
+        for hp in &h.headers {
+            let _ = (hp.name.of(buf), hp.value.of(buf));
+        }
+        if let Some(r) = h.retry_after {
+            let _ = r.of(buf);
+        }
+    }
+
+    #[test]
+    fn status_line_without_usable_reason_is_an_empty_span() {
+        // httparse answers these with a static "" that does not point into the buffer.
+        let cases: [&[u8]; 6] = [
+            b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200\nContent-Length: 2\n\nok",
+            b"HTTP/1.1 200 \xe9\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 \xe9\nContent-Length: 2\n\nok",
+            b"HTTP/1.1 200 \r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK \xff\xfe\r\nContent-Length: 0\r\n\r\n",
+        ];
+        for t in cases {
+            let mut h = ResponseHead::default();
+            assert!(parse_response(t, &mut h, false).unwrap());
+            assert_eq!(h.status, 200);
+            assert!((h.reason.end as usize) <= t.len());
+            touch_response_spans(&h, t);
+        }
+    }
+
+    #[test]
+    fn ambiguous_upstream_responses_are_refused() {
+        let cases: [&[u8]; 6] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"HTTP/1.1 600 Nope\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 099 Nope\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 000 Nope\r\nContent-Length: 0\r\n\r\n",
+        ];
+        for t in cases {
+            let mut h = ResponseHead::default();
+            assert!(
+                parse_response(t, &mut h, false).is_err(),
+                "{}",
+                String::from_utf8_lossy(t)
+            );
+        }
+        let mut h = ResponseHead::default();
+        let t = b"HTTP/1.1 599 Edge\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        assert!(parse_response(t, &mut h, false).unwrap());
+        assert_eq!(h.body, BodyKind::Length(5));
+    }
+
+    #[test]
+    fn strict_request_framing() {
+        // Bare LF line ends anywhere in the head.
+        assert!(req("POST / HTTP/1.1\nHost: a\n\n").is_err());
+        assert!(req("POST / HTTP/1.1\r\nHost: a\n\r\n").is_err());
+        // Transfer-Encoding on HTTP/1.0.
+        assert!(matches!(
+            req("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(WireError::Malformed(_))
+        ));
+        // Codings other than one plain chunked: 501 material.
+        for te in [
+            "gzip, chunked",
+            "chunked, chunked",
+            "identity",
+            "gzip",
+            "chunked;q=1",
+        ] {
+            let t = format!("POST / HTTP/1.1\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(req(&t).unwrap_err(), WireError::UnsupportedCoding, "{te}");
+        }
+        let t =
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(req(t).unwrap_err(), WireError::UnsupportedCoding);
+        let (_, h) = req("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap();
+        assert_eq!(h.body, BodyKind::Chunked);
+    }
+
+    #[test]
+    fn chunk_lines_are_crlf_only_and_sizes_hex_only() {
+        for bad in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5;ext\nhello\r\n0\r\n\r\n",
+            b"18 zz\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\n",
+            b"5\r\nhello\r\n0\r\nTrailer: x\n\r\n",
+            b"5\r\nhelloXY0\r\n\r\n",
+        ] {
+            for split in 1..=bad.len() {
+                assert!(
+                    decode_all(bad, split).is_err(),
+                    "{} split {split}",
+                    String::from_utf8_lossy(bad)
+                );
+            }
+        }
+        let good = b"5 ;a=b\r\nhello\r\n5\t\r\nworld\r\n0\r\nT: 1\r\nU: 2\r\n\r\n";
+        for split in 1..=good.len() {
+            let (out, d) = decode_all(good, split).unwrap();
+            assert_eq!(out, b"helloworld");
+            assert!(d.done);
+        }
     }
 
     #[test]

@@ -676,11 +676,14 @@ impl Client {
         }
     }
 
-    /// Reads the next response (1xx included), bounded by [`READ_TIMEOUT`] per read and
-    /// [`RESPONSE_DEADLINE`] overall.
-    pub fn try_read_response(&mut self) -> Result<Response, ReadError> {
-        let deadline = Instant::now() + RESPONSE_DEADLINE;
-        // Head.
+    /// Reads a response head only (the answer to a HEAD request has no body).
+    pub fn read_response_for_head(&mut self) -> Response {
+        self.read_head_part(Instant::now() + RESPONSE_DEADLINE)
+            .unwrap_or_else(|e| panic!("reading a response head failed: {e:?}"))
+    }
+
+    /// Reads and removes one response head from the buffer.
+    fn read_head_part(&mut self, deadline: Instant) -> Result<Response, ReadError> {
         let (status, reason, headers, head_len) = loop {
             let mut raw = [httparse::EMPTY_HEADER; 128];
             let mut parsed = httparse::Response::new(&mut raw);
@@ -715,7 +718,7 @@ impl Client {
         };
         let head_at = Instant::now();
         self.buf.drain(..head_len);
-        let mut response = Response {
+        Ok(Response {
             status,
             reason,
             headers,
@@ -724,7 +727,16 @@ impl Client {
             head_at,
             done_at: head_at,
             until_close: false,
-        };
+        })
+    }
+
+    /// Reads the next response (1xx included), bounded by [`READ_TIMEOUT`] per read and
+    /// [`RESPONSE_DEADLINE`] overall.
+    pub fn try_read_response(&mut self) -> Result<Response, ReadError> {
+        let deadline = Instant::now() + RESPONSE_DEADLINE;
+        let mut response = self.read_head_part(deadline)?;
+        let status = response.status;
+        let head_at = response.head_at;
         if (100..200).contains(&status) || status == 204 || status == 304 {
             return Ok(response);
         }
