@@ -128,37 +128,36 @@ pub fn relay_dechunk(pieces: &[&[u8]]) -> Relayed {
         let mut ubuf = vec![0u8; CHUNK_HEADROOM];
         ubuf.extend_from_slice(part);
         let mut write_at = CHUNK_HEADROOM;
-        match wire::dechunk_in_place(&mut d, &mut ubuf, CHUNK_HEADROOM, &mut write_at) {
+        let r = wire::dechunk_in_place(&mut d, &mut ubuf, CHUNK_HEADROOM, &mut write_at);
+        // On bad framing the relay still sends what was decoded before it, then stops.
+        assert!(CHUNK_HEADROOM <= write_at && write_at <= ubuf.len());
+        match r {
             Ok(dc) => {
-                assert!(dc.consumed <= ubuf.len());
-                assert!(CHUNK_HEADROOM <= write_at && write_at <= dc.consumed);
+                assert!(dc.consumed <= ubuf.len() && write_at <= dc.consumed);
                 assert!(
                     dc.done || dc.consumed == ubuf.len(),
                     "{dc:?} of {}",
                     ubuf.len()
                 );
                 out.extra = dc.consumed < ubuf.len();
-                let data_len = write_at - CHUNK_HEADROOM;
-                out.reads.push(ubuf[CHUNK_HEADROOM..write_at].to_vec());
-                ubuf.truncate(write_at);
-                let mut start = CHUNK_HEADROOM;
-                if data_len > 0 {
-                    start = wire::write_chunk_header_before(&mut ubuf, CHUNK_HEADROOM, data_len);
-                    ubuf.extend_from_slice(b"\r\n");
-                }
-                if dc.done {
-                    ubuf.extend_from_slice(LAST_CHUNK);
-                }
-                out.framed.extend_from_slice(&ubuf[start..]);
-                if dc.done {
-                    out.done = true;
-                    break;
-                }
+                out.done = dc.done;
             }
-            Err(_) => {
-                out.error = true;
-                break;
-            }
+            Err(_) => out.error = true,
+        }
+        let data_len = write_at - CHUNK_HEADROOM;
+        out.reads.push(ubuf[CHUNK_HEADROOM..write_at].to_vec());
+        ubuf.truncate(write_at);
+        let mut start = CHUNK_HEADROOM;
+        if data_len > 0 {
+            start = wire::write_chunk_header_before(&mut ubuf, CHUNK_HEADROOM, data_len);
+            ubuf.extend_from_slice(b"\r\n");
+        }
+        if out.done {
+            ubuf.extend_from_slice(LAST_CHUNK);
+        }
+        out.framed.extend_from_slice(&ubuf[start..]);
+        if out.done || out.error {
+            break;
         }
     }
     out
@@ -188,12 +187,7 @@ pub fn chunked_decode(data: &[u8]) {
     assert_eq!(relayed.done, whole.done);
     assert_eq!(relayed.error, whole.error);
     let data: Vec<u8> = relayed.reads.concat();
-    if whole.error {
-        // Data of the read that hit the error is dropped with it.
-        assert!(whole.data.starts_with(&data));
-    } else {
-        assert_eq!(data, whole.data, "dechunk_in_place differs from decode");
-    }
+    assert_eq!(data, whole.data, "dechunk_in_place differs from decode");
     // Bytes after the end within the same read are seen; ones in a later read cannot be.
     if relayed.extra {
         assert!(whole.done && whole.consumed < body.len());
@@ -250,7 +244,5 @@ pub fn chunked_encode(data: &[u8]) {
     assert_eq!(client.consumed, relayed.framed.len());
     assert_eq!(client.done, upstream.done);
     assert_eq!(client.data, relayed.reads.concat());
-    if !upstream.error {
-        assert_eq!(client.data, upstream.data);
-    }
+    assert_eq!(client.data, upstream.data);
 }
