@@ -113,15 +113,19 @@ fn check_request(buf: &[u8], head: &RequestHead) {
         }
     }
     out.extend_from_slice(b"content-length: 0\r\n\r\n");
-    let mut again = RequestHead::default();
-    assert_eq!(
-        wire::parse_request(&out, &mut again),
-        Ok(true),
-        "forwarded head does not parse: {:?}",
-        String::from_utf8_lossy(&out)
-    );
-    assert_eq!(again.len, out.len());
-    assert_eq!(again.path.of(&out), path);
+    // (httparse with room for the two added headers: the head may already hold the maximum.)
+    let mut headers = [httparse::EMPTY_HEADER; wire::MAX_HEADERS + 8];
+    let mut again = httparse::Request::new(&mut headers);
+    match again.parse(&out) {
+        Ok(httparse::Status::Complete(n)) => {
+            assert_eq!(n, out.len());
+            assert_eq!(again.path.map(str::as_bytes), Some(path));
+        }
+        other => panic!(
+            "forwarded head does not parse ({other:?}): {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
 }
 
 // ---- response heads ----------------------------------------------------------------------

@@ -17,8 +17,11 @@ pub use heads::{request_head, response_head};
 pub use json::{model_peek, sse_scan, usage_scan};
 pub use relay::relay_response;
 
+/// One harness: panics when an invariant breaks.
+pub type Harness = fn(&[u8]);
+
 /// Every target, by the name of its corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("request_head", request_head),
     ("response_head", response_head),
     ("chunked_decode", chunked_decode),
