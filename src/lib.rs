@@ -70,4 +70,15 @@ pub mod internals {
         dechunk_in_place, parse_request, parse_response, write_chunk_header_before, BodyKind,
         ChunkedDecoder, RequestHead, ResponseHead, CHUNK_HEADROOM, LAST_CHUNK,
     };
+
+    /// HTTP/1.1 framing, whole, for the fuzz harness's own checks.
+    pub mod wire {
+        pub use crate::wire::*;
+    }
+
+    /// Body formats, for the fuzz harness.
+    pub mod provider {
+        pub use crate::error::json_string;
+        pub use crate::provider::{model_name, peek_model, scan_usage, ModelField, Usage};
+    }
 }

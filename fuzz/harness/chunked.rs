@@ -2,7 +2,7 @@
 //! not depend on where reads end, and the relay's re-framing (`write_chunk_header_before` +
 //! `LAST_CHUNK`) must decode back to the same bytes.
 
-use ringway::wire::{self, ChunkedDecoder, CHUNK_HEADROOM, LAST_CHUNK};
+use ringway::internals::wire::{self, ChunkedDecoder, CHUNK_HEADROOM, LAST_CHUNK};
 
 use super::{split_seed, Splits};
 

@@ -1,7 +1,7 @@
 //! Request- and response-head parsers: every span a parsed head carries is used the way the relay
 //! uses it, and the heads the relay would write from it must parse again.
 
-use ringway::wire::{self, BodyKind, RequestHead, ResponseHead, Span};
+use ringway::internals::wire::{self, BodyKind, RequestHead, ResponseHead, Span};
 
 /// A span must lie inside the parsed head (which lies inside the buffer); then it is read.
 fn check_span<'a>(buf: &'a [u8], head_len: usize, span: Span, what: &str) -> &'a [u8] {

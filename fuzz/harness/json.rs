@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use ringway::provider::{self, Usage};
+use ringway::internals::provider::{self, Usage};
 use serde_json::Value;
 
 use super::chunked::relay_dechunk;
@@ -83,7 +83,7 @@ impl<'de> serde::Deserialize<'de> for Members {
 /// Known divergence, reported rather than asserted (see docs/FUZZING.md): `peek_model` ignores
 /// keys written with escapes (`"mod\u0065l"`), which every JSON parser reads as `model`. When the
 /// member that a JSON parser takes as `model` has such a key, agreement is not asserted.
-pub const SKIP_ESCAPED_MODEL_KEY: bool = true;
+pub const SKIP_ESCAPED_MODEL_KEY: bool = false;
 
 pub fn model_peek(body: &[u8]) {
     let peeked = provider::peek_model(body);

@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use ringway::monitor::Monitor;
-use ringway::wire::{self, BodyKind, ResponseHead};
+use ringway::internals::wire::{self, BodyKind, ResponseHead};
+use ringway::internals::Monitor;
 
 use super::chunked::decode_pieces;
 
@@ -115,8 +115,8 @@ key = "{CLIENT_TOKEN}"
 models = ["*"]
 "#
     );
-    let config = ringway::config::parse(&toml, Path::new("<fuzz>")).expect("fuzz relay config");
-    let running = ringway::cli::start(config).expect("start the relay");
+    let config = ringway::parse(&toml, Path::new("<fuzz>")).expect("fuzz relay config");
+    let running = ringway::start(config).expect("start the relay");
     let monitor = running.monitor;
     // The workers run until the process ends.
     std::mem::forget(running);
@@ -408,7 +408,7 @@ fn strip_error_event(data: &[u8]) -> &[u8] {
 /// (chunked or close-delimited) 2xx/3xx whose final head is shorter than `CHUNK_HEADROOM`
 /// (18 bytes, e.g. `HTTP/1.1 200\r\n\r\n`) panics the worker in `relay_stream` at
 /// `ubuf.copy_within(hl.., CHUNK_HEADROOM)` ("dest is out of bounds").
-pub const SKIP_SHORT_HEAD_STREAM_CRASH: bool = true;
+pub const SKIP_SHORT_HEAD_STREAM_CRASH: bool = false;
 
 fn short_head_stream(up: &[u8]) -> bool {
     match expect(up) {
