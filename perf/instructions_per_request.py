@@ -3,8 +3,8 @@
 the machine is doing, and user space only (the kernel's share, most of a relay's CPU, is not
 counted). For comparing builds of ringway's own code.
 
-Usage: perf/instructions_per_request.py BINARY [BINARY ...]   (env N: requests, default 3000)
-Each binary runs under valgrind with perf/lab/ringway-bench.toml (epoll driver: valgrind does
+Usage: perf/instructions_per_request.py BINARY[=CONFIG] ...   (env N: requests, default 3000)
+Each binary runs under valgrind with CONFIG (default perf/lab/ringway-bench.toml) (epoll driver: valgrind does
 not know io_uring), behind the lab's nginx upstream; after 300 warm-up requests the counters
 are zeroed, N requests are sent one after another on one keep-alive connection, and the count
 is divided by N. Needs valgrind and nginx.
@@ -44,11 +44,13 @@ def roundtrips(n):
             d = s.recv(65536); assert d; buf += d
     s.close()
 
-def measure(binary):
+def measure(target):
+    binary, _, conf = target.partition("=")
+    conf = conf or CONF
     out = f"/tmp/ringway-cg.{os.path.basename(binary)}.{os.getpid()}"
     for f in glob.glob(out + "*"): os.remove(f)
     env = dict(os.environ, RINGWAY_FORCE_EPOLL="1")
-    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "--config", CONF],
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "--config", conf],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_port(18104), "relay did not start"
@@ -69,7 +71,7 @@ def measure(binary):
 up = subprocess.Popen(["nginx", "-c", os.path.join(HERE, "lab", "upstream-nginx.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:
     assert wait_port(18080)
-    for b in sys.argv[1:]:
-        print(f"{b}: {measure(b):.0f} instructions/request", flush=True)
+    for t in sys.argv[1:]:
+        print(f"{t}: {measure(t):.0f} instructions/request", flush=True)
 finally:
     up.terminate(); up.wait()
