@@ -1,0 +1,405 @@
+//! Routing and the ordinary behaviours: the routes (`/v1/...`, `/v1/models`, `/mock/stats`),
+//! the model-name table (`mock-fixed`, `mock-stream-N-D`, `mock-status-CODE`, ... — see
+//! [`crate::MODELS_DOC`]) and the behaviours that stay valid HTTP: canned replies, streams,
+//! error statuses, stalls, resets, broken chunking, echo, slow bodies.
+//!
+//! Must not: write broken HTTP itself; the behaviours that do are in `hostile`. A name that is
+//! not in the table behaves like `mock-fixed`, never as an error.
+
+use std::io;
+use std::time::Duration;
+
+use crate::bodies::{
+    anthropic_message, chat_completion, chunk_event, embeddings, error_kind, huge_error_body,
+    json_str, text_completion,
+};
+use crate::hostile::{hostile, Hostile};
+use crate::reply::{Framing, Reply};
+use crate::request::Request;
+use crate::server::Outcome;
+
+/// Names served by `GET /v1/models`; parameterised families appear with sample parameters.
+const MODEL_NAMES: &[&str] = &[
+    "mock-fixed",
+    "mock-stream-5-0",
+    "mock-stream-5-100",
+    "mock-status-400",
+    "mock-status-401",
+    "mock-status-429",
+    "mock-status-500",
+    "mock-status-503",
+    "mock-status-504",
+    "mock-huge-error",
+    "mock-reset-body",
+    "mock-reset-stream",
+    "mock-stall-head-2000",
+    "mock-stall-stream-2000",
+    "mock-broken-chunked",
+    "mock-echo",
+    "mock-close",
+    "mock-slow-body-100",
+];
+
+/// Caps every scripted wait so a silly model name cannot overflow `Instant` arithmetic.
+const MAX_WAIT_MS: u64 = 3_600_000;
+const HUGE_WRITE: usize = 64 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Routing and behaviours
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+    Messages,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Behaviour {
+    Fixed,
+    Stream { events: u64, gap_ms: u64 },
+    Status(u16),
+    HugeError,
+    ResetBody,
+    ResetStream,
+    StallHead(u64),
+    StallStream(u64),
+    BrokenChunked,
+    Echo,
+    Close,
+    SlowBody(u64),
+    Hostile(Hostile),
+}
+
+fn behaviour(model: &str) -> Behaviour {
+    fn number(s: &str) -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    }
+    fn millis(s: &str) -> Option<u64> {
+        number(s).map(|ms| ms.min(MAX_WAIT_MS))
+    }
+    let parsed = match model {
+        "mock-huge-error" => Some(Behaviour::HugeError),
+        "mock-reset-body" => Some(Behaviour::ResetBody),
+        "mock-reset-stream" => Some(Behaviour::ResetStream),
+        "mock-broken-chunked" => Some(Behaviour::BrokenChunked),
+        "mock-echo" => Some(Behaviour::Echo),
+        "mock-close" => Some(Behaviour::Close),
+        "mock-no-reason" => Some(Behaviour::Hostile(Hostile::NoReason { stream: false })),
+        "mock-no-reason-stream" => Some(Behaviour::Hostile(Hostile::NoReason { stream: true })),
+        "mock-binary-reason" => Some(Behaviour::Hostile(Hostile::BinaryReason)),
+        "mock-bare-lf" => Some(Behaviour::Hostile(Hostile::BareLf)),
+        "mock-extra-response" => Some(Behaviour::Hostile(Hostile::ExtraResponse)),
+        "mock-extra-later" => Some(Behaviour::Hostile(Hostile::ExtraLater)),
+        "mock-extra-after-stream" => Some(Behaviour::Hostile(Hostile::ExtraAfterStream)),
+        "mock-unasked-101" => Some(Behaviour::Hostile(Hostile::UnaskedSwitch)),
+        "mock-length-and-chunked" => Some(Behaviour::Hostile(Hostile::LengthAndChunked)),
+        "mock-duplicate-length" => Some(Behaviour::Hostile(Hostile::DuplicateLength)),
+        "mock-endless-interim" => Some(Behaviour::Hostile(Hostile::EndlessInterim)),
+        "mock-broken-chunked-one-write" => Some(Behaviour::Hostile(Hostile::BrokenChunkedOneWrite)),
+        "mock-short-head-stream" => Some(Behaviour::Hostile(Hostile::ShortHeadStream)),
+        _ => {
+            if let Some(rest) = model.strip_prefix("mock-stream-") {
+                let (events, gap) = rest.split_once('-').unwrap_or((rest, "0"));
+                number(events)
+                    .zip(millis(gap))
+                    .map(|(events, gap_ms)| Behaviour::Stream { events, gap_ms })
+            } else if let Some(code) = model.strip_prefix("mock-status-") {
+                number(code)
+                    .filter(|c| (200..=599).contains(c))
+                    .map(|c| Behaviour::Status(c as u16))
+            } else if let Some(ms) = model.strip_prefix("mock-stall-head-") {
+                millis(ms).map(Behaviour::StallHead)
+            } else if let Some(ms) = model.strip_prefix("mock-stall-stream-") {
+                millis(ms).map(Behaviour::StallStream)
+            } else if let Some(ms) = model.strip_prefix("mock-slow-body-") {
+                millis(ms).map(Behaviour::SlowBody)
+            } else if let Some(code) = model.strip_prefix("mock-bad-status-") {
+                // Any three digits: 000-099 and 600-999 are what this is for.
+                (code.len() == 3)
+                    .then(|| number(code))
+                    .flatten()
+                    .map(|c| Behaviour::Hostile(Hostile::BadStatus(c as u16)))
+            } else if let Some(n) = model.strip_prefix("mock-interim-") {
+                number(n).map(|n| Behaviour::Hostile(Hostile::Interim(n.min(1000))))
+            } else if let Some(code) = model.strip_prefix("mock-echo-key-") {
+                number(code)
+                    .filter(|c| (200..=599).contains(c))
+                    .map(|c| Behaviour::Hostile(Hostile::EchoKey(c as u16)))
+            } else if let Some(mib) = model.strip_prefix("mock-bulk-") {
+                number(mib).map(|m| Behaviour::Hostile(Hostile::Bulk(m.min(1024))))
+            } else {
+                None
+            }
+        }
+    };
+    parsed.unwrap_or(Behaviour::Fixed)
+}
+
+pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome> {
+    let path = request.target.split('?').next().unwrap_or_default();
+    let endpoint = match (request.method.as_str(), path) {
+        ("GET", "/mock/stats") => {
+            let stats = reply.shared.stats();
+            return reply.json(
+                200,
+                &format!(
+                    "{{\"open_connections\":{},\"total_connections\":{},\"requests\":{}}}",
+                    stats.open_connections, stats.total_connections, stats.requests
+                ),
+            );
+        }
+        ("GET", "/v1/models") => return reply.json(200, &models_list()),
+        ("POST", "/v1/chat/completions") => Endpoint::Chat,
+        ("POST", "/v1/completions") => Endpoint::Completions,
+        ("POST", "/v1/embeddings") => Endpoint::Embeddings,
+        ("POST", "/v1/messages") => Endpoint::Messages,
+        (method, _) => {
+            let message = format!("no route for {method} {path}");
+            return reply.error(404, &message, "invalid_request_error", "not_found", &[]);
+        }
+    };
+    let json: serde_json::Value = match serde_json::from_slice(&request.body) {
+        Ok(json) => json,
+        Err(_) => {
+            return reply.error(
+                400,
+                "request body is not valid JSON",
+                "invalid_request_error",
+                "invalid_json",
+                &[],
+            )
+        }
+    };
+    let Some(model) = json.get("model").and_then(serde_json::Value::as_str) else {
+        return reply.error(
+            400,
+            "request body has no \"model\" string",
+            "invalid_request_error",
+            "missing_model",
+            &[],
+        );
+    };
+    match behaviour(model) {
+        Behaviour::Fixed => fixed(reply, endpoint, model, &json),
+        Behaviour::Stream { events, gap_ms } => stream(reply, endpoint, model, events, gap_ms),
+        Behaviour::Status(code) => status_error(reply, code),
+        Behaviour::HugeError => huge_error(reply),
+        Behaviour::ResetBody => reset_body(reply),
+        Behaviour::ResetStream => reset_stream(reply, endpoint, model),
+        Behaviour::StallHead(ms) => {
+            if reply.pause(Duration::from_millis(ms)) {
+                fixed(reply, endpoint, model, &json)
+            } else {
+                Ok(Outcome::Close)
+            }
+        }
+        Behaviour::StallStream(ms) => stall_stream(reply, endpoint, model, ms),
+        Behaviour::BrokenChunked => broken_chunked(reply, endpoint, model),
+        Behaviour::Echo => echo(reply, request),
+        Behaviour::Close => fixed(
+            Reply {
+                close: true,
+                ..reply
+            },
+            endpoint,
+            model,
+            &json,
+        ),
+        Behaviour::SlowBody(ms) => slow_body(reply, model, ms),
+        Behaviour::Hostile(h) => hostile(reply, request, endpoint, model, h),
+    }
+}
+
+fn models_list() -> String {
+    let data: Vec<String> = MODEL_NAMES
+        .iter()
+        .map(|name| {
+            format!(
+                "{{\"id\":{},\"object\":\"model\",\"created\":0,\"owned_by\":\"ringway-mock\"}}",
+                json_str(name)
+            )
+        })
+        .collect();
+    format!("{{\"object\":\"list\",\"data\":[{}]}}", data.join(","))
+}
+
+fn fixed(
+    reply: Reply<'_>,
+    endpoint: Endpoint,
+    model: &str,
+    json: &serde_json::Value,
+) -> io::Result<Outcome> {
+    let wants_stream = json.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
+    if wants_stream && endpoint != Endpoint::Embeddings {
+        return stream(reply, endpoint, model, 5, 0);
+    }
+    let body = match endpoint {
+        Endpoint::Chat => chat_completion(model),
+        Endpoint::Completions => text_completion(model),
+        Endpoint::Embeddings => match embeddings(model, json) {
+            Ok(body) => body,
+            Err(message) => {
+                return reply.error(400, &message, "invalid_request_error", "invalid_input", &[])
+            }
+        },
+        Endpoint::Messages => anthropic_message(model),
+    };
+    reply.json(200, &body)
+}
+
+fn stream(
+    reply: Reply<'_>,
+    endpoint: Endpoint,
+    model: &str,
+    events: u64,
+    gap_ms: u64,
+) -> io::Result<Outcome> {
+    reply.sse_head()?;
+    for index in 0..events {
+        if index > 0 && !reply.pause(Duration::from_millis(gap_ms)) {
+            return Ok(Outcome::Close);
+        }
+        reply.chunk(chunk_event(endpoint, model, index, index + 1 == events).as_bytes())?;
+    }
+    reply.end_stream()
+}
+
+fn status_error(reply: Reply<'_>, code: u16) -> io::Result<Outcome> {
+    let (kind, code_name) = error_kind(code);
+    let retry: &[(&str, &str)] = if code == 429 || code == 503 {
+        &[("retry-after", "7")]
+    } else {
+        &[]
+    };
+    reply.error(code, &format!("mock error {code}"), kind, code_name, retry)
+}
+
+fn huge_error(reply: Reply<'_>) -> io::Result<Outcome> {
+    let body = huge_error_body();
+    reply.send(&reply.head(
+        500,
+        &[("content-type", "application/json")],
+        Framing::Length(body.len()),
+    ))?;
+    for piece in body.chunks(HUGE_WRITE) {
+        reply.send(piece)?;
+    }
+    Ok(reply.finished())
+}
+
+/// Lets the bytes already written reach the peer before the RST, so the fault lands mid-body
+/// instead of racing the head.
+const RESET_GRACE: Duration = Duration::from_millis(50);
+
+fn reset_body(reply: Reply<'_>) -> io::Result<Outcome> {
+    let mut bytes = reply.head(
+        200,
+        &[("content-type", "application/json")],
+        Framing::Length(100_000),
+    );
+    let body_start = bytes.len();
+    bytes.extend_from_slice(br#"{"id":"chatcmpl-mock","padding":""#);
+    bytes.resize(body_start + 1000, b'x');
+    reply.send(&bytes)?;
+    reply.pause(RESET_GRACE);
+    Ok(Outcome::Reset)
+}
+
+fn reset_stream(reply: Reply<'_>, endpoint: Endpoint, model: &str) -> io::Result<Outcome> {
+    reply.sse_head()?;
+    reply.chunk(chunk_event(endpoint, model, 0, false).as_bytes())?;
+    reply.chunk(chunk_event(endpoint, model, 1, false).as_bytes())?;
+    reply.pause(RESET_GRACE);
+    Ok(Outcome::Reset)
+}
+
+fn stall_stream(reply: Reply<'_>, endpoint: Endpoint, model: &str, ms: u64) -> io::Result<Outcome> {
+    reply.sse_head()?;
+    reply.chunk(chunk_event(endpoint, model, 0, false).as_bytes())?;
+    if !reply.pause(Duration::from_millis(ms)) {
+        return Ok(Outcome::Close);
+    }
+    reply.chunk(chunk_event(endpoint, model, 1, true).as_bytes())?;
+    reply.end_stream()
+}
+
+fn broken_chunked(reply: Reply<'_>, endpoint: Endpoint, model: &str) -> io::Result<Outcome> {
+    reply.sse_head()?;
+    reply.chunk(chunk_event(endpoint, model, 0, false).as_bytes())?;
+    reply.send(b"zz\r\n")?;
+    Ok(Outcome::Close)
+}
+
+fn echo(reply: Reply<'_>, request: &Request) -> io::Result<Outcome> {
+    let headers: Vec<String> = request
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "[{},{}]",
+                json_str(name),
+                json_str(&String::from_utf8_lossy(value))
+            )
+        })
+        .collect();
+    let body = format!(
+        "{{\"method\":{},\"path\":{},\"headers\":[{}],\"body\":{}}}",
+        json_str(&request.method),
+        json_str(&request.target),
+        headers.join(","),
+        json_str(&String::from_utf8_lossy(&request.body))
+    );
+    reply.json(200, &body)
+}
+
+fn slow_body(reply: Reply<'_>, model: &str, ms: u64) -> io::Result<Outcome> {
+    let body = chat_completion(model).into_bytes();
+    let third = body.len() / 3;
+    let mut first = reply.head(
+        200,
+        &[("content-type", "application/json")],
+        Framing::Length(body.len()),
+    );
+    first.extend_from_slice(&body[..third]);
+    reply.send(&first)?;
+    for piece in [&body[third..2 * third], &body[2 * third..]] {
+        if !reply.pause(Duration::from_millis(ms)) {
+            return Ok(Outcome::Close);
+        }
+        reply.send(piece)?;
+    }
+    Ok(reply.finished())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::parse_chunk_size;
+
+    #[test]
+    fn behaviour_names() {
+        assert_eq!(
+            behaviour("mock-stream-5-100"),
+            Behaviour::Stream {
+                events: 5,
+                gap_ms: 100
+            }
+        );
+        assert_eq!(behaviour("mock-status-429"), Behaviour::Status(429));
+        assert_eq!(behaviour("mock-status-99"), Behaviour::Fixed);
+        assert_eq!(behaviour("mock-stall-head-x"), Behaviour::Fixed);
+        assert_eq!(
+            behaviour("mock-stall-head-99999999999999999"),
+            Behaviour::StallHead(MAX_WAIT_MS)
+        );
+        assert_eq!(behaviour("gpt-4o"), Behaviour::Fixed);
+        assert_eq!(parse_chunk_size(b"1f;x=y"), Some(31));
+        assert_eq!(parse_chunk_size(b"+1"), None);
+        assert_eq!(parse_chunk_size(b"zz"), None);
+    }
+}
