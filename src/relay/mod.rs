@@ -11,9 +11,10 @@
 //!
 //! The operations endpoints (health, metrics, models) go from `read_request` straight to
 //! `respond`; every error of the relay's own ends the phases early with one
-//! [`RelayError`](crate::error::RelayError), answered in one place. Where the coming features
-//! plug in: token limits and quotas in `admit`, failover across channels in `forward`, protocol
-//! conversion in `respond`, the access log in `finish` (docs/ARCHITECTURE.md has the chart).
+//! [`RelayError`](crate::error::RelayError), answered in one place. Where each feature lives:
+//! token limits (and the coming quota) in `admit`, failover across channels in `forward`,
+//! protocol conversion (to come) in `respond`, the access log in `finish`
+//! (docs/ARCHITECTURE.md has the chart).
 //!
 //! Key components:
 //! - [`Conn`]: what outlives a request — the client socket, its read buffer, its one deadline
