@@ -43,6 +43,7 @@ mod idle;
 mod limits;
 mod listen;
 mod log;
+mod model_list;
 mod monitor;
 mod provider;
 mod relay;

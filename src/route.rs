@@ -4,14 +4,18 @@
 //! their pre-rendered upstream header lines, per-token `/v1/models` bodies) and the per-worker
 //! choice state (random generator, key rotation cursors).
 //!
-//! Must not: take locks or touch shared mutable state — the table is immutable and shared by all
-//! workers through an `Arc`; everything that changes per request lives in [`RouteState`], which
-//! each worker owns.
+//! Must not: take locks or touch shared mutable state on a relayed request's path — the table is
+//! immutable and shared by all workers through an `Arc`; everything that changes per request
+//! lives in [`RouteState`], which each worker owns. The one exception is the `/v1/models`
+//! answer, which reads the fetched upstream model lists ([`crate::model_list`]).
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::config::{ChannelConfig, Config, Scheme, Timeouts, TokenConfig};
+use crate::model_list::ModelLists;
 use crate::provider::Adapter;
 
 pub struct Channel {
@@ -36,6 +40,11 @@ const MIN_MASKED_KEY: usize = 8;
 const KEY_TAIL_SHOWN: usize = 4;
 
 impl Channel {
+    /// True when a `models` pattern is a glob: what it serves is asked of the upstream.
+    pub fn has_glob(&self) -> bool {
+        self.cfg.models.iter().any(|m| m.contains('*'))
+    }
+
     /// Overwrite every occurrence of one of this channel's keys in `buf` with `*`, all but
     /// the last few characters, in place (the length never changes, so framing computed
     /// before still holds). Upstreams echo keys in auth errors and debug headers.
@@ -56,8 +65,10 @@ pub struct Router {
     tokens: HashMap<Vec<u8>, usize>,
     pub token_cfgs: Vec<TokenConfig>,
     pub channels: Vec<Channel>,
-    /// Pre-rendered `/v1/models` body per token.
+    /// Pre-rendered `/v1/models` body per token: the exact names only.
     models_bodies: Vec<Vec<u8>>,
+    /// What the upstreams of glob channels list (see [`crate::model_list`]).
+    pub model_lists: ModelLists,
 }
 
 /// Why a request could not be routed; maps to the contract's error table.
@@ -145,11 +156,12 @@ impl Router {
         let models_bodies = config
             .tokens
             .iter()
-            .map(|t| models_body(&channels, t))
+            .map(|t| models_body(&channels, t, None))
             .collect();
         Router {
             tokens,
             token_cfgs: config.tokens.clone(),
+            model_lists: ModelLists::for_channels(&channels),
             channels,
             models_bodies,
         }
@@ -160,8 +172,14 @@ impl Router {
         self.tokens.get(key).copied()
     }
 
-    pub fn models_body(&self, token: usize) -> &[u8] {
-        &self.models_bodies[token]
+    /// The `/v1/models` body for `token`: the exact names of every channel, and what the
+    /// upstreams of glob channels listed that matches their globs and the token's allow-list.
+    pub fn models_body(&self, token: usize) -> Cow<'_, [u8]> {
+        if !self.model_lists.any() {
+            return Cow::Borrowed(&self.models_bodies[token]);
+        }
+        let token = &self.token_cfgs[token];
+        Cow::Owned(models_body(&self.channels, token, Some(&self.model_lists)))
     }
 
     /// `GET /v1/models/{id}`: the model object when `token` may use `id` and a channel serves
@@ -249,19 +267,31 @@ impl Router {
     }
 }
 
-fn models_body(channels: &[Channel], token: &TokenConfig) -> Vec<u8> {
+fn models_body(channels: &[Channel], token: &TokenConfig, lists: Option<&ModelLists>) -> Vec<u8> {
+    let fetched: Vec<Arc<Vec<String>>> = match lists {
+        Some(l) => (0..channels.len()).map(|i| l.get(i)).collect(),
+        None => Vec::new(),
+    };
     let mut models: Vec<(&str, &str)> = Vec::new();
-    for c in channels {
-        for m in c
+    // In routing order, so a model is owned by the channel that would serve it first.
+    let mut order: Vec<usize> = (0..channels.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(channels[i].cfg.priority));
+    let mut seen = std::collections::HashSet::new();
+    for i in order {
+        let c = &channels[i];
+        let exact = c
             .cfg
             .models
             .iter()
             .chain(c.cfg.model_map.iter().map(|(k, _)| k))
-        {
-            if m.contains('*') || !token.allows(m) {
-                continue;
-            }
-            if !models.iter().any(|(x, _)| x == m) {
+            .filter(|m| !m.contains('*'));
+        let listed = fetched
+            .get(i)
+            .into_iter()
+            .flat_map(|l| l.iter())
+            .filter(|m| c.cfg.serves(m));
+        for m in exact.chain(listed) {
+            if token.allows(m) && seen.insert(m.as_str()) {
                 models.push((m, &c.cfg.name));
             }
         }

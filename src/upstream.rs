@@ -495,8 +495,15 @@ impl TlsConnectors {
     }
 }
 
-/// The rustls client configuration: webpki roots, plus extra PEM roots for private upstreams.
+/// The TLS connector for the workers: [`tls_client_config`] for monoio.
 pub fn tls_connector(extra_roots_pem: Option<&[u8]>) -> io::Result<monoio_rustls::TlsConnector> {
+    Ok(monoio_rustls::TlsConnector::from(tls_client_config(
+        extra_roots_pem,
+    )?))
+}
+
+/// The rustls client configuration: webpki roots, plus extra PEM roots for private upstreams.
+pub fn tls_client_config(extra_roots_pem: Option<&[u8]>) -> io::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_roots_pem {
@@ -514,5 +521,5 @@ pub fn tls_connector(extra_roots_pem: Option<&[u8]>) -> io::Result<monoio_rustls
         .map_err(|e| io::Error::other(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(monoio_rustls::TlsConnector::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }

@@ -257,6 +257,7 @@ const SERVER_KEYS: &[&str] = &[
     "sse_coalesce",
     "busy_poll",
     "cors_origins",
+    "models_refresh",
 ];
 const MONITOR_KEYS: &[&str] = &["log_interval", "warn_inflight", "alert_inflight"];
 const CHANNEL_KEYS: &[&str] = &[
@@ -281,6 +282,9 @@ const TOKEN_KEYS: &[&str] = &[
     "tpm",
     "max_inflight",
 ];
+
+/// A model list older than a day is stale by any measure.
+const MAX_MODELS_REFRESH: Duration = Duration::from_secs(86_400);
 
 /// Upper bound for counts and byte limits: generous, but keeps arithmetic elsewhere far from
 /// overflow.
@@ -323,6 +327,11 @@ fn read_server(sec: &Section) -> Result<ServerConfig, ConfigError> {
         cors_origins: match sec.field("cors_origins") {
             Some(f) => read_origins(&f)?,
             None => d.cors_origins,
+        },
+        models_refresh: match sec.field("models_refresh") {
+            Some(f) if f.str().is_ok_and(|s| s == "off") => None,
+            Some(f) => Some(f.duration_at_most(MAX_MODELS_REFRESH)?),
+            None => d.models_refresh,
         },
     })
 }

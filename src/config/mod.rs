@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub busy_poll: Duration,
     /// Browser origins allowed to call the API (CORS); empty: CORS off; `"*"`: any origin.
     pub cors_origins: Vec<String>,
+    /// How often the model lists of channels whose `models` hold a glob are fetched again
+    /// from their upstream's `/v1/models` (zero: once, at start; `None`: never, `"off"`).
+    pub models_refresh: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -295,6 +298,7 @@ impl Default for ServerConfig {
             sse_coalesce: Duration::from_millis(5),
             busy_poll: Duration::ZERO,
             cors_origins: Vec::new(),
+            models_refresh: Some(Duration::from_secs(600)),
         }
     }
 }

@@ -93,6 +93,21 @@ impl Config {
         if !s.cors_origins.is_empty() {
             let _ = writeln!(out, "cors      {}", s.cors_origins.join(", "));
         }
+        if self
+            .channels
+            .iter()
+            .any(|c| c.models.iter().any(|m| m.contains('*')))
+        {
+            let refresh = match s.models_refresh {
+                None => "off".to_string(),
+                Some(d) if d.is_zero() => "once at start".to_string(),
+                Some(d) => format!("every {}", format_duration(d)),
+            };
+            let _ = writeln!(
+                out,
+                "models    glob channels' upstream model lists: {refresh}"
+            );
+        }
         let _ = writeln!(out, "channels  {}", self.channels.len());
         for c in &self.channels {
             let provider = match c.provider {

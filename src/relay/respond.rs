@@ -60,7 +60,7 @@ pub async fn operations(conn: &mut Conn, ex: &mut Exchange<'_>) -> Flow {
             ex.token = Some(token);
             if ex.endpoint == Endpoint::Models {
                 let body = w.router.models_body(token);
-                return respond(conn, ex, 200, b"application/json", body, &[]).await;
+                return respond(conn, ex, 200, b"application/json", &body, &[]).await;
             }
             let path = ex.head.route_path(&conn.rbuf);
             let id = String::from_utf8_lossy(&path[b"/v1/models/".len()..]).into_owned();

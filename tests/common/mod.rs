@@ -229,6 +229,15 @@ impl ConfigBuilder {
             out.push_str(line);
             out.push('\n');
         }
+        // Glob channels would fetch the mock's model list at start, a request that tests
+        // counting upstream requests do not expect; tests of the lists turn it back on.
+        if !self
+            .server_lines
+            .iter()
+            .any(|l| l.starts_with("models_refresh"))
+        {
+            out.push_str("models_refresh = \"off\"\n");
+        }
         for s in &self.sections {
             out.push('\n');
             out.push_str(s);

@@ -65,6 +65,15 @@ fn value_errors_report_line_and_key() {
     assert_err(&e, 3, "monitor.warn_inflight", "must not exceed");
     let e = parse_err(&format!("server = 5\n{MINIMAL}"));
     assert_err(&e, 1, "server", "expected a table");
+    let e = parse_err(&format!("[server]\nmodels_refresh = \"soon\"\n{MINIMAL}"));
+    assert_err(&e, 2, "server.models_refresh", "duration");
+    let e = parse_err(&format!("[server]\nmodels_refresh = \"25h\"\n{MINIMAL}"));
+    assert_err(&e, 2, "server.models_refresh", "at most");
+    let off = crate::config::parse(
+        &format!("[server]\nmodels_refresh = \"off\"\n{MINIMAL}"),
+        std::path::Path::new("<test>"),
+    );
+    assert_eq!(off.expect("valid").server.models_refresh, None);
 }
 
 #[test]
