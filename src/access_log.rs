@@ -37,10 +37,11 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Buffers in the hand-over queue at most (all workers together).
 const QUEUE: usize = 64;
 
-/// Set by the SIGHUP handler; the writer reopens its file when it sees it.
+/// Set on SIGHUP ([`reopen`]); the writer reopens its file when it sees it.
 static REOPEN: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_sighup(_: libc::c_int) {
+/// Have the writer reopen its file (after logrotate moved it); SIGHUP calls this.
+pub fn reopen() {
     REOPEN.store(true, Ordering::Relaxed);
 }
 
@@ -78,15 +79,6 @@ impl Writer {
                 from_writer,
                 dropped,
             }));
-        }
-        if let Destination::File(_) = dest {
-            // SAFETY: installing a handler that only stores to an atomic is async-signal-safe.
-            unsafe {
-                libc::signal(
-                    libc::SIGHUP,
-                    on_sighup as extern "C" fn(libc::c_int) as libc::sighandler_t,
-                );
-            }
         }
         std::thread::Builder::new()
             .name("ringway-accesslog".into())

@@ -34,6 +34,12 @@ pub struct Activity {
     spinner: Cell<Option<Waker>>,
 }
 
+impl AsRef<Activity> for Activity {
+    fn as_ref(&self) -> &Activity {
+        self
+    }
+}
+
 impl Activity {
     /// A request event happened (a head arrived, a response finished). One increment when busy
     /// polling is off or already spinning; one wake when the spinner was waiting.

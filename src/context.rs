@@ -2,9 +2,17 @@
 //! `Rc` of.
 //!
 //! Owns: the [`Worker`] value (config and routing table handles, buffer pool, timing wheel,
-//! upstream side, idle registry, admission shares, counters) and how it is built for a worker.
+//! upstream side, idle registry, admission shares, counters), how it is built for a worker,
+//! and how it follows a reload: a `Worker` is one config generation's view. The parts that
+//! outlive a generation (buffers, wheel, pool, idle registry, counters, access log) are `Rc`
+//! handles the next generation's `Worker` shares; the parts a config decides (config, router,
+//! limits, channel runtimes) are its own. A connection takes the newest `Worker` when a request
+//! head arrives ([`Worker::newer`]), so a request runs whole under one config, and an old
+//! generation goes when its last request does.
+//!
 //! Must not: be shared across threads — everything here lives on its worker's thread, and the
-//! only cross-thread parts are the read-only config and router and the monitor's counters.
+//! only cross-thread parts are the read-only config and router, the limits' atomics and the
+//! monitor's counters.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -18,7 +26,7 @@ use crate::idle::IdleConnections;
 use crate::limits::Limits;
 use crate::monitor::{self, Monitor};
 use crate::route::{RouteState, Router};
-use crate::upstream::{TlsConnectors, Upstreams};
+use crate::upstream::Upstreams;
 use crate::wheel::Wheel;
 
 /// Wheel tick: timeouts are coarse (hundreds of ms and up), so 5 ms is ample precision.
@@ -27,34 +35,42 @@ const WHEEL_TICK: Duration = Duration::from_millis(5);
 /// would keep a burst's memory resident after it is over.
 const MAX_FREE_BUFFERS: usize = 256;
 
-/// Everything one worker's requests share. Lives in an `Rc` on its own thread.
+/// Everything one worker's requests share, for one config generation. Lives in an `Rc` on its
+/// own thread.
 pub struct Worker {
     pub id: usize,
+    /// The config generation this view belongs to (see [`crate::reload`]).
+    pub generation: u64,
     pub config: Arc<Config>,
     pub router: Arc<Router>,
     pub monitor: &'static Monitor,
     pub route_state: RouteState,
-    pub bufs: BufPool,
+    pub bufs: Rc<BufPool>,
     pub wheel: Rc<Wheel>,
     /// The upstream side: idle pool, name cache, each channel's runtime.
     pub upstreams: Upstreams,
-    /// The process-wide limits (`max_inflight`).
-    pub limits: &'static Limits,
+    /// The process-wide limits (`max_inflight`, the tokens').
+    pub limits: Arc<Limits>,
     /// This worker's end of the access log, when it is on.
-    pub access_log: Option<AccessLog>,
+    pub access_log: Option<Rc<AccessLog>>,
     /// Rate-limited WARN lines for upstream failures.
-    pub upstream_warnings: UpstreamWarnings,
+    pub upstream_warnings: Rc<UpstreamWarnings>,
     /// This worker's share of `max_connections`.
     pub max_connections: usize,
     /// Client connections this worker holds now: counted at accept, before the connection's
     /// task first runs, so a burst of accepts cannot overshoot the bound.
-    pub connections: Cell<usize>,
+    pub connections: Rc<Cell<usize>>,
     /// Client connections waiting idle for their next request, oldest first.
-    pub idle: IdleConnections,
-    pub next_request: Cell<u64>,
+    pub idle: Rc<IdleConnections>,
+    pub next_request: Rc<Cell<u64>>,
     pub started_nanos: u64,
     /// Request events, for the busy-poll spinner (see [`crate::busy`]).
-    pub activity: crate::busy::Activity,
+    pub activity: Rc<crate::busy::Activity>,
+}
+
+thread_local! {
+    /// This worker thread's newest generation, once a reload made one.
+    static NEWEST: std::cell::RefCell<Option<Rc<Worker>>> = const { std::cell::RefCell::new(None) };
 }
 
 impl Worker {
@@ -71,18 +87,72 @@ impl AsRef<crate::busy::Activity> for Worker {
 }
 
 impl Worker {
-    /// Worker `id` of `workers`, for `config`.
-    #[allow(clippy::too_many_arguments)]
+    /// The newest generation's view of this worker when a reload published one since this
+    /// view was made; `None` (one atomic load) otherwise.
+    #[inline]
+    pub fn newer(self: &Rc<Self>) -> Option<Rc<Worker>> {
+        if crate::reload::newest_number() == self.generation {
+            return None;
+        }
+        Some(self.adopt_newest())
+    }
+
+    #[cold]
+    fn adopt_newest(self: &Rc<Self>) -> Rc<Worker> {
+        let generation = crate::reload::newest();
+        NEWEST.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if let Some(w) = cell.as_ref().filter(|w| w.generation == generation.number) {
+                return w.clone();
+            }
+            let w = Rc::new(self.next_generation(&generation));
+            *cell = Some(w.clone());
+            w
+        })
+    }
+
+    /// This worker under `g`: shares everything that outlives a config, takes the rest from
+    /// `g`.
+    fn next_generation(&self, g: &crate::reload::Generation) -> Worker {
+        let seed = self.route_state.next_random();
+        Worker {
+            id: self.id,
+            generation: g.number,
+            config: g.config.clone(),
+            router: g.router.clone(),
+            monitor: self.monitor,
+            route_state: RouteState::new(seed),
+            bufs: self.bufs.clone(),
+            wheel: self.wheel.clone(),
+            upstreams: self.upstreams.renewed(&g.router, g.tls.clone(), seed),
+            limits: g.limits.clone(),
+            access_log: self.access_log.clone(),
+            upstream_warnings: self.upstream_warnings.clone(),
+            max_connections: connection_share(&g.config),
+            connections: self.connections.clone(),
+            idle: self.idle.clone(),
+            next_request: self.next_request.clone(),
+            started_nanos: self.started_nanos,
+            activity: self.activity.clone(),
+        }
+    }
+}
+
+/// One worker's share of `max_connections`.
+fn connection_share(config: &Config) -> usize {
+    let workers = config.effective_workers();
+    config.server.max_connections.div_ceil(workers).max(1)
+}
+
+impl Worker {
+    /// Worker `id`, for the first config generation `g`.
     pub fn new(
         id: usize,
-        workers: usize,
-        config: Arc<Config>,
-        router: Arc<Router>,
+        g: &crate::reload::Generation,
         monitor: &'static Monitor,
-        limits: &'static Limits,
-        tls: TlsConnectors,
         access_log: Option<AccessLog>,
     ) -> Worker {
+        let (config, router) = (g.config.clone(), g.router.clone());
         let seed = (Instant::now().elapsed().as_nanos() as u64)
             ^ ((id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
             ^ std::process::id() as u64;
@@ -92,24 +162,25 @@ impl Worker {
             .unwrap_or(0);
         Worker {
             id,
+            generation: g.number,
             route_state: RouteState::new(seed ^ started_nanos),
-            bufs: BufPool::new(BUF_SIZE, MAX_FREE_BUFFERS),
+            bufs: Rc::new(BufPool::new(BUF_SIZE, MAX_FREE_BUFFERS)),
             wheel: Wheel::new(WHEEL_TICK),
             upstreams: Upstreams::new(
                 &router,
-                tls,
+                g.tls.clone(),
                 config.timeouts[Layer::PoolIdle],
                 monitor,
                 id,
                 seed,
             ),
-            limits,
-            access_log,
-            upstream_warnings: UpstreamWarnings::default(),
-            max_connections: config.server.max_connections.div_ceil(workers).max(1),
-            connections: Cell::new(0),
-            idle: IdleConnections::counting(&monitor.workers[id].idle_shed),
-            next_request: Cell::new(0),
+            limits: g.limits.clone(),
+            access_log: access_log.map(Rc::new),
+            upstream_warnings: Rc::default(),
+            max_connections: connection_share(&config),
+            connections: Rc::default(),
+            idle: Rc::new(IdleConnections::counting(&monitor.workers[id].idle_shed)),
+            next_request: Rc::default(),
             started_nanos,
             activity: Default::default(),
             config,

@@ -47,6 +47,7 @@ mod model_list;
 mod monitor;
 mod provider;
 mod relay;
+mod reload;
 mod route;
 mod server;
 mod top;

@@ -45,8 +45,9 @@
 
 use std::sync::atomic::{
     AtomicU64,
-    Ordering::{AcqRel, Acquire},
+    Ordering::{AcqRel, Acquire, Relaxed},
 };
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{format_rfc3339, TokenConfig};
@@ -57,15 +58,17 @@ use crate::provider::Usage;
 const WINDOW_NS: u64 = 60_000_000_000;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// The process-wide state behind the limits; created once at start and leaked (`&'static`).
-#[repr(align(64))]
+/// The limits of one config generation. A reload builds the next with [`Limits::renewed`],
+/// which shares the process's inflight count and every unchanged token's block, so requests
+/// admitted under the old config are counted against the new one until they end.
 pub struct Limits {
-    inflight: AtomicU64,
+    /// The process's inflight count: allocated once at start, shared by every generation.
+    inflight: &'static AtomicU64,
     max_inflight: u64,
-    /// Zero on the buckets' clock.
+    /// Zero on the buckets' clock (shared by every generation).
     epoch: Instant,
     /// One block per token, in config order (the router's token index).
-    tokens: Box<[TokenLimits]>,
+    tokens: Box<[Arc<TokenLimits>]>,
 }
 
 /// One token's limits and their state, on a cache line of its own.
@@ -78,6 +81,23 @@ struct TokenLimits {
     inflight: AtomicU64,
     rpm: Bucket,
     tpm: Bucket,
+}
+
+/// True when `a` and `b` set the same limits (a block built for one serves the other).
+fn same_limits(a: &TokenConfig, b: &TokenConfig) -> bool {
+    (a.expires_at, a.max_inflight, a.rpm, a.tpm) == (b.expires_at, b.max_inflight, b.rpm, b.tpm)
+}
+
+impl TokenLimits {
+    fn new(t: &TokenConfig) -> TokenLimits {
+        TokenLimits {
+            expires_at: t.expires_at.unwrap_or(i64::MAX),
+            max_inflight: t.max_inflight.unwrap_or(u64::MAX),
+            inflight: AtomicU64::new(0),
+            rpm: Bucket::new(t.rpm),
+            tpm: Bucket::new(t.tpm),
+        }
+    }
 }
 
 /// A token bucket of `per_minute` units refilled continuously, as the one moment at which it
@@ -218,23 +238,53 @@ impl Refusal {
 }
 
 impl Limits {
-    /// The limits for `max_inflight` and `tokens` (in config order).
-    pub fn new(max_inflight: usize, tokens: &[TokenConfig]) -> &'static Limits {
-        Box::leak(Box::new(Limits {
-            inflight: AtomicU64::new(0),
+    /// The limits for `max_inflight` and `tokens` (in config order), at start. The process's
+    /// inflight count is allocated here once and lives as long as the process.
+    pub fn new(max_inflight: usize, tokens: &[TokenConfig]) -> Limits {
+        Limits {
+            inflight: Box::leak(Box::new(AtomicU64::new(0))),
             max_inflight: max_inflight as u64,
             epoch: Instant::now(),
             tokens: tokens
                 .iter()
-                .map(|t| TokenLimits {
-                    expires_at: t.expires_at.unwrap_or(i64::MAX),
-                    max_inflight: t.max_inflight.unwrap_or(u64::MAX),
-                    inflight: AtomicU64::new(0),
-                    rpm: Bucket::new(t.rpm),
-                    tpm: Bucket::new(t.tpm),
-                })
+                .map(|t| Arc::new(TokenLimits::new(t)))
                 .collect(),
-        }))
+        }
+    }
+
+    /// The limits of a reloaded config. The process's inflight count is shared, so
+    /// `max_inflight` holds across the change. A token whose name and limits are unchanged
+    /// keeps its block (its in-flight count and rate buckets go on). A token whose limits
+    /// changed gets a new block that takes over its rate buckets' state, while its in-flight
+    /// count starts from the requests admitted after the reload. A removed token's block goes
+    /// when its last request ends.
+    pub fn renewed(&self, max_inflight: usize, old: &[TokenConfig], tokens: &[TokenConfig]) -> Limits {
+        let tokens = tokens
+            .iter()
+            .map(|t| {
+                let before = old
+                    .iter()
+                    .position(|o| o.name == t.name)
+                    .and_then(|i| Some((&old[i], self.tokens.get(i)?)));
+                match before {
+                    Some((o, block)) if same_limits(o, t) => block.clone(),
+                    Some((_, block)) => {
+                        let fresh = TokenLimits::new(t);
+                        for (to, from) in [(&fresh.rpm, &block.rpm), (&fresh.tpm, &block.tpm)] {
+                            to.full_at.store(from.full_at.load(Acquire), Relaxed);
+                        }
+                        Arc::new(fresh)
+                    }
+                    None => Arc::new(TokenLimits::new(t)),
+                }
+            })
+            .collect();
+        Limits {
+            inflight: self.inflight,
+            max_inflight: max_inflight as u64,
+            epoch: self.epoch,
+            tokens,
+        }
     }
 
     /// Nanoseconds since the epoch, on the monotonic clock.
@@ -271,14 +321,14 @@ impl Limits {
 
     /// Admits a request of `token` under its limits and the process's `max_inflight`.
     #[inline]
-    pub fn admit(&'static self, token: usize) -> Result<Admission, Refusal> {
+    pub fn admit(&self, token: usize) -> Result<Admission, Refusal> {
         self.admit_at(token, || self.now_ns())
     }
 
     /// [`Limits::admit`] with the clock as a parameter; `now` is asked at most once, and only
     /// for a token with `rpm` or `tpm`.
     fn admit_at(
-        &'static self,
+        &self,
         token: usize,
         now: impl FnOnce() -> u64,
     ) -> Result<Admission, Refusal> {
@@ -298,7 +348,7 @@ impl Limits {
                     NS_PER_SEC,
                 ));
             }
-            Some(TokenSlot(t))
+            Some(TokenSlot(t.clone()))
         } else {
             None
         };
@@ -340,12 +390,12 @@ impl Limits {
 
     /// A slot under the process's `max_inflight`, or `None` when the whole process is at it.
     #[inline]
-    fn admit_process(&'static self) -> Option<InflightSlot> {
+    fn admit_process(&self) -> Option<InflightSlot> {
         if self.inflight.fetch_add(1, AcqRel) >= self.max_inflight {
             self.inflight.fetch_sub(1, AcqRel);
             return None;
         }
-        Some(InflightSlot(self))
+        Some(InflightSlot(self.inflight))
     }
 
     /// A finished request of `token` reported `usage`: its prompt + completion tokens are
@@ -369,16 +419,16 @@ pub struct Admission {
 }
 
 /// One admitted request's share of `server.max_inflight`.
-struct InflightSlot(&'static Limits);
+struct InflightSlot(&'static AtomicU64);
 
 impl Drop for InflightSlot {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, AcqRel);
+        self.0.fetch_sub(1, AcqRel);
     }
 }
 
 /// One admitted request's share of its token's `max_inflight`.
-struct TokenSlot(&'static TokenLimits);
+struct TokenSlot(Arc<TokenLimits>);
 
 impl Drop for TokenSlot {
     fn drop(&mut self) {
@@ -437,7 +487,7 @@ mod tests {
 
     #[test]
     fn admits_up_to_the_limit_across_threads_and_never_past_it() {
-        let limits = Limits::new(5, &[token(None, None, None)]);
+        let limits: &'static Limits = Box::leak(Box::new(Limits::new(5, &[token(None, None, None)])));
         let held: Vec<Admission> = (0..5).map(|_| limits.admit(0).unwrap()).collect();
         assert_eq!(limits.admit(0).err(), Some(Refusal::Overloaded));
         // Many threads hammering a full limit never get through, and leave the count as it was.
@@ -510,7 +560,7 @@ mod tests {
 
     #[test]
     fn rpm_holds_exactly_across_threads() {
-        let limits = Limits::new(1_000_000, &[token(Some(1000), None, None)]);
+        let limits: &'static Limits = Box::leak(Box::new(Limits::new(1_000_000, &[token(Some(1000), None, None)])));
         let now = 10 * SEC;
         let threads: Vec<_> = (0..4)
             .map(|_| {
@@ -591,7 +641,7 @@ mod tests {
 
     #[test]
     fn token_max_inflight_is_exact_and_released_on_drop() {
-        let limits = Limits::new(100, &[token(None, None, Some(2)), token(None, None, None)]);
+        let limits: &'static Limits = Box::leak(Box::new(Limits::new(100, &[token(None, None, Some(2)), token(None, None, None)])));
         let a = limits.admit(0).unwrap();
         let b = limits.admit(0).unwrap();
         assert_eq!(

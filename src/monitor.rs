@@ -224,8 +224,53 @@ pub struct Monitor {
     /// is already up answers health with 503 `"starting"`: with SO_REUSEPORT it can be reached
     /// while its siblings are still building their runtimes.
     ready: AtomicBool,
-    pub token_names: Vec<String>,
-    pub channel_names: Vec<String>,
+    /// The names whose counters the per-worker token rows hold, by row.
+    pub token_names: Names,
+    /// The names whose counters the per-worker channel rows hold, by row.
+    pub channel_names: Names,
+}
+
+/// The names behind a set of per-worker counter rows. A name keeps its row for the life of the
+/// process, so a reload that removes a token or channel and adds it back keeps its counters,
+/// and a renumbering config never mixes two names' figures. Rows are allocated once, with
+/// room for names a reload adds; a name past that room is not counted (and said so).
+pub struct Names {
+    list: std::sync::RwLock<Vec<String>>,
+    room: usize,
+}
+
+impl Names {
+    /// Rows for `names`, with room for as many again (at least 256 more).
+    fn new(names: Vec<String>) -> Names {
+        let room = names.len() + names.len().max(256);
+        Names {
+            list: std::sync::RwLock::new(names),
+            room,
+        }
+    }
+
+    /// How many rows each worker allocates.
+    pub fn room(&self) -> usize {
+        self.room
+    }
+
+    /// The row of `name`, given one if it has none and there is room. Called when a config is
+    /// loaded, never on a request's path.
+    pub fn row_of(&self, name: &str) -> Option<usize> {
+        let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = list.iter().position(|n| n == name) {
+            return Some(i);
+        }
+        (list.len() < self.room).then(|| {
+            list.push(name.to_string());
+            list.len() - 1
+        })
+    }
+
+    /// Every name that has a row, by row.
+    pub fn snapshot(&self) -> Vec<String> {
+        self.list.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 const HEALTH_TIMEOUT_LAYERS: [Layer; 9] = [
@@ -252,10 +297,12 @@ impl Monitor {
         // worker and upstream connection reach its stats block without touching a shared
         // reference count (an `Arc` clone per pooled connection was a cross-core cache-line
         // bounce on every request).
+        let token_names = Names::new(token_names);
+        let channel_names = Names::new(channel_names);
         Box::leak(Box::new(Monitor {
             started: Instant::now(),
             workers: (0..workers)
-                .map(|_| WorkerStats::new(token_names.len(), channel_names.len()))
+                .map(|_| WorkerStats::new(token_names.room(), channel_names.room()))
                 .collect(),
             warn_inflight,
             alert_inflight,
@@ -597,8 +644,11 @@ impl Monitor {
                 "ringway_upstream_errors_total{{status=\"other\"}} {other}"
             );
         }
-        self.usage_metrics(&mut o, "token", &self.token_names, |w| &w.token_usage);
-        self.usage_metrics(&mut o, "channel", &self.channel_names, |w| &w.channel_usage);
+        let channel_names = self.channel_names.snapshot();
+        self.usage_metrics(&mut o, "token", &self.token_names.snapshot(), |w| {
+            &w.token_usage
+        });
+        self.usage_metrics(&mut o, "channel", &channel_names, |w| &w.channel_usage);
         let attempts = |i: usize, k: usize| -> u64 {
             self.workers
                 .iter()
@@ -609,7 +659,7 @@ impl Monitor {
             o,
             "# HELP ringway_channel_attempts_total Upstream attempts by channel: relayed (its answer went to the client) or failed (failed over to the next channel, or ended the request).\n# TYPE ringway_channel_attempts_total counter"
         );
-        for (i, name) in self.channel_names.iter().enumerate() {
+        for (i, name) in channel_names.iter().enumerate() {
             let failed = attempts(i, 1);
             let _ = writeln!(
                 o,

@@ -69,6 +69,10 @@ pub struct Router {
     models_bodies: Vec<Vec<u8>>,
     /// What the upstreams of glob channels list (see [`crate::model_list`]).
     pub model_lists: ModelLists,
+    /// Each token's and channel's row in the monitor's counters (kept by name across reloads;
+    /// `usize::MAX`: not counted).
+    token_rows: Vec<usize>,
+    channel_rows: Vec<usize>,
 }
 
 /// Why a request could not be routed; maps to the contract's error table.
@@ -162,9 +166,52 @@ impl Router {
             tokens,
             token_cfgs: config.tokens.clone(),
             model_lists: ModelLists::for_channels(&channels),
+            token_rows: (0..config.tokens.len()).collect(),
+            channel_rows: (0..channels.len()).collect(),
             channels,
             models_bodies,
         }
+    }
+
+    /// Map tokens and channels to `monitor`'s counter rows by name (a name keeps its row across
+    /// reloads). A name past the monitor's room is not counted, and said so.
+    pub fn with_counter_rows(mut self, monitor: &crate::monitor::Monitor) -> Router {
+        let mut uncounted = Vec::new();
+        let mut row = |names: &crate::monitor::Names, name: &str| {
+            names.row_of(name).unwrap_or_else(|| {
+                uncounted.push(name.to_string());
+                usize::MAX
+            })
+        };
+        self.token_rows = self
+            .token_cfgs
+            .iter()
+            .map(|t| row(&monitor.token_names, &t.name))
+            .collect();
+        self.channel_rows = self
+            .channels
+            .iter()
+            .map(|c| row(&monitor.channel_names, &c.cfg.name))
+            .collect();
+        if !uncounted.is_empty() {
+            crate::log::warn(&format!(
+                "no room left for the counters of {} (more new names than the process started with allow): restart to count them",
+                uncounted.join(", ")
+            ));
+        }
+        self
+    }
+
+    /// `token`'s row in the monitor's per-token counters.
+    #[inline]
+    pub fn token_row(&self, token: usize) -> usize {
+        self.token_rows.get(token).copied().unwrap_or(usize::MAX)
+    }
+
+    /// `channel`'s row in the monitor's per-channel counters.
+    #[inline]
+    pub fn channel_row(&self, channel: usize) -> usize {
+        self.channel_rows.get(channel).copied().unwrap_or(usize::MAX)
     }
 
     #[inline]

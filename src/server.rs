@@ -4,11 +4,9 @@
 //! connectors, the file-descriptor limit) and the workers' start, returning once every
 //! listener is bound and health may pass. Must not: parse arguments or print usage (`cli`).
 
-use std::sync::Arc;
 
 use crate::config::Config;
 use crate::monitor::Monitor;
-use crate::route::Router;
 use crate::worker;
 
 /// A started relay: its workers run until the process ends.
@@ -36,23 +34,18 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         config.tokens.iter().map(|t| t.name.clone()).collect(),
         config.channels.iter().map(|c| c.name.clone()).collect(),
     );
-    let router = Arc::new(Router::new(&config));
-    crate::model_list::spawn(&router, config.server.models_refresh)?;
-    // One connector per distinct channel ca_file, plus the default (webpki roots only).
-    let tls = crate::upstream::TlsConnectors::for_channels(&config.channels)?;
     let listen = config.server.listen;
-    let limits = crate::limits::Limits::new(config.server.max_inflight, &config.tokens);
-    let shared = worker::Shared {
-        config: Arc::new(config),
-        router,
-        monitor,
-        limits,
-        tls,
-    };
-    let mut access_log =
-        crate::access_log::Writer::start(&shared.config.log.access, n, &monitor.access_log_dropped)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("access log: {e}")))?;
-    let workers = worker::start(&shared, n, &mut access_log)?;
+    // Routing table, TLS connectors (one per distinct channel ca_file, plus the default) and
+    // limits: generation 1, which a SIGHUP replaces.
+    let generation = crate::reload::first(config, monitor)?;
+    let mut access_log = crate::access_log::Writer::start(
+        &generation.config.log.access,
+        n,
+        &monitor.access_log_dropped,
+    )
+    .map_err(|e| std::io::Error::new(e.kind(), format!("access log: {e}")))?;
+    let workers = worker::start(&generation, monitor, n, &mut access_log)?;
+    crate::reload::watch_hangups()?;
     monitor.baseline_fds.store(
         crate::monitor::open_fds(),
         std::sync::atomic::Ordering::Relaxed,

@@ -128,8 +128,13 @@ struct Idle {
 }
 
 /// This worker's idle upstream connections, LIFO per slot so the warmest is reused first.
+/// Shared by every config generation of the worker: a slot is one upstream endpoint for the
+/// life of the process, so a reload keeps the parked connections of unchanged upstreams.
 pub struct Pool {
     slots: RefCell<Vec<Vec<Idle>>>,
+    /// Per slot: does the newest config still use it? A connection of a removed upstream is
+    /// closed instead of parked.
+    live: RefCell<Vec<bool>>,
     max_idle_per_slot: usize,
     pool_idle: Duration,
     monitor: &'static Monitor,
@@ -146,6 +151,7 @@ impl Pool {
     ) -> Pool {
         Pool {
             slots: RefCell::new((0..slots).map(|_| Vec::new()).collect()),
+            live: RefCell::new(vec![true; slots]),
             max_idle_per_slot,
             pool_idle,
             monitor,
@@ -196,6 +202,9 @@ impl Pool {
     /// Park a connection whose response was read to its end on a keep-alive connection.
     pub fn put_back(&self, conn: UpConn, now: Instant) {
         let slot = conn.slot;
+        if !self.live.borrow().get(slot).copied().unwrap_or(false) {
+            return;
+        }
         let stream = into_stream(conn);
         let mut slots = self.slots.borrow_mut();
         if let Some(list) = slots.get_mut(slot) {
@@ -222,6 +231,26 @@ impl Pool {
 
     pub fn idle_count(&self) -> usize {
         self.slots.borrow().iter().map(Vec::len).sum()
+    }
+
+    /// A reload's endpoints: `slots` in all (never fewer than before), of which `live` are
+    /// used. Idle connections of the others are closed now.
+    fn set_live(&self, slots: usize, live: &[bool]) {
+        let mut lists = self.slots.borrow_mut();
+        let mut flags = self.live.borrow_mut();
+        while lists.len() < slots {
+            lists.push(Vec::new());
+            flags.push(true);
+        }
+        for (i, list) in lists.iter_mut().enumerate() {
+            let used = live.get(i).copied().unwrap_or(false);
+            flags[i] = used;
+            if !used {
+                for _ in list.drain(..) {
+                    drop_one(&self.stats().upstream_idle);
+                }
+            }
+        }
     }
 }
 
@@ -255,6 +284,44 @@ impl ChannelRuntime {
     }
 }
 
+/// Each channel's runtime, its pool slot found in (or added to) `endpoints`.
+fn channel_runtimes(
+    router: &Router,
+    tls: TlsConnectors,
+    endpoints: &RefCell<Vec<Endpoint>>,
+    seed: u64,
+) -> Vec<ChannelRuntime> {
+    let own: Vec<Rc<monoio_rustls::TlsConnector>> =
+        tls.connectors.into_iter().map(Rc::new).collect();
+    let mut endpoints = endpoints.borrow_mut();
+    router
+        .channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let connector = tls.by_channel.get(i).copied().unwrap_or(0);
+            let key = Endpoint {
+                scheme: c.cfg.scheme,
+                host: c.cfg.host.clone(),
+                port: c.cfg.port,
+                ca_pem: c.cfg.ca.as_ref().map(|ca| ca.pem.clone()),
+            };
+            let slot = match endpoints.iter().position(|e| *e == key) {
+                Some(s) => s,
+                None => {
+                    endpoints.push(key);
+                    endpoints.len() - 1
+                }
+            };
+            ChannelRuntime {
+                slot,
+                tls: own[connector].clone(),
+                key_cursor: Cell::new(seed as usize + i),
+            }
+        })
+        .collect()
+}
+
 /// Why no upstream connection could be had.
 #[derive(Debug)]
 pub enum ConnectError {
@@ -267,10 +334,26 @@ const MAX_IDLE_PER_UPSTREAM: usize = 1024;
 /// How long a resolved host name is trusted.
 const DNS_TTL: Duration = Duration::from_secs(30);
 
-/// One worker's upstream side: the idle pool, the name cache, and each channel's runtime.
+/// Where a pool slot's connections go: connections are interchangeable only within one.
+/// The trust roots are part of it: a connection verified against one channel's `ca_file` must
+/// never be lent to a channel that trusts different roots.
+#[derive(Clone, PartialEq, Eq)]
+struct Endpoint {
+    scheme: Scheme,
+    host: String,
+    port: u16,
+    /// The channel's `ca_file` contents; `None`: the default roots.
+    ca_pem: Option<Vec<u8>>,
+}
+
+/// One worker's upstream side for one config generation: the idle pool and the name cache
+/// (both shared with the worker's other generations), and each channel's runtime.
 pub struct Upstreams {
-    pub pool: Pool,
-    resolver: Resolver,
+    pub pool: Rc<Pool>,
+    resolver: Rc<Resolver>,
+    /// Every endpoint this worker has had, by pool slot (shared across generations; it grows
+    /// only with upstreams a reload adds).
+    endpoints: Rc<RefCell<Vec<Endpoint>>>,
     channels: Vec<ChannelRuntime>,
 }
 
@@ -283,41 +366,37 @@ impl Upstreams {
         worker: usize,
         seed: u64,
     ) -> Upstreams {
-        // The connector is part of the pool key: a connection verified against one channel's
-        // ca_file must never be lent to a channel that trusts different roots.
-        let mut endpoints: Vec<(Scheme, &str, u16, usize)> = Vec::new();
-        let own: Vec<Rc<monoio_rustls::TlsConnector>> =
-            tls.connectors.into_iter().map(Rc::new).collect();
-        let channels = router
-            .channels
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let connector = tls.by_channel.get(i).copied().unwrap_or(0);
-                let key = (c.cfg.scheme, c.cfg.host.as_str(), c.cfg.port, connector);
-                let slot = match endpoints.iter().position(|e| *e == key) {
-                    Some(s) => s,
-                    None => {
-                        endpoints.push(key);
-                        endpoints.len() - 1
-                    }
-                };
-                ChannelRuntime {
-                    slot,
-                    tls: own[connector].clone(),
-                    key_cursor: Cell::new(seed as usize + i),
-                }
-            })
-            .collect();
+        let endpoints = Rc::new(RefCell::new(Vec::new()));
+        let channels = channel_runtimes(router, tls, &endpoints, seed);
+        let slots = endpoints.borrow().len();
         Upstreams {
-            pool: Pool::new(
-                endpoints.len(),
+            pool: Rc::new(Pool::new(
+                slots,
                 MAX_IDLE_PER_UPSTREAM,
                 pool_idle,
                 monitor,
                 worker,
-            ),
-            resolver: Resolver::new(DNS_TTL),
+            )),
+            resolver: Rc::new(Resolver::new(DNS_TTL)),
+            endpoints,
+            channels,
+        }
+    }
+
+    /// The upstream side for a reloaded config: the same pool, name cache and endpoints, so
+    /// an unchanged upstream keeps its parked connections; those of removed upstreams close.
+    pub fn renewed(&self, router: &Router, tls: TlsConnectors, seed: u64) -> Upstreams {
+        let channels = channel_runtimes(router, tls, &self.endpoints, seed);
+        let slots = self.endpoints.borrow().len();
+        let mut live = vec![false; slots];
+        for c in &channels {
+            live[c.slot] = true;
+        }
+        self.pool.set_live(slots, &live);
+        Upstreams {
+            pool: self.pool.clone(),
+            resolver: self.resolver.clone(),
+            endpoints: self.endpoints.clone(),
             channels,
         }
     }

@@ -26,22 +26,10 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpListener;
 
 use crate::access_log::{AccessLog, Writer};
-use crate::config::Config;
 use crate::context::Worker;
-use crate::limits::Limits;
 use crate::listen::{bind, claim_address};
 use crate::monitor::{self, bump, Monitor};
-use crate::route::Router;
-use crate::upstream::TlsConnectors;
-
-/// Shared, read-only inputs to every worker.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub router: Arc<Router>,
-    pub monitor: &'static Monitor,
-    pub limits: &'static Limits,
-    pub tls: TlsConnectors,
-}
+use crate::reload::Generation;
 
 /// Which io driver to try first. `RINGWAY_FORCE_EPOLL=1` (or monoio's own
 /// `MONOIO_FORCE_LEGACY_DRIVER=1`) skips io_uring, for testing the fallback.
@@ -70,21 +58,18 @@ fn uring_builder(flags: bool) -> io_uring::Builder {
 /// Start `n` workers; returns their join handles once every listener is bound, or the first
 /// error. Each worker reports its driver through the monitor.
 pub fn start(
-    shared: &Shared,
+    generation: &Arc<Generation>,
+    monitor: &'static Monitor,
     n: usize,
     access_log: &mut Writer,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let listen = shared.config.server.listen;
+    let listen = generation.config.server.listen;
     claim_address(listen)?;
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(n);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
     for id in 0..n {
-        let config = shared.config.clone();
-        let router = shared.router.clone();
-        let monitor = shared.monitor;
-        let limits = shared.limits;
-        let tls = shared.tls.clone();
+        let generation = generation.clone();
         let log = access_log.take(id);
         let cpu = if cpus.is_empty() {
             None
@@ -98,9 +83,7 @@ pub fn start(
                 if let Some(cpu) = cpu {
                     let _ = monoio::utils::bind_to_cpu_set([cpu]);
                 }
-                run_worker(
-                    id, n, listen, config, router, monitor, limits, tls, log, ready,
-                );
+                run_worker(id, listen, generation, monitor, log, ready);
             })?;
         handles.push(h);
     }
@@ -129,28 +112,21 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_worker(
     id: usize,
-    workers: usize,
     listen: SocketAddr,
-    config: Arc<Config>,
-    router: Arc<Router>,
+    generation: Arc<Generation>,
     monitor: &'static Monitor,
-    limits: &'static Limits,
-    tls: TlsConnectors,
     access_log: Option<AccessLog>,
     ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
 ) {
     // Taken by the runtime that starts (a failed io_uring attempt falls back to another).
     let access_log = std::cell::Cell::new(access_log);
     // The ring's fd is looked for only when the spinner will need it.
-    let busy_poll = !config.server.busy_poll.is_zero();
+    let busy_poll = !generation.config.server.busy_poll.is_zero();
     let setup = move |driver: u8, reaper: crate::busy::Reaper| {
         let monitor = monitor;
-        let config = config.clone();
-        let router = router.clone();
-        let tls = tls.clone();
+        let generation = generation.clone();
         let ready = ready.clone();
         let access_log = access_log.take();
         async move {
@@ -168,9 +144,7 @@ fn run_worker(
             // Opened before the process counts as started, so it is part of the fd baseline.
             let admission = Admission::new();
             let _ = ready.send(Ok(listen));
-            let worker = Rc::new(Worker::new(
-                id, workers, config, router, monitor, limits, tls, access_log,
-            ));
+            let worker = Rc::new(Worker::new(id, &generation, monitor, access_log));
             serve(worker, listener, admission, reaper).await;
         }
     };
@@ -224,7 +198,7 @@ fn run_worker(
 }
 
 async fn serve(
-    worker: Rc<Worker>,
+    mut worker: Rc<Worker>,
     listener: TcpListener,
     mut admission: Admission,
     reaper: crate::busy::Reaper,
@@ -234,12 +208,12 @@ async fn serve(
         use crate::busy::{spin, Reaper};
         match reaper {
             Reaper::Driver => drop(monoio::spawn(spin(
-                worker.clone(),
+                worker.activity.clone(),
                 worker.config.server.busy_poll,
                 None,
             ))),
             Reaper::Ring(fd) => drop(monoio::spawn(spin(
-                worker.clone(),
+                worker.activity.clone(),
                 worker.config.server.busy_poll,
                 Some(fd),
             ))),
@@ -248,16 +222,23 @@ async fn serve(
             }
         }
     }
-    monoio::spawn(janitor(worker.clone()));
-    if worker.access_log.is_some() {
-        monoio::spawn(access_log_flusher(worker.clone()));
+    // The background tasks hold what they use, not the worker: a reload's old generation
+    // goes with its last request.
+    monoio::spawn(janitor(worker.upstreams.pool.clone()));
+    if let Some(log) = &worker.access_log {
+        monoio::spawn(access_log_flusher(log.clone()));
     }
     if worker.id == 0 {
-        monoio::spawn(health_logger(worker.clone()));
+        let every = worker.config.monitor.log_interval;
+        monoio::spawn(health_logger(worker.monitor, every));
     }
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
+                // After a reload, new connections start on the newest config.
+                if let Some(newer) = worker.newer() {
+                    worker = newer;
+                }
                 admission.nothing_to_shed = false;
                 if worker.connections.get() >= worker.max_connections
                     && !admission.room_at_bound(&worker)
@@ -289,19 +270,18 @@ async fn serve(
 
 /// One client connection counted against the worker's `max_connections` share, from accept
 /// until its task ends (or is dropped).
-struct ConnSlot(Rc<Worker>);
+struct ConnSlot(Rc<std::cell::Cell<usize>>);
 
 impl ConnSlot {
     fn new(worker: &Rc<Worker>) -> ConnSlot {
         worker.connections.set(worker.connections.get() + 1);
-        ConnSlot(worker.clone())
+        ConnSlot(worker.connections.clone())
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        let c = &self.0.connections;
-        c.set(c.get().saturating_sub(1));
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
@@ -464,20 +444,18 @@ impl Admission {
 // ---------------------------------------------------------------------------------------------
 // Idle connections
 /// Hands this worker's access-log buffer to the writer thread every 100 ms.
-async fn access_log_flusher(worker: Rc<Worker>) {
+async fn access_log_flusher(log: Rc<AccessLog>) {
     loop {
         monoio::time::sleep(crate::access_log::FLUSH_EVERY).await;
-        if let Some(log) = &worker.access_log {
-            log.flush();
-        }
+        log.flush();
     }
 }
 
 /// Closes idle upstream connections past `pool_idle`, once a second.
-async fn janitor(worker: Rc<Worker>) {
+async fn janitor(pool: Rc<crate::upstream::Pool>) {
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
-        worker.upstreams.pool.sweep(Instant::now());
+        pool.sweep(Instant::now());
         // Give memory freed after a burst back to the OS: mimalloc only purges when it runs,
         // and an idle worker would otherwise keep the burst's pages resident.
         // SAFETY: collects this thread's own mimalloc heap; no preconditions.
@@ -485,11 +463,10 @@ async fn janitor(worker: Rc<Worker>) {
     }
 }
 
-async fn health_logger(worker: Rc<Worker>) {
-    let every = worker.config.monitor.log_interval;
+async fn health_logger(monitor: &'static Monitor, every: Duration) {
     loop {
         monoio::time::sleep(every).await;
-        worker.monitor.log_line();
+        monitor.log_line();
     }
 }
 

@@ -42,7 +42,7 @@ pub fn finish(conn: &mut Conn, mut ex: Exchange<'_>, flow: Flow, upstream: Optio
         }
     }
     if let (Some(token), Some(channel)) = (ex.token, ex.channel) {
-        s.count_usage(token, channel, ex.usage);
+        s.count_usage(w.router.token_row(token), w.router.channel_row(channel), ex.usage);
     }
     w.limits.spend(ex.token, ex.usage);
     if flow == Flow::Close || !ex.keeps_alive() {

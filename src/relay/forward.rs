@@ -92,7 +92,7 @@ pub async fn forward(
             _ => false,
         };
         w.stats()
-            .count_attempt(channel, failed_over || result.is_err());
+            .count_attempt(w.router.channel_row(channel), failed_over || result.is_err());
         warn_failure(&w, channel, ex.resp.status, &result, failed_over);
         if !failed_over {
             return result;

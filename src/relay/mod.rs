@@ -82,27 +82,22 @@ impl From<RelayError> for Halt {
 }
 
 /// Decrements a gauge when the thing it counts goes away, on every path.
-struct GaugeGuard {
-    worker: Rc<Worker>,
-    gauge: fn(&crate::monitor::WorkerStats) -> &std::sync::atomic::AtomicU64,
-}
+struct GaugeGuard(&'static std::sync::atomic::AtomicU64);
 
 impl GaugeGuard {
     fn new(
         worker: &Rc<Worker>,
-        gauge: fn(&crate::monitor::WorkerStats) -> &std::sync::atomic::AtomicU64,
+        gauge: fn(&'static crate::monitor::WorkerStats) -> &'static std::sync::atomic::AtomicU64,
     ) -> GaugeGuard {
-        bump(gauge(worker.stats()));
-        GaugeGuard {
-            worker: worker.clone(),
-            gauge,
-        }
+        let g = gauge(&worker.monitor.workers[worker.id]);
+        bump(g);
+        GaugeGuard(g)
     }
 }
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        drop_one((self.gauge)(self.worker.stats()));
+        drop_one(self.0);
     }
 }
 
@@ -145,6 +140,10 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
             }
             Next::Closed => break,
         };
+        // A request runs whole under the newest config when its head arrived.
+        if let Some(newer) = conn.w.newer() {
+            conn.w = newer;
+        }
         conn.w.activity.note();
         let (flow, upstream) = match handle(&mut conn, &mut ex).await {
             Ok(done) => done,

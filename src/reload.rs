@@ -1,0 +1,206 @@
+//! Config generations and reload: SIGHUP re-reads the config file, and what it builds serves
+//! every request whose head arrives after it; requests already in flight finish under the
+//! config they started with.
+//!
+//! Key components:
+//! - [`Generation`]: what one config decides for the whole process — the config, the routing
+//!   table, the limits, the TLS connectors — numbered from 1. Built off the request path, then
+//!   published at once.
+//! - [`newest_number`]: one atomic load; each worker compares it with the generation of its
+//!   `Worker` view when a request head arrives and adopts the newest when they differ
+//!   (`context::Worker::newer`).
+//! - [`reload`]: read, check, build and publish; on any error nothing changes.
+//!
+//! What a reload keeps: in-flight requests and streams (they hold their generation), parked
+//! upstream connections to upstreams that are still configured (the pool is the worker's, keyed
+//! by endpoint), the counters (rows are kept by token and channel name), the process's
+//! `max_inflight` count and each unchanged token's limit state (`Limits::renewed`). What needs a
+//! restart, and is reported as such when it changed: `server.listen`, `server.workers`,
+//! `server.busy_poll`, `[log] access`, `timeouts.pool_idle` and the `[monitor]` thresholds.
+//!
+//! Error handling: a config that does not load, changes `listen` or `workers`, or names a
+//! `ca_file` that no longer reads is refused with one ERROR line; the old config keeps
+//! serving. Must not: block a worker — the file is read and the tables built on the thread
+//! that asked for the reload.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{Config, Layer};
+use crate::limits::Limits;
+use crate::monitor::Monitor;
+use crate::route::Router;
+use crate::upstream::TlsConnectors;
+
+/// What one config decides for the whole process.
+pub struct Generation {
+    pub number: u64,
+    pub config: Arc<Config>,
+    pub router: Arc<Router>,
+    pub limits: Arc<Limits>,
+    pub tls: TlsConnectors,
+}
+
+/// The newest generation's number; 0 until the first is published.
+static NEWEST_NUMBER: AtomicU64 = AtomicU64::new(0);
+/// The newest generation. Locked only to publish and to adopt one, never on a request's path
+/// (a worker takes it when [`NEWEST_NUMBER`] moved) and never across an await.
+static NEWEST: Mutex<Option<Arc<Generation>>> = Mutex::new(None);
+/// The monitor whose counter rows a reload maps names to.
+static MONITOR: std::sync::OnceLock<&'static Monitor> = std::sync::OnceLock::new();
+
+/// The number of the newest generation.
+#[inline]
+pub fn newest_number() -> u64 {
+    NEWEST_NUMBER.load(Ordering::Acquire)
+}
+
+/// The newest generation. Panics before [`first`] ran: no worker exists then.
+pub fn newest() -> Arc<Generation> {
+    NEWEST
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .expect("the first generation is published before any worker starts")
+}
+
+fn publish(generation: Generation) -> Arc<Generation> {
+    let generation = Arc::new(generation);
+    let number = generation.number;
+    *NEWEST.lock().unwrap_or_else(|e| e.into_inner()) = Some(generation.clone());
+    NEWEST_NUMBER.store(number, Ordering::Release);
+    generation
+}
+
+/// Build and publish generation 1 from the config the process started with.
+pub fn first(config: Config, monitor: &'static Monitor) -> std::io::Result<Arc<Generation>> {
+    let _ = MONITOR.set(monitor);
+    let router = Arc::new(Router::new(&config).with_counter_rows(monitor));
+    let tls = TlsConnectors::for_channels(&config.channels)?;
+    let limits = Arc::new(Limits::new(config.server.max_inflight, &config.tokens));
+    crate::model_list::spawn(&router, config.server.models_refresh)?;
+    Ok(publish(Generation {
+        number: 1,
+        config: Arc::new(config),
+        router,
+        limits,
+        tls,
+    }))
+}
+
+/// Re-read the config file the process started with and publish what it builds. Returns a
+/// line for the log; on error the old generation stays and the error says why.
+pub fn reload() -> Result<String, String> {
+    let old = newest();
+    let path = old.config.path.clone();
+    let config = crate::config::load(&path).map_err(|e| e.to_string())?;
+    refuse_unreloadable(&old.config, &config)?;
+    let restart = needs_restart(&old.config, &config);
+    let monitor = *MONITOR.get().ok_or("the relay has not started")?;
+    let tls = TlsConnectors::for_channels(&config.channels).map_err(|e| e.to_string())?;
+    let router = Arc::new(Router::new(&config).with_counter_rows(monitor));
+    let limits = Arc::new(old.limits.renewed(
+        config.server.max_inflight,
+        &old.config.tokens,
+        &config.tokens,
+    ));
+    crate::model_list::spawn(&router, config.server.models_refresh).map_err(|e| e.to_string())?;
+    let (channels, tokens) = (config.channels.len(), config.tokens.len());
+    let number = old.number + 1;
+    drop(old);
+    publish(Generation {
+        number,
+        config: Arc::new(config),
+        router,
+        limits,
+        tls,
+    });
+    let mut line = format!(
+        "config reloaded from {}: {channels} channel(s), {tokens} token(s) (generation {number})",
+        path.display()
+    );
+    if !restart.is_empty() {
+        line.push_str(&format!(
+            "; changed but kept until a restart: {}",
+            restart.join(", ")
+        ));
+    }
+    Ok(line)
+}
+
+/// What a running process cannot change: the listeners and the worker threads.
+fn refuse_unreloadable(old: &Config, new: &Config) -> Result<(), String> {
+    if old.server.listen != new.server.listen {
+        return Err(format!(
+            "server.listen changed ({} to {}): that needs a restart",
+            old.server.listen_text, new.server.listen_text
+        ));
+    }
+    if old.effective_workers() != new.effective_workers() {
+        return Err(format!(
+            "server.workers changed ({} to {}): that needs a restart",
+            old.effective_workers(),
+            new.effective_workers()
+        ));
+    }
+    Ok(())
+}
+
+/// Keys a reload leaves as they were (set up once per worker or process).
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.server.busy_poll != new.server.busy_poll {
+        out.push("server.busy_poll");
+    }
+    if old.log.access != new.log.access {
+        out.push("log.access");
+    }
+    if old.timeouts[Layer::PoolIdle] != new.timeouts[Layer::PoolIdle] {
+        out.push("timeouts.pool_idle");
+    }
+    if (old.monitor.warn_inflight, old.monitor.alert_inflight, old.monitor.log_interval)
+        != (new.monitor.warn_inflight, new.monitor.alert_inflight, new.monitor.log_interval)
+    {
+        out.push("monitor");
+    }
+    out
+}
+
+/// Set when SIGHUP arrives; the reloader thread acts on it.
+static HANGUP: AtomicBool = AtomicBool::new(false);
+
+/// What SIGHUP does: reload the config, and reopen the access log file.
+pub fn on_hangup() {
+    match reload() {
+        Ok(line) => crate::log::info(&line),
+        Err(e) => crate::log::error(&format!(
+            "config reload refused, the running config stays: {e}"
+        )),
+    }
+    crate::access_log::reopen();
+}
+
+extern "C" fn hangup_handler(_: libc::c_int) {
+    HANGUP.store(true, Ordering::Relaxed);
+}
+
+/// Install the SIGHUP handler and the thread that acts on it (a handler may only set a flag).
+pub fn watch_hangups() -> std::io::Result<()> {
+    // SAFETY: installing a handler that only stores to an atomic is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGHUP,
+            hangup_handler as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+    std::thread::Builder::new()
+        .name("ringway-reload".into())
+        .spawn(|| loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if HANGUP.swap(false, Ordering::Relaxed) {
+                on_hangup();
+            }
+        })
+        .map(|_| ())
+}
