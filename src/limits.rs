@@ -258,7 +258,12 @@ impl Limits {
     /// changed gets a new block that takes over its rate buckets' state, while its in-flight
     /// count starts from the requests admitted after the reload. A removed token's block goes
     /// when its last request ends.
-    pub fn renewed(&self, max_inflight: usize, old: &[TokenConfig], tokens: &[TokenConfig]) -> Limits {
+    pub fn renewed(
+        &self,
+        max_inflight: usize,
+        old: &[TokenConfig],
+        tokens: &[TokenConfig],
+    ) -> Limits {
         let tokens = tokens
             .iter()
             .map(|t| {
@@ -327,11 +332,7 @@ impl Limits {
 
     /// [`Limits::admit`] with the clock as a parameter; `now` is asked at most once, and only
     /// for a token with `rpm` or `tpm`.
-    fn admit_at(
-        &self,
-        token: usize,
-        now: impl FnOnce() -> u64,
-    ) -> Result<Admission, Refusal> {
+    fn admit_at(&self, token: usize, now: impl FnOnce() -> u64) -> Result<Admission, Refusal> {
         let Some(t) = self.tokens.get(token) else {
             let process = self.admit_process().ok_or(Refusal::Overloaded)?;
             return Ok(Admission {
@@ -487,7 +488,8 @@ mod tests {
 
     #[test]
     fn admits_up_to_the_limit_across_threads_and_never_past_it() {
-        let limits: &'static Limits = Box::leak(Box::new(Limits::new(5, &[token(None, None, None)])));
+        let limits: &'static Limits =
+            Box::leak(Box::new(Limits::new(5, &[token(None, None, None)])));
         let held: Vec<Admission> = (0..5).map(|_| limits.admit(0).unwrap()).collect();
         assert_eq!(limits.admit(0).err(), Some(Refusal::Overloaded));
         // Many threads hammering a full limit never get through, and leave the count as it was.
@@ -560,7 +562,10 @@ mod tests {
 
     #[test]
     fn rpm_holds_exactly_across_threads() {
-        let limits: &'static Limits = Box::leak(Box::new(Limits::new(1_000_000, &[token(Some(1000), None, None)])));
+        let limits: &'static Limits = Box::leak(Box::new(Limits::new(
+            1_000_000,
+            &[token(Some(1000), None, None)],
+        )));
         let now = 10 * SEC;
         let threads: Vec<_> = (0..4)
             .map(|_| {
@@ -641,7 +646,10 @@ mod tests {
 
     #[test]
     fn token_max_inflight_is_exact_and_released_on_drop() {
-        let limits: &'static Limits = Box::leak(Box::new(Limits::new(100, &[token(None, None, Some(2)), token(None, None, None)])));
+        let limits: &'static Limits = Box::leak(Box::new(Limits::new(
+            100,
+            &[token(None, None, Some(2)), token(None, None, None)],
+        )));
         let a = limits.admit(0).unwrap();
         let b = limits.admit(0).unwrap();
         assert_eq!(

@@ -159,9 +159,15 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.timeouts[Layer::PoolIdle] != new.timeouts[Layer::PoolIdle] {
         out.push("timeouts.pool_idle");
     }
-    if (old.monitor.warn_inflight, old.monitor.alert_inflight, old.monitor.log_interval)
-        != (new.monitor.warn_inflight, new.monitor.alert_inflight, new.monitor.log_interval)
-    {
+    if (
+        old.monitor.warn_inflight,
+        old.monitor.alert_inflight,
+        old.monitor.log_interval,
+    ) != (
+        new.monitor.warn_inflight,
+        new.monitor.alert_inflight,
+        new.monitor.log_interval,
+    ) {
         out.push("monitor");
     }
     out

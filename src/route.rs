@@ -211,7 +211,10 @@ impl Router {
     /// `channel`'s row in the monitor's per-channel counters.
     #[inline]
     pub fn channel_row(&self, channel: usize) -> usize {
-        self.channel_rows.get(channel).copied().unwrap_or(usize::MAX)
+        self.channel_rows
+            .get(channel)
+            .copied()
+            .unwrap_or(usize::MAX)
     }
 
     #[inline]

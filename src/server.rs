@@ -4,7 +4,6 @@
 //! connectors, the file-descriptor limit) and the workers' start, returning once every
 //! listener is bound and health may pass. Must not: parse arguments or print usage (`cli`).
 
-
 use crate::config::Config;
 use crate::monitor::Monitor;
 use crate::worker;

@@ -42,7 +42,11 @@ pub fn finish(conn: &mut Conn, mut ex: Exchange<'_>, flow: Flow, upstream: Optio
         }
     }
     if let (Some(token), Some(channel)) = (ex.token, ex.channel) {
-        s.count_usage(w.router.token_row(token), w.router.channel_row(channel), ex.usage);
+        s.count_usage(
+            w.router.token_row(token),
+            w.router.channel_row(channel),
+            ex.usage,
+        );
     }
     w.limits.spend(ex.token, ex.usage);
     if flow == Flow::Close || !ex.keeps_alive() {

@@ -91,8 +91,10 @@ pub async fn forward(
             Err(Halt::Answer(e)) => e.retryable && next.is_some(),
             _ => false,
         };
-        w.stats()
-            .count_attempt(w.router.channel_row(channel), failed_over || result.is_err());
+        w.stats().count_attempt(
+            w.router.channel_row(channel),
+            failed_over || result.is_err(),
+        );
         warn_failure(&w, channel, ex.resp.status, &result, failed_over);
         if !failed_over {
             return result;
