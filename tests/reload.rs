@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,8 +39,7 @@ fn reload(relay: &Relay, text: &str) -> String {
         if count(&e) > before {
             line = e
                 .lines()
-                .filter(|l| l.contains("config reload"))
-                .last()
+                .rfind(|l| l.contains("config reload"))
                 .unwrap_or_default()
                 .to_string();
             true
