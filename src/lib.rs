@@ -28,6 +28,7 @@
 //! | `bufpool`  | per-worker IO buffer pool |
 //! | `monitor`  | counters, health JSON, Prometheus metrics, health log line |
 //! | `busy`     | opt-in busy polling |
+//! | `state`    | state that survives restarts: the quota ledger (`QuotaStore`, file-backed) |
 
 mod access_log;
 mod bufpool;
@@ -48,6 +49,7 @@ mod provider;
 mod relay;
 mod route;
 mod server;
+mod state;
 mod top;
 mod upstream;
 mod wheel;

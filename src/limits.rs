@@ -1,5 +1,5 @@
 //! Limits that hold for the whole process, across workers: `server.max_inflight`, and each
-//! token's `expires_at`, `rpm`, `tpm` and `max_inflight`.
+//! token's `expires_at`, `rpm`, `tpm`, `max_inflight` and `quota_tokens`.
 //!
 //! Owns: the process-wide inflight count and one [`TokenLimits`] block per configured token,
 //! both created once at start from the config and leaked (`&'static`, so no request touches a
@@ -27,14 +27,26 @@
 //!   admitted again. So `tpm` is exceeded by at most the usage of the requests that were
 //!   already in flight when it was crossed. A response without `usage` costs nothing.
 //! - `expires_at`: the wall clock (UTC, to the millisecond), read only for tokens that have one.
+//! - `quota_tokens`: two counters, `used` (settled prompt + completion tokens over the token's
+//!   life, loaded from the ledger at start) and `reserved` (what the requests in flight may
+//!   still cost). Admission adds the request's estimate to `reserved` and refuses when
+//!   `used + reserved` then passes the quota (taking the add back); the end of the request
+//!   adds its real usage to `used` *before* it drops its reservation ([`Limits::settle`]), so
+//!   no moment exists at which a request counts in neither. The quota is exceeded by at most
+//!   what the requests in flight use beyond their reservations; a refused request took nothing.
+//!   `used` is counted for every token (one atomic add per request), so the ledger records
+//!   usage from the first request even for a token that gets a quota later. The ledger thread
+//!   (`state`) only reads `used`.
 //!
 //! Order in `relay/admit.rs`: the expiry at authentication, before any body byte; after the
-//! body, the token's `max_inflight`, `tpm` (read only), `rpm` (the one take), then the
-//! process's `max_inflight`. A refusal gives back what the earlier checks took: the token
-//! slot by its guard, the rpm take by [`Bucket::give_back_one`].
+//! body, the token's `max_inflight`, `tpm` (read only), the quota reservation, `rpm` (the one
+//! take), then the process's `max_inflight`. A refusal gives back what the earlier checks
+//! took: the token slot and the reservation by their guards, the rpm take by
+//! [`Bucket::give_back_one`].
 //!
-//! Memory is bounded by the token count, never by the limits' values: one fixed-size,
-//! cache-line block per token (two buckets of one word each, one inflight count). A token
+//! Memory is bounded by the token count, never by the limits' values: one fixed-size block
+//! of two cache lines per token (two buckets of one word each, one inflight count, the quota's
+//! two counters). A token
 //! without limits costs one branch per check and never reads the clock.
 //!
 //! The rate arithmetic takes "now" as a parameter (`*_at`), so the tests drive the clock
@@ -78,6 +90,13 @@ struct TokenLimits {
     inflight: AtomicU64,
     rpm: Bucket,
     tpm: Bucket,
+    /// `quota_tokens`; `u64::MAX`: no quota.
+    quota: u64,
+    /// Settled prompt + completion tokens over the token's life (the ledger's total at start,
+    /// plus every request finished since). Only ever grows.
+    used: AtomicU64,
+    /// The reservations of this token's admitted requests that have not settled yet.
+    reserved: AtomicU64,
 }
 
 /// A token bucket of `per_minute` units refilled continuously, as the one moment at which it
@@ -166,6 +185,15 @@ pub enum TokenLimit {
     MaxInflight,
 }
 
+/// Where a token's quota stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaState {
+    /// `quota_tokens`, if the token has one.
+    pub quota: Option<u64>,
+    pub used: u64,
+    pub reserved: u64,
+}
+
 /// Why a request was not admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -176,6 +204,16 @@ pub enum Refusal {
         limit: TokenLimit,
         value: u64,
         retry_after_secs: u64,
+    },
+    /// The token's `quota_tokens` cannot cover this request's reservation: 429
+    /// `quota_exhausted`.
+    QuotaExhausted {
+        quota: u64,
+        used: u64,
+        /// Reserved by the token's other requests in flight.
+        reserved: u64,
+        /// This request's reservation.
+        need: u64,
     },
 }
 
@@ -192,15 +230,22 @@ impl Refusal {
         matches!(self, Refusal::Overloaded)
     }
 
-    /// The answer: 503 `overloaded`, or 429 `rate_limited` naming the limit.
+    /// The answer: 503 `overloaded`, 429 `rate_limited` naming the limit, or 429
+    /// `quota_exhausted`.
     pub fn error(&self) -> RelayError {
-        let Refusal::RateLimited {
-            limit,
-            value,
-            retry_after_secs: secs,
-        } = *self
-        else {
-            return RelayError::overloaded();
+        let (limit, value, secs) = match *self {
+            Refusal::Overloaded => return RelayError::overloaded(),
+            Refusal::QuotaExhausted {
+                quota,
+                used,
+                reserved,
+                need,
+            } => return quota_error(quota, used, reserved, need),
+            Refusal::RateLimited {
+                limit,
+                value,
+                retry_after_secs,
+            } => (limit, value, retry_after_secs),
         };
         let message = match limit {
             TokenLimit::Rpm => format!(
@@ -217,21 +262,51 @@ impl Refusal {
     }
 }
 
+/// The 429 for a quota that cannot cover a request. A quota never refills: `Retry-After` (1 s)
+/// only when the spent part alone would still leave room, i.e. other requests' reservations are
+/// what stands in the way, and they may settle lower than they reserved.
+fn quota_error(quota: u64, used: u64, reserved: u64, need: u64) -> RelayError {
+    let left = quota.saturating_sub(used);
+    if used.saturating_add(need) <= quota {
+        RelayError::quota_exhausted(
+            format!(
+                "this API key's quota_tokens ({quota}) has {left} tokens left, but {reserved} of them \
+                 are reserved by its requests in flight and this request reserves {need}; retry in 1s"
+            ),
+            Some(1),
+        )
+    } else {
+        RelayError::quota_exhausted(
+            format!(
+                "this API key's quota_tokens ({quota}) is spent: {left} tokens left, and this \
+                 request reserves {need} (its max_tokens, or the default reservation, plus its \
+                 prompt)"
+            ),
+            None,
+        )
+    }
+}
+
 impl Limits {
-    /// The limits for `max_inflight` and `tokens` (in config order).
-    pub fn new(max_inflight: usize, tokens: &[TokenConfig]) -> &'static Limits {
+    /// The limits for `max_inflight` and `tokens` (in config order); `settled[i]` is token
+    /// `i`'s usage so far as the ledger recorded it (missing: 0).
+    pub fn new(max_inflight: usize, tokens: &[TokenConfig], settled: &[u64]) -> &'static Limits {
         Box::leak(Box::new(Limits {
             inflight: AtomicU64::new(0),
             max_inflight: max_inflight as u64,
             epoch: Instant::now(),
             tokens: tokens
                 .iter()
-                .map(|t| TokenLimits {
+                .enumerate()
+                .map(|(i, t)| TokenLimits {
                     expires_at: t.expires_at.unwrap_or(i64::MAX),
                     max_inflight: t.max_inflight.unwrap_or(u64::MAX),
                     inflight: AtomicU64::new(0),
                     rpm: Bucket::new(t.rpm),
                     tpm: Bucket::new(t.tpm),
+                    quota: t.quota_tokens.unwrap_or(u64::MAX),
+                    used: AtomicU64::new(settled.get(i).copied().unwrap_or(0)),
+                    reserved: AtomicU64::new(0),
                 })
                 .collect(),
         }))
@@ -269,10 +344,17 @@ impl Limits {
         }
     }
 
-    /// Admits a request of `token` under its limits and the process's `max_inflight`.
+    /// Does `token` have `quota_tokens` (so admission needs its reservation estimate)?
     #[inline]
-    pub fn admit(&'static self, token: usize) -> Result<Admission, Refusal> {
-        self.admit_at(token, || self.now_ns())
+    pub fn has_quota(&self, token: usize) -> bool {
+        self.tokens.get(token).is_some_and(|t| t.quota != u64::MAX)
+    }
+
+    /// Admits a request of `token` under its limits and the process's `max_inflight`;
+    /// `reserve` is what the request may cost against the token's quota (ignored without one).
+    #[inline]
+    pub fn admit(&'static self, token: usize, reserve: u64) -> Result<Admission, Refusal> {
+        self.admit_at(token, reserve, || self.now_ns())
     }
 
     /// [`Limits::admit`] with the clock as a parameter; `now` is asked at most once, and only
@@ -280,6 +362,7 @@ impl Limits {
     fn admit_at(
         &'static self,
         token: usize,
+        reserve: u64,
         now: impl FnOnce() -> u64,
     ) -> Result<Admission, Refusal> {
         let Some(t) = self.tokens.get(token) else {
@@ -287,6 +370,7 @@ impl Limits {
             return Ok(Admission {
                 _process: process,
                 _token: None,
+                quota: None,
             });
         };
         let token_slot = if t.max_inflight != u64::MAX {
@@ -303,28 +387,33 @@ impl Limits {
             None
         };
         // From here on, an early return drops `token_slot`: the token's slot goes back.
+        let now = if t.rpm.is_set() || t.tpm.is_set() {
+            now()
+        } else {
+            0
+        };
+        if t.tpm.is_set() {
+            if let Err(wait) = t.tpm.check_at(now) {
+                return Err(Refusal::rate_limited(
+                    TokenLimit::Tpm,
+                    t.tpm.per_minute,
+                    wait,
+                ));
+            }
+        }
+        // Before rpm, so a request the quota refuses takes no rpm; from here on an early
+        // return drops `quota` too: the reservation goes back.
+        let quota = t.reserve(reserve)?;
         let mut took_rpm = false;
-        if t.rpm.is_set() || t.tpm.is_set() {
-            let now = now();
-            if t.tpm.is_set() {
-                if let Err(wait) = t.tpm.check_at(now) {
-                    return Err(Refusal::rate_limited(
-                        TokenLimit::Tpm,
-                        t.tpm.per_minute,
-                        wait,
-                    ));
-                }
+        if t.rpm.is_set() {
+            if let Err(wait) = t.rpm.take_one_at(now) {
+                return Err(Refusal::rate_limited(
+                    TokenLimit::Rpm,
+                    t.rpm.per_minute,
+                    wait,
+                ));
             }
-            if t.rpm.is_set() {
-                if let Err(wait) = t.rpm.take_one_at(now) {
-                    return Err(Refusal::rate_limited(
-                        TokenLimit::Rpm,
-                        t.rpm.per_minute,
-                        wait,
-                    ));
-                }
-                took_rpm = true;
-            }
+            took_rpm = true;
         }
         let Some(process) = self.admit_process() else {
             if took_rpm {
@@ -335,6 +424,7 @@ impl Limits {
         Ok(Admission {
             _process: process,
             _token: token_slot,
+            quota,
         })
     }
 
@@ -346,6 +436,39 @@ impl Limits {
             return None;
         }
         Some(InflightSlot(self))
+    }
+
+    /// A finished request of `token` cost `tokens` (prompt + completion, as reported or
+    /// estimated): they are added to the token's settled usage, and only then is the
+    /// request's reservation (`hold`) given back, so the request is never counted in neither.
+    #[inline]
+    pub fn settle(&self, token: Option<usize>, hold: Option<QuotaHold>, tokens: u64) {
+        if let Some(t) = token.and_then(|i| self.tokens.get(i)) {
+            if tokens > 0 {
+                t.used.fetch_add(tokens, AcqRel);
+            }
+        }
+        drop(hold);
+    }
+
+    /// Token `token`'s quota, settled usage and reservations, for health and metrics.
+    pub fn quota_state(&self, token: usize) -> Option<QuotaState> {
+        let t = self.tokens.get(token)?;
+        Some(QuotaState {
+            quota: (t.quota != u64::MAX).then_some(t.quota),
+            used: t.used.load(Acquire),
+            reserved: t.reserved.load(Acquire),
+        })
+    }
+
+    /// Token `token`'s settled usage (what the ledger records).
+    pub fn used(&self, token: usize) -> u64 {
+        self.tokens.get(token).map_or(0, |t| t.used.load(Acquire))
+    }
+
+    /// The number of tokens (in config order).
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
     }
 
     /// A finished request of `token` reported `usage`: its prompt + completion tokens are
@@ -362,10 +485,59 @@ impl Limits {
     }
 }
 
+impl TokenLimits {
+    /// Reserves `need` tokens of the quota (nothing without a quota). One atomic add; over
+    /// the quota the add is taken back, so concurrent reservations may refuse each other
+    /// early but never admit past the quota together.
+    #[inline]
+    fn reserve(&'static self, need: u64) -> Result<Option<QuotaHold>, Refusal> {
+        if self.quota == u64::MAX {
+            return Ok(None);
+        }
+        let reserved = self.reserved.fetch_add(need, AcqRel).saturating_add(need);
+        let used = self.used.load(Acquire);
+        if used.saturating_add(reserved) > self.quota {
+            self.reserved.fetch_sub(need, AcqRel);
+            return Err(Refusal::QuotaExhausted {
+                quota: self.quota,
+                used,
+                reserved: reserved - need,
+                need,
+            });
+        }
+        Ok(Some(QuotaHold {
+            token: self,
+            reserved: need,
+        }))
+    }
+}
+
 /// One admitted request's share of the limits; dropping it gives them back.
 pub struct Admission {
     _process: InflightSlot,
     _token: Option<TokenSlot>,
+    quota: Option<QuotaHold>,
+}
+
+impl Admission {
+    /// The request's quota reservation, to be held until the request settles (see
+    /// [`Limits::settle`]); the other slots stay with the admission.
+    pub fn take_quota(&mut self) -> Option<QuotaHold> {
+        self.quota.take()
+    }
+}
+
+/// One admitted request's reservation against its token's quota; dropping it gives the
+/// reservation back (after [`Limits::settle`] counted the real usage, or on any other path).
+pub struct QuotaHold {
+    token: &'static TokenLimits,
+    reserved: u64,
+}
+
+impl Drop for QuotaHold {
+    fn drop(&mut self) {
+        self.token.reserved.fetch_sub(self.reserved, AcqRel);
+    }
 }
 
 /// One admitted request's share of `server.max_inflight`.
@@ -401,6 +573,7 @@ mod tests {
             rpm,
             tpm,
             max_inflight,
+            quota_tokens: None,
         }
     }
 
@@ -418,7 +591,7 @@ mod tests {
                 retry_after_secs,
                 ..
             }) => (limit, retry_after_secs),
-            Err(Refusal::Overloaded) => panic!("overloaded, not rate limited"),
+            Err(other) => panic!("{other:?}, not rate limited"),
             Ok(_) => panic!("admitted"),
         }
     }
@@ -437,12 +610,12 @@ mod tests {
 
     #[test]
     fn admits_up_to_the_limit_across_threads_and_never_past_it() {
-        let limits = Limits::new(5, &[token(None, None, None)]);
-        let held: Vec<Admission> = (0..5).map(|_| limits.admit(0).unwrap()).collect();
-        assert_eq!(limits.admit(0).err(), Some(Refusal::Overloaded));
+        let limits = Limits::new(5, &[token(None, None, None)], &[]);
+        let held: Vec<Admission> = (0..5).map(|_| limits.admit(0, 0).unwrap()).collect();
+        assert_eq!(limits.admit(0, 0).err(), Some(Refusal::Overloaded));
         // Many threads hammering a full limit never get through, and leave the count as it was.
         let threads: Vec<_> = (0..4)
-            .map(|_| std::thread::spawn(move || (0..10_000).all(|_| limits.admit(0).is_err())))
+            .map(|_| std::thread::spawn(move || (0..10_000).all(|_| limits.admit(0, 0).is_err())))
             .collect();
         for t in threads {
             assert!(t.join().unwrap());
@@ -450,74 +623,83 @@ mod tests {
         assert_eq!(limits.inflight(), 5);
         drop(held);
         assert_eq!(limits.inflight(), 0);
-        assert!(limits.admit(0).is_ok());
+        assert!(limits.admit(0, 0).is_ok());
     }
 
     #[test]
     fn rpm_is_a_burst_of_rpm_then_one_every_sixty_over_rpm_seconds() {
-        let limits = Limits::new(100, &[token(Some(5), None, None)]);
+        let limits = Limits::new(100, &[token(Some(5), None, None)], &[]);
         let t0 = 1_000 * SEC;
         for i in 0..5 {
-            assert!(limits.admit_at(0, || t0 + i).is_ok(), "request {i}");
+            assert!(limits.admit_at(0, 0, || t0 + i).is_ok(), "request {i}");
         }
         // The sixth: a request's worth (12 s) refills 12 s after the first was taken.
         assert_eq!(
-            retry_after(limits.admit_at(0, || t0)),
+            retry_after(limits.admit_at(0, 0, || t0)),
             (TokenLimit::Rpm, 12)
         );
         assert_eq!(
-            retry_after(limits.admit_at(0, || t0 + 3 * SEC)),
+            retry_after(limits.admit_at(0, 0, || t0 + 3 * SEC)),
             (TokenLimit::Rpm, 9)
         );
         // Refused requests took nothing: at 12 s exactly one more fits, then none.
-        assert!(limits.admit_at(0, || t0 + 12 * SEC + 4).is_ok());
+        assert!(limits.admit_at(0, 0, || t0 + 12 * SEC + 4).is_ok());
         assert_eq!(
-            retry_after(limits.admit_at(0, || t0 + 12 * SEC + 5)),
+            retry_after(limits.admit_at(0, 0, || t0 + 12 * SEC + 5)),
             (TokenLimit::Rpm, 12)
         );
         // After a quiet minute the whole burst is back, and never more than it.
         let t1 = t0 + 200 * SEC;
         for i in 0..5 {
-            assert!(limits.admit_at(0, || t1).is_ok(), "request {i}");
+            assert!(limits.admit_at(0, 0, || t1).is_ok(), "request {i}");
         }
-        assert!(limits.admit_at(0, || t1).is_err());
+        assert!(limits.admit_at(0, 0, || t1).is_err());
         // Steady state: one every 12 s, never a second one early.
         for k in 1..=10 {
             let at = t1 + k * 12 * SEC;
-            assert!(limits.admit_at(0, || at - SEC).is_err(), "step {k} early");
-            assert!(limits.admit_at(0, || at).is_ok(), "step {k}");
+            assert!(
+                limits.admit_at(0, 0, || at - SEC).is_err(),
+                "step {k} early"
+            );
+            assert!(limits.admit_at(0, 0, || at).is_ok(), "step {k}");
         }
     }
 
     #[test]
     fn rpm_retry_after_is_whole_seconds_at_least_one() {
-        let limits = Limits::new(100, &[token(Some(7), None, None)]);
+        let limits = Limits::new(100, &[token(Some(7), None, None)], &[]);
         let t0 = 50 * SEC;
         for _ in 0..7 {
-            assert!(limits.admit_at(0, || t0).is_ok());
+            assert!(limits.admit_at(0, 0, || t0).is_ok());
         }
         // 60 s / 7 = 8.57 s: rounded up.
-        assert_eq!(retry_after(limits.admit_at(0, || t0)), (TokenLimit::Rpm, 9));
+        assert_eq!(
+            retry_after(limits.admit_at(0, 0, || t0)),
+            (TokenLimit::Rpm, 9)
+        );
         // Just before the refill: still at least 1.
         assert_eq!(
-            retry_after(limits.admit_at(0, || t0 + 60 * SEC / 7 - 10)),
+            retry_after(limits.admit_at(0, 0, || t0 + 60 * SEC / 7 - 10)),
             (TokenLimit::Rpm, 1)
         );
-        let one = Limits::new(100, &[token(Some(1), None, None)]);
-        assert!(one.admit_at(0, || t0).is_ok());
-        assert_eq!(retry_after(one.admit_at(0, || t0)), (TokenLimit::Rpm, 60));
+        let one = Limits::new(100, &[token(Some(1), None, None)], &[]);
+        assert!(one.admit_at(0, 0, || t0).is_ok());
+        assert_eq!(
+            retry_after(one.admit_at(0, 0, || t0)),
+            (TokenLimit::Rpm, 60)
+        );
     }
 
     #[test]
     fn rpm_holds_exactly_across_threads() {
-        let limits = Limits::new(1_000_000, &[token(Some(1000), None, None)]);
+        let limits = Limits::new(1_000_000, &[token(Some(1000), None, None)], &[]);
         let now = 10 * SEC;
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 std::thread::spawn(move || {
                     let mut held = Vec::new();
                     for _ in 0..1000 {
-                        if let Ok(a) = limits.admit_at(0, || now) {
+                        if let Ok(a) = limits.admit_at(0, 0, || now) {
                             held.push(a);
                         }
                     }
@@ -532,13 +714,13 @@ mod tests {
 
     #[test]
     fn tpm_refuses_once_reported_usage_reaches_it_and_pays_a_debt_back() {
-        let limits = Limits::new(100, &[token(None, Some(40), None)]);
+        let limits = Limits::new(100, &[token(None, Some(40), None)], &[]);
         let t0 = 5 * SEC;
         // 16 tokens a request: 0, 16 and 32 are under 40, so three are admitted.
         let mut passed = 0;
         for i in 0..6 {
             let now = t0 + i * 10_000_000;
-            if limits.admit_at(0, || now).is_ok() {
+            if limits.admit_at(0, 0, || now).is_ok() {
                 passed += 1;
                 limits.spend_at(0, 16, now);
             }
@@ -547,21 +729,21 @@ mod tests {
         // 48 taken out of 40: 8 over, paid back at 40 a minute in 12 s.
         let now = t0 + 60_000_000;
         assert_eq!(
-            retry_after(limits.admit_at(0, || now)),
+            retry_after(limits.admit_at(0, 0, || now)),
             (TokenLimit::Tpm, 12)
         );
-        assert!(limits.admit_at(0, || now + 11 * SEC).is_err());
-        assert!(limits.admit_at(0, || now + 12 * SEC).is_ok());
+        assert!(limits.admit_at(0, 0, || now + 11 * SEC).is_err());
+        assert!(limits.admit_at(0, 0, || now + 12 * SEC).is_ok());
         // A large report is a debt: 400 tokens at 40/min keep the token out for ~9 minutes.
         let t1 = t0 + 3600 * SEC;
-        assert!(limits.admit_at(0, || t1).is_ok());
+        assert!(limits.admit_at(0, 0, || t1).is_ok());
         limits.spend_at(0, 400, t1);
         assert_eq!(
-            retry_after(limits.admit_at(0, || t1)),
+            retry_after(limits.admit_at(0, 0, || t1)),
             (TokenLimit::Tpm, 540)
         );
-        assert!(limits.admit_at(0, || t1 + 539 * SEC).is_err());
-        assert!(limits.admit_at(0, || t1 + 541 * SEC).is_ok());
+        assert!(limits.admit_at(0, 0, || t1 + 539 * SEC).is_err());
+        assert!(limits.admit_at(0, 0, || t1 + 541 * SEC).is_ok());
     }
 
     #[test]
@@ -569,12 +751,13 @@ mod tests {
         let limits = Limits::new(
             100,
             &[token(None, Some(100), None), token(None, None, None)],
+            &[],
         );
         limits.spend(Some(0), usage(99));
-        assert!(limits.admit(0).is_ok());
+        assert!(limits.admit(0, 0).is_ok());
         limits.spend(Some(0), usage(51));
         assert!(matches!(
-            limits.admit(0),
+            limits.admit(0, 0),
             Err(Refusal::RateLimited {
                 limit: TokenLimit::Tpm,
                 value: 100,
@@ -586,16 +769,20 @@ mod tests {
         limits.spend(None, usage(10));
         limits.spend(Some(7), usage(10));
         limits.spend(Some(1), usage(1_000_000));
-        assert!(limits.admit(1).is_ok());
+        assert!(limits.admit(1, 0).is_ok());
     }
 
     #[test]
     fn token_max_inflight_is_exact_and_released_on_drop() {
-        let limits = Limits::new(100, &[token(None, None, Some(2)), token(None, None, None)]);
-        let a = limits.admit(0).unwrap();
-        let b = limits.admit(0).unwrap();
+        let limits = Limits::new(
+            100,
+            &[token(None, None, Some(2)), token(None, None, None)],
+            &[],
+        );
+        let a = limits.admit(0, 0).unwrap();
+        let b = limits.admit(0, 0).unwrap();
         assert_eq!(
-            limits.admit(0).err(),
+            limits.admit(0, 0).err(),
             Some(Refusal::RateLimited {
                 limit: TokenLimit::MaxInflight,
                 value: 2,
@@ -603,11 +790,11 @@ mod tests {
             })
         );
         // Another token is not affected.
-        let other = limits.admit(1).unwrap();
+        let other = limits.admit(1, 0).unwrap();
         assert_eq!(limits.token_inflight(0), 2);
         assert_eq!(limits.inflight(), 3);
         drop(a);
-        let c = limits.admit(0).unwrap();
+        let c = limits.admit(0, 0).unwrap();
         drop((b, c, other));
         assert_eq!((limits.token_inflight(0), limits.inflight()), (0, 0));
         // Threads racing for two slots never hold more than two.
@@ -615,7 +802,7 @@ mod tests {
             .map(|_| {
                 std::thread::spawn(move || {
                     for _ in 0..5000 {
-                        let held = limits.admit(0);
+                        let held = limits.admit(0, 0);
                         assert!(limits.token_inflight(0) <= 2);
                         drop(held);
                     }
@@ -631,19 +818,25 @@ mod tests {
     #[test]
     fn a_later_refusal_gives_back_what_earlier_checks_took() {
         // max_inflight = 1 for the process; the token has rpm 2 and max_inflight 5.
-        let limits = Limits::new(1, &[token(Some(2), Some(1000), Some(5))]);
+        let limits = Limits::new(1, &[token(Some(2), Some(1000), Some(5))], &[]);
         let now = 7 * SEC;
-        let first = limits.admit_at(0, || now).unwrap();
+        let first = limits.admit_at(0, 0, || now).unwrap();
         // Refused by the process's max_inflight: its rpm take and its token slot come back.
-        assert_eq!(limits.admit_at(0, || now).err(), Some(Refusal::Overloaded));
-        assert_eq!(limits.admit_at(0, || now).err(), Some(Refusal::Overloaded));
+        assert_eq!(
+            limits.admit_at(0, 0, || now).err(),
+            Some(Refusal::Overloaded)
+        );
+        assert_eq!(
+            limits.admit_at(0, 0, || now).err(),
+            Some(Refusal::Overloaded)
+        );
         assert_eq!(limits.token_inflight(0), 1);
         drop(first);
         // The second of rpm 2 is still there (without the give-back it would be gone).
-        let second = limits.admit_at(0, || now).unwrap();
+        let second = limits.admit_at(0, 0, || now).unwrap();
         drop(second);
         assert!(matches!(
-            limits.admit_at(0, || now),
+            limits.admit_at(0, 0, || now),
             Err(Refusal::RateLimited {
                 limit: TokenLimit::Rpm,
                 ..
@@ -656,7 +849,7 @@ mod tests {
         limits.spend_at(0, 1000, later);
         for _ in 0..3 {
             assert!(matches!(
-                limits.admit_at(0, || later),
+                limits.admit_at(0, 0, || later),
                 Err(Refusal::RateLimited {
                     limit: TokenLimit::Tpm,
                     ..
@@ -664,25 +857,25 @@ mod tests {
             ));
         }
         let paid = later + SEC;
-        assert!(limits.admit_at(0, || paid).is_ok());
-        assert!(limits.admit_at(0, || paid).is_ok());
+        assert!(limits.admit_at(0, 0, || paid).is_ok());
+        assert!(limits.admit_at(0, 0, || paid).is_ok());
         assert_eq!((limits.token_inflight(0), limits.inflight()), (0, 0));
     }
 
     #[test]
     fn a_token_without_rate_limits_never_reads_the_clock() {
-        let limits = Limits::new(10, &[token(None, None, Some(3))]);
-        let a = limits.admit_at(0, || panic!("clock read")).unwrap();
+        let limits = Limits::new(10, &[token(None, None, Some(3))], &[]);
+        let a = limits.admit_at(0, 0, || panic!("clock read")).unwrap();
         drop(a);
-        let limits = Limits::new(10, &[token(None, None, None)]);
-        assert!(limits.admit_at(0, || panic!("clock read")).is_ok());
+        let limits = Limits::new(10, &[token(None, None, None)], &[]);
+        assert!(limits.admit_at(0, 0, || panic!("clock read")).is_ok());
     }
 
     #[test]
     fn expiry_is_checked_against_the_wall_clock_to_the_millisecond() {
         let mut t = token(None, None, None);
         t.expires_at = Some(1_800_000_000_000);
-        let limits = Limits::new(10, &[t, token(None, None, None)]);
+        let limits = Limits::new(10, &[t, token(None, None, None)], &[]);
         assert!(limits.check_expiry_at(0, 1_799_999_999_999).is_ok());
         let e = limits.check_expiry_at(0, 1_800_000_000_000).unwrap_err();
         assert_eq!((e.status, &*e.code), (401, "token_expired"));
@@ -724,8 +917,8 @@ mod tests {
 
     #[test]
     fn memory_per_token_does_not_depend_on_the_limits() {
-        // One cache line per token, whatever the values: the state is three words.
-        assert_eq!(std::mem::size_of::<TokenLimits>(), 64);
+        // Two cache lines per token, whatever the values.
+        assert_eq!(std::mem::size_of::<TokenLimits>(), 128);
         let huge = Limits::new(
             1_000_000_000,
             &[token(
@@ -733,14 +926,169 @@ mod tests {
                 Some(1_000_000_000),
                 Some(1_000_000_000),
             )],
+            &[],
         );
-        let tiny = Limits::new(1, &[token(Some(1), Some(1), Some(1))]);
+        let tiny = Limits::new(1, &[token(Some(1), Some(1), Some(1))], &[]);
         assert_eq!(huge.tokens.len(), tiny.tokens.len());
         // Saturating arithmetic: an absurd report cannot wrap the bucket round to "full".
         huge.spend_at(0, u64::MAX, 0);
         tiny.spend_at(0, u64::MAX, 0);
         tiny.spend_at(0, u64::MAX, 0);
-        assert!(tiny.admit_at(0, || u64::MAX / 2).is_err());
-        assert!(huge.admit_at(0, || 0).is_err());
+        assert!(tiny.admit_at(0, 0, || u64::MAX / 2).is_err());
+        assert!(huge.admit_at(0, 0, || 0).is_err());
+    }
+
+    fn quota(q: u64) -> TokenConfig {
+        let mut t = token(None, None, None);
+        t.quota_tokens = Some(q);
+        t
+    }
+
+    fn exhausted(r: Result<Admission, Refusal>) -> (u64, u64, u64, u64) {
+        match r {
+            Err(Refusal::QuotaExhausted {
+                quota,
+                used,
+                reserved,
+                need,
+            }) => (quota, used, reserved, need),
+            Err(other) => panic!("refused otherwise: {other:?}"),
+            Ok(_) => panic!("admitted"),
+        }
+    }
+
+    #[test]
+    fn quota_reserves_at_admission_and_settles_the_real_usage() {
+        // 100 tokens, 40 already settled (the ledger's figure at start).
+        let limits = Limits::new(100, &[quota(100), token(None, None, None)], &[40, 7]);
+        assert!(limits.has_quota(0) && !limits.has_quota(1));
+        let mut a = limits.admit(0, 30).unwrap();
+        let hold_a = a.take_quota();
+        assert!(hold_a.is_some());
+        let state = |i| limits.quota_state(i).unwrap();
+        assert_eq!((state(0).used, state(0).reserved), (40, 30));
+        // 40 + 30 + 31 > 100: refused, and the refusal reserved nothing.
+        assert_eq!(exhausted(limits.admit(0, 31)), (100, 40, 30, 31));
+        assert_eq!(state(0).reserved, 30);
+        // Exactly up to the quota fits.
+        let mut b = limits.admit(0, 30).unwrap();
+        let hold_b = b.take_quota();
+        // The first settles at 16: counted before its reservation goes.
+        limits.settle(Some(0), hold_a, 16);
+        assert_eq!(
+            state(0),
+            QuotaState {
+                quota: Some(100),
+                used: 56,
+                reserved: 30
+            }
+        );
+        drop(a);
+        // A request that settles over its reservation passes the quota by the difference.
+        limits.settle(Some(0), hold_b, 50);
+        drop(b);
+        assert_eq!(
+            state(0),
+            QuotaState {
+                quota: Some(100),
+                used: 106,
+                reserved: 0
+            }
+        );
+        assert_eq!(exhausted(limits.admit(0, 0)), (100, 106, 0, 0));
+        // A token without a quota is never refused by it, and its usage is still counted.
+        let c = limits.admit(1, u64::MAX).unwrap();
+        limits.settle(Some(1), None, 9);
+        drop(c);
+        assert_eq!(
+            state(1),
+            QuotaState {
+                quota: None,
+                used: 16,
+                reserved: 0
+            }
+        );
+        assert_eq!(limits.used(1), 16);
+    }
+
+    #[test]
+    fn a_reservation_is_given_back_on_every_path() {
+        // Process max_inflight 1: the second request's reservation is taken back on refusal.
+        let limits = Limits::new(1, &[quota(1000)], &[]);
+        let first = limits.admit(0, 100).unwrap();
+        assert_eq!(limits.admit(0, 100).err(), Some(Refusal::Overloaded));
+        assert_eq!(limits.quota_state(0).unwrap().reserved, 100);
+        // Dropped without settling (the connection ended): the reservation goes, nothing used.
+        drop(first);
+        assert_eq!(limits.quota_state(0).unwrap().reserved, 0);
+        assert_eq!(limits.quota_state(0).unwrap().used, 0);
+        // A quota refusal takes no rpm.
+        let mut t = quota(10);
+        t.rpm = Some(1);
+        let limits = Limits::new(10, &[t], &[]);
+        assert!(limits.admit_at(0, 11, || SEC).is_err());
+        assert!(limits.admit_at(0, 5, || SEC).is_ok());
+    }
+
+    #[test]
+    fn quota_never_admits_past_it_across_threads() {
+        // 4 threads race for a 1000-token quota with 10-token reservations, never settling:
+        // exactly 100 are admitted.
+        let limits = Limits::new(1_000_000, &[quota(1000)], &[]);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut held = Vec::new();
+                    for _ in 0..1000 {
+                        if let Ok(a) = limits.admit(0, 10) {
+                            held.push(a);
+                        }
+                    }
+                    held
+                })
+            })
+            .collect();
+        let held: Vec<Admission> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(held.len(), 100);
+        assert_eq!(limits.quota_state(0).unwrap().reserved, 1000);
+        drop(held);
+        assert_eq!(limits.quota_state(0).unwrap().reserved, 0);
+    }
+
+    #[test]
+    fn quota_refusals_say_whether_a_retry_can_help() {
+        // Spent: no Retry-After (a quota never refills).
+        let e = Refusal::QuotaExhausted {
+            quota: 100,
+            used: 90,
+            reserved: 0,
+            need: 20,
+        }
+        .error();
+        assert_eq!((e.status, &*e.code), (429, "quota_exhausted"));
+        assert_eq!(e.retry_after, None);
+        assert!(
+            e.message
+                .contains("quota_tokens (100) is spent: 10 tokens left"),
+            "{}",
+            e.message
+        );
+        // Blocked by other requests' reservations: they may settle lower, retry in 1 s.
+        let e = Refusal::QuotaExhausted {
+            quota: 100,
+            used: 50,
+            reserved: 40,
+            need: 20,
+        }
+        .error();
+        assert_eq!(e.retry_after.as_deref(), Some(&b"1"[..]));
+        assert!(
+            e.message.contains("40 of them are reserved"),
+            "{}",
+            e.message
+        );
     }
 }

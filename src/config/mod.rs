@@ -76,6 +76,15 @@ pub struct ServerConfig {
     pub busy_poll: Duration,
     /// Browser origins allowed to call the API (CORS); empty: CORS off; `"*"`: any origin.
     pub cors_origins: Vec<String>,
+    /// Where the quota ledger (and other state that survives restarts) is kept; relative paths
+    /// are relative to the config file. Required when a token has `quota_tokens`.
+    pub state_dir: Option<PathBuf>,
+    /// How often settled usage is written to the ledger (and made durable): what a crash may
+    /// lose at most.
+    pub state_flush: Duration,
+    /// Completion tokens reserved against a quota for a request that names no `max_tokens` /
+    /// `max_completion_tokens`.
+    pub quota_reserve: u64,
 }
 
 impl ServerConfig {
@@ -231,6 +240,9 @@ pub struct TokenConfig {
     pub tpm: Option<u64>,
     /// This token's requests at once, whole process.
     pub max_inflight: Option<u64>,
+    /// Prompt + completion tokens over the token's life, kept in the ledger under
+    /// `server.state_dir` (429 `quota_exhausted` once spent).
+    pub quota_tokens: Option<u64>,
 }
 
 /// A configuration problem, displayed as `FILE:LINE: KEY: MESSAGE`.
@@ -295,6 +307,9 @@ impl Default for ServerConfig {
             sse_coalesce: Duration::from_millis(5),
             busy_poll: Duration::ZERO,
             cors_origins: Vec::new(),
+            state_dir: None,
+            state_flush: Duration::from_secs(1),
+            quota_reserve: 1024,
         }
     }
 }
