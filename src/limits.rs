@@ -466,9 +466,12 @@ impl Limits {
         self.tokens.get(token).map_or(0, |t| t.used.load(Acquire))
     }
 
-    /// The number of tokens (in config order).
-    pub fn token_count(&self) -> usize {
-        self.tokens.len()
+    /// Are requests still admitted, or reservations not yet settled? (A request's reservation
+    /// goes only after its usage was added, so once this is false every admitted request has
+    /// settled.)
+    pub fn unsettled(&self) -> bool {
+        self.inflight.load(Acquire) > 0
+            || self.tokens.iter().any(|t| t.reserved.load(Acquire) > 0)
     }
 
     /// A finished request of `token` reported `usage`: its prompt + completion tokens are

@@ -23,7 +23,12 @@ pub struct Running {
     pub workers: Vec<std::thread::JoinHandle<()>>,
     /// The quota ledger's flush thread, when `server.state_dir` is set.
     ledger: Option<Ledger>,
+    limits: &'static crate::limits::Limits,
 }
+
+/// How long a shutdown waits for the requests in flight to settle before the ledger's last
+/// flush (there is no drain yet: requests still running after it end with the process).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Running {
     pub fn wait(self) {
@@ -39,6 +44,17 @@ impl Running {
         let signal = wait_for_shutdown_signal();
         crate::log::info(&format!("{signal}: shutting down"));
         if let Some(ledger) = self.ledger {
+            // A response can reach its client a moment before its request settles: give the
+            // requests in flight a bounded moment to settle, so the last flush has them.
+            let deadline = std::time::Instant::now() + SETTLE_WAIT;
+            while self.limits.unsettled() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if self.limits.unsettled() {
+                crate::log::warn(
+                    "quota ledger: requests still in flight at shutdown; their usage is not recorded",
+                );
+            }
             ledger.stop();
             crate::log::info("quota ledger flushed");
         }
@@ -159,5 +175,6 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         monitor,
         workers,
         ledger,
+        limits,
     })
 }
