@@ -470,8 +470,7 @@ impl Limits {
     /// goes only after its usage was added, so once this is false every admitted request has
     /// settled.)
     pub fn unsettled(&self) -> bool {
-        self.inflight.load(Acquire) > 0
-            || self.tokens.iter().any(|t| t.reserved.load(Acquire) > 0)
+        self.inflight.load(Acquire) > 0 || self.tokens.iter().any(|t| t.reserved.load(Acquire) > 0)
     }
 
     /// A finished request of `token` reported `usage`: its prompt + completion tokens are

@@ -247,6 +247,9 @@ const HEALTH_TIMEOUT_LAYERS: [Layer; 9] = [
     Layer::ClientIdle,
 ];
 
+/// One of a token's quota figures, for a metrics series.
+type QuotaFigure = fn(&crate::limits::QuotaState) -> Option<u64>;
+
 impl Monitor {
     pub fn new(
         workers: usize,
@@ -702,7 +705,7 @@ impl Monitor {
         let states: Vec<_> = (0..self.token_names.len())
             .map(|i| limits.quota_state(i))
             .collect();
-        let series: [(&str, &str, fn(&crate::limits::QuotaState) -> Option<u64>); 3] = [
+        let series: [(&str, &str, QuotaFigure); 3] = [
             ("quota_tokens", "A token's quota_tokens.", |q| q.quota),
             (
                 "quota_used",

@@ -51,7 +51,9 @@ fn config(mock: &Mock, dir: &Path, flush: &str, quota: u64) -> ConfigBuilder {
 }
 
 fn quota_token(name: &str, key: &str, quota: u64) -> String {
-    format!("[[tokens]]\nname = {name:?}\nkey = {key:?}\nmodels = [\"*\"]\nquota_tokens = {quota}\n")
+    format!(
+        "[[tokens]]\nname = {name:?}\nkey = {key:?}\nmodels = [\"*\"]\nquota_tokens = {quota}\n"
+    )
 }
 
 fn body(model: &str, max_tokens: u64) -> String {
@@ -171,7 +173,10 @@ fn reservations_in_flight_refuse_with_retry_after_and_settle_to_the_real_usage(d
     let resp = relay.roundtrip(&chat_as("sk-q", &b));
     let e = assert_error_shape(&resp, 429, Some("quota_exhausted"));
     assert!(
-        e["message"].as_str().unwrap().contains("reserved by its requests in flight"),
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("reserved by its requests in flight"),
         "{e}"
     );
     assert_eq!(resp.header("retry-after"), Some("1"));
@@ -203,10 +208,7 @@ fn usage_survives_a_clean_restart_and_renamed_tokens_start_at_zero(driver: Drive
     stop_cleanly(relay);
 
     let relay = start(driver, &cfg);
-    assert_eq!(
-        quota_of(&relay, "q"),
-        (Some(1_000_000), 3 * PER_REQUEST, 0)
-    );
+    assert_eq!(quota_of(&relay, "q"), (Some(1_000_000), 3 * PER_REQUEST, 0));
     assert_eq!(relay.roundtrip(&chat_as("sk-q", &b)).status, 200);
     stop_cleanly(relay);
 
@@ -298,7 +300,10 @@ fn kill_9_mid_load_loses_nothing_beyond_the_flush_bound_and_counts_nothing_twice
         .flat_map(|s| &s.completed)
         .filter(|&&t| t + FLUSH + MARGIN <= killed_at)
         .count() as u64;
-    assert!(settled_before >= 10, "too few early completions: {settled_before}");
+    assert!(
+        settled_before >= 10,
+        "too few early completions: {settled_before}"
+    );
 
     let relay = start(driver, &cfg);
     let (_, used, reserved) = quota_of(&relay, "q");
@@ -322,7 +327,12 @@ fn kill_9_mid_load_loses_nothing_beyond_the_flush_bound_and_counts_nothing_twice
          in flight"
     );
     // The relay goes on from there.
-    assert_eq!(relay.roundtrip(&chat_as("sk-q", &body("mock-fixed", 7))).status, 200);
+    assert_eq!(
+        relay
+            .roundtrip(&chat_as("sk-q", &body("mock-fixed", 7)))
+            .status,
+        200
+    );
     assert_eq!(quota_of(&relay, "q").1, used + PER_REQUEST);
 }
 
@@ -366,7 +376,11 @@ fn newest_log(dir: &Path) -> PathBuf {
         .unwrap()
         .filter_map(|e| {
             let name = e.ok()?.file_name().into_string().ok()?;
-            let gen: u64 = name.strip_prefix("quota-")?.strip_suffix(".log")?.parse().ok()?;
+            let gen: u64 = name
+                .strip_prefix("quota-")?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()?;
             Some((gen, dir.join(name)))
         })
         .max()
@@ -405,7 +419,10 @@ fn an_unusable_or_busy_state_dir_refuses_the_start_naming_it() {
     let file = write_temp("not-a-dir", "txt", "x");
     let under_file = file.join("state");
     let cfg = ConfigBuilder::new(mock.addr)
-        .server(&format!("state_dir = {:?}", under_file.display().to_string()))
+        .server(&format!(
+            "state_dir = {:?}",
+            under_file.display().to_string()
+        ))
         .section(&quota_token("q", "sk-q", 100));
     let e = Relay::try_start(&cfg.render(free_port()), &[])
         .err()

@@ -76,7 +76,7 @@ fn close_quote(b: &[u8], start: usize) -> Option<usize> {
         while k > start && b[k - 1] == b'\\' {
             k -= 1;
         }
-        if (quote - k) % 2 == 0 {
+        if (quote - k).is_multiple_of(2) {
             return Some(quote);
         }
         from = quote + 1;
