@@ -186,9 +186,11 @@ fn run_relay(path: &Path) -> i32 {
     for w in &config.warnings {
         crate::log::warn(&format!("config: {w}"));
     }
+    // Before any thread starts, so the signals reach only the one waiting for them.
+    crate::server::block_shutdown_signals();
     match start(config) {
         Ok(running) => {
-            running.wait();
+            running.serve_until_signal();
             0
         }
         Err(e) => {

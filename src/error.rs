@@ -196,6 +196,16 @@ impl RelayError {
         e
     }
 
+    /// 429 `quota_exhausted`: the token's `quota_tokens` cannot cover the request; `message`
+    /// says how much is left (never the key). A quota never refills, so `Retry-After` is sent
+    /// only when other requests' reservations are what stands in the way (they may settle
+    /// lower than reserved).
+    pub fn quota_exhausted(message: String, retry_after_secs: Option<u64>) -> RelayError {
+        let mut e = RelayError::new(429, "insufficient_quota", "quota_exhausted", message);
+        e.retry_after = retry_after_secs.map(|s| Cow::Owned(s.max(1).to_string().into_bytes()));
+        e
+    }
+
     pub fn overloaded() -> RelayError {
         let mut e = RelayError::new(
             503,

@@ -28,6 +28,7 @@
 //! | `bufpool`  | per-worker IO buffer pool |
 //! | `monitor`  | counters, health JSON, Prometheus metrics, health log line |
 //! | `busy`     | opt-in busy polling |
+//! | `state`    | state that survives restarts: the quota ledger (`QuotaStore`, file-backed) |
 
 mod access_log;
 mod bufpool;
@@ -50,6 +51,7 @@ mod relay;
 mod reload;
 mod route;
 mod server;
+mod state;
 mod top;
 mod upstream;
 mod wheel;

@@ -87,6 +87,8 @@ pub struct WorkerStats {
     pub channel_usage: Vec<[AtomicU64; 3]>,
     /// Per channel: [upstream attempts, of them failed over or failed].
     pub channel_attempts: Vec<[AtomicU64; 2]>,
+    /// Requests refused 429 `quota_exhausted` by a token's `quota_tokens`.
+    pub quota_exhausted: AtomicU64,
 }
 
 impl WorkerStats {
@@ -154,6 +156,7 @@ impl Default for WorkerStats {
             upstream_status_other: AtomicU64::new(0),
             latency_total: Histogram::default(),
             latency_ttfb: Histogram::default(),
+            quota_exhausted: AtomicU64::new(0),
         }
     }
 }
@@ -228,6 +231,8 @@ pub struct Monitor {
     pub token_names: Names,
     /// The names whose counters the per-worker channel rows hold, by row.
     pub channel_names: Names,
+    /// Ledger flushes that failed (the usage stays in memory and is written by the next one).
+    pub ledger_write_errors: AtomicU64,
 }
 
 /// The names behind a set of per-worker counter rows. A name keeps its row for the life of the
@@ -285,6 +290,9 @@ const HEALTH_TIMEOUT_LAYERS: [Layer; 9] = [
     Layer::ClientIdle,
 ];
 
+/// One of a token's quota figures, for a metrics series.
+type QuotaFigure = fn(&crate::limits::QuotaState) -> Option<u64>;
+
 impl Monitor {
     pub fn new(
         workers: usize,
@@ -311,6 +319,7 @@ impl Monitor {
             ready: AtomicBool::new(false),
             token_names,
             channel_names,
+            ledger_write_errors: AtomicU64::new(0),
         }))
     }
 
@@ -397,6 +406,7 @@ impl Monitor {
         m.insert("client_gone".into(), s(&|x| &x.client_gone).into());
         m.insert("overloaded".into(), s(&|x| &x.overloaded).into());
         m.insert("rate_limited".into(), s(&|x| &x.rate_limited).into());
+        m.insert("quota_exhausted".into(), s(&|x| &x.quota_exhausted).into());
         m.insert(
             "connections_rejected".into(),
             s(&|x| &x.connections_rejected).into(),
@@ -455,6 +465,7 @@ impl Monitor {
             })
             .collect();
         m.insert("per_worker".into(), per.into());
+        self.quota_json(&mut m);
         serde_json::to_vec(&serde_json::Value::Object(m)).unwrap_or_default()
     }
 
@@ -648,6 +659,7 @@ impl Monitor {
         self.usage_metrics(&mut o, "token", &self.token_names.snapshot(), |w| {
             &w.token_usage
         });
+        self.quota_metrics(&mut o);
         self.usage_metrics(&mut o, "channel", &channel_names, |w| &w.channel_usage);
         let attempts = |i: usize, k: usize| -> u64 {
             self.workers
@@ -686,6 +698,85 @@ impl Monitor {
             |w| &w.latency_ttfb,
         );
         o.into_bytes()
+    }
+
+    /// Health's `tokens` array (name, `quota_tokens` or null, `quota_used`, `quota_reserved`)
+    /// and `ledger_write_errors`.
+    fn quota_json(&self, m: &mut serde_json::Map<String, serde_json::Value>) {
+        m.insert(
+            "ledger_write_errors".into(),
+            self.ledger_write_errors.load(Relaxed).into(),
+        );
+        // The tokens of the config now serving.
+        let Some(g) = crate::reload::newest_published() else {
+            return;
+        };
+        let tokens: Vec<serde_json::Value> = g
+            .config
+            .tokens
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let name = &t.name;
+                let q = g.limits.quota_state(i)?;
+                Some(serde_json::json!({
+                    "name": name,
+                    "quota_tokens": q.quota,
+                    "quota_used": q.used,
+                    "quota_reserved": q.reserved,
+                }))
+            })
+            .collect();
+        m.insert("tokens".into(), tokens.into());
+    }
+
+    /// `ringway_quota_exhausted_total`, `ringway_ledger_write_errors_total` and per token
+    /// `ringway_token_quota_tokens` (tokens with a quota), `ringway_token_quota_used`,
+    /// `ringway_token_quota_reserved`.
+    fn quota_metrics(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "# HELP ringway_quota_exhausted_total Requests refused over a token's quota_tokens.\n# TYPE ringway_quota_exhausted_total counter\nringway_quota_exhausted_total {}",
+            self.sum(|w| &w.quota_exhausted)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP ringway_ledger_write_errors_total Quota ledger flushes that failed.\n# TYPE ringway_ledger_write_errors_total counter\nringway_ledger_write_errors_total {}",
+            self.ledger_write_errors.load(Relaxed)
+        );
+        let Some(g) = crate::reload::newest_published() else {
+            return;
+        };
+        let names: Vec<&String> = g.config.tokens.iter().map(|t| &t.name).collect();
+        let states: Vec<_> = (0..names.len()).map(|i| g.limits.quota_state(i)).collect();
+        let series: [(&str, &str, QuotaFigure); 3] = [
+            ("quota_tokens", "A token's quota_tokens.", |q| q.quota),
+            (
+                "quota_used",
+                "Prompt + completion tokens a token has used over its life (settled, as the ledger keeps them).",
+                |q| Some(q.used),
+            ),
+            (
+                "quota_reserved",
+                "Tokens reserved by a token's requests in flight.",
+                |q| Some(q.reserved),
+            ),
+        ];
+        for (name, help, value) in series {
+            let _ = writeln!(
+                o,
+                "# HELP ringway_token_{name} {help}\n# TYPE ringway_token_{name} gauge"
+            );
+            for (token, state) in names.iter().zip(&states) {
+                if let Some(v) = state.as_ref().and_then(value) {
+                    let _ = writeln!(
+                        o,
+                        "ringway_token_{name}{{token=\"{}\"}} {v}",
+                        LabelValue(token)
+                    );
+                }
+            }
+        }
     }
 
     /// `ringway_<label>_requests_total` and `ringway_<label>_tokens_total{kind}` per name.

@@ -18,7 +18,8 @@
 //! restart, and is reported as such when it changed: `server.listen`, `server.workers`,
 //! `server.busy_poll`, `[log] access`, `timeouts.pool_idle` and the `[monitor]` thresholds.
 //!
-//! Error handling: a config that does not load, changes `listen` or `workers`, or names a
+//! Error handling: a config that does not load, changes `listen`, `workers` or `state_dir`,
+//! adds more new token names than the usage book has room for, or names a
 //! `ca_file` that no longer reads is refused with one ERROR line; the old config keeps
 //! serving. Must not: block a worker — the file is read and the tables built on the thread
 //! that asked for the reload.
@@ -28,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{Config, Layer};
-use crate::limits::Limits;
+use crate::limits::{Limits, UsageBook};
 use crate::monitor::Monitor;
 use crate::route::Router;
 use crate::upstream::TlsConnectors;
@@ -56,6 +57,11 @@ pub fn newest_number() -> u64 {
     NEWEST_NUMBER.load(Ordering::Acquire)
 }
 
+/// The newest generation, if one was published (health and metrics, also in unit tests).
+pub fn newest_published() -> Option<Arc<Generation>> {
+    NEWEST.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// The newest generation. Panics before [`first`] ran: no worker exists then.
 pub fn newest() -> Arc<Generation> {
     NEWEST
@@ -74,11 +80,17 @@ fn publish(generation: Generation) -> Arc<Generation> {
 }
 
 /// Build and publish generation 1 from the config the process started with.
-pub fn first(config: Config, monitor: &'static Monitor) -> std::io::Result<Arc<Generation>> {
+pub fn first(
+    config: Config,
+    monitor: &'static Monitor,
+    book: &'static UsageBook,
+) -> std::io::Result<Arc<Generation>> {
     let _ = MONITOR.set(monitor);
     let router = Arc::new(Router::new(&config).with_counter_rows(monitor));
     let tls = TlsConnectors::for_channels(&config.channels)?;
-    let limits = Arc::new(Limits::new(config.server.max_inflight, &config.tokens));
+    let limits = Limits::new(config.server.max_inflight, &config.tokens, book)
+        .map_err(std::io::Error::other)?;
+    let limits = Arc::new(limits);
     crate::model_list::spawn(&router, config.server.models_refresh)?;
     Ok(publish(Generation {
         number: 1,
@@ -104,7 +116,7 @@ pub fn reload() -> Result<String, String> {
         config.server.max_inflight,
         &old.config.tokens,
         &config.tokens,
-    ));
+    )?);
     crate::model_list::spawn(&router, config.server.models_refresh).map_err(|e| e.to_string())?;
     let (channels, tokens) = (config.channels.len(), config.tokens.len());
     let number = old.number + 1;
@@ -137,6 +149,9 @@ fn refuse_unreloadable(old: &Config, new: &Config) -> Result<(), String> {
             old.server.listen_text, new.server.listen_text
         ));
     }
+    if old.server.state_dir != new.server.state_dir {
+        return Err("server.state_dir changed: the quota ledger moves only with a restart".into());
+    }
     if old.effective_workers() != new.effective_workers() {
         return Err(format!(
             "server.workers changed ({} to {}): that needs a restart",
@@ -155,6 +170,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.log.access != new.log.access {
         out.push("log.access");
+    }
+    if old.server.state_flush != new.server.state_flush {
+        out.push("server.state_flush");
     }
     if old.timeouts[Layer::PoolIdle] != new.timeouts[Layer::PoolIdle] {
         out.push("timeouts.pool_idle");

@@ -1,5 +1,6 @@
 //! Hot-path budget: zero heap allocations per relayed non-streaming request after warm-up, for a
-//! token without limits and for one with every limit (expires_at, rpm, tpm, max_inflight).
+//! token without limits and for one with every limit (expires_at, rpm, tpm, max_inflight,
+//! quota_tokens — its reservation, settling and the ledger's flush thread included).
 //!
 //! A counting global allocator wraps the system one for this test binary. The relay runs in
 //! process (real workers, real sockets), the mock upstream runs as a separate `ringway mock`
@@ -100,11 +101,16 @@ fn zero_allocations_per_relayed_request_after_warmup() {
     // The access log is on: its lines are formatted into a worker buffer and handed to the
     // writer thread, which must cost no allocation per request either.
     let access = std::env::temp_dir().join(format!("ringway-alloc-{}.log", std::process::id()));
+    // The quota ledger flushes every 10 ms while the requests are measured.
+    let state = std::env::temp_dir().join(format!("ringway-alloc-{}.state", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
     let toml = format!(
         r#"
 [server]
 listen = "127.0.0.1:{port}"
 workers = 1
+state_dir = {state:?}
+state_flush = "10ms"
 [monitor]
 log_interval = "1h"
 [log]
@@ -127,6 +133,7 @@ expires_at = "2999-01-01T00:00:00Z"
 rpm = 1000000
 tpm = 1000000000
 max_inflight = 4
+quota_tokens = 1000000000000
 "#
     );
     let config = ringway::parse(&toml, Path::new("<alloc-test>")).unwrap();
@@ -168,8 +175,8 @@ max_inflight = 4
     eprintln!("allocations: first request {warmup_allocs}, next {N} relayed requests {allocs}");
     assert_eq!(allocs, 0, "{allocs} heap allocations over {N} requests");
 
-    // A token with every limit: the checks (expiry, max_inflight, tpm, rpm) and the usage
-    // spent at the end allocate nothing either.
+    // A token with every limit: the checks (expiry, max_inflight, tpm, quota, rpm), the usage
+    // spent and settled at the end, and the ledger recording it allocate nothing either.
     for _ in 0..50 {
         assert_eq!(roundtrip(&mut conn, &limited, &mut buf), 200);
     }
@@ -191,5 +198,12 @@ max_inflight = 4
         .lines()
         .count();
     let _ = std::fs::remove_file(&access);
+    // The ledger was really recording the limited token's usage.
+    let recorded = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .any(|text| text.contains("\"limited\""));
+    let _ = std::fs::remove_dir_all(&state);
+    assert!(recorded, "the quota ledger recorded nothing");
     assert!(logged as u64 >= N, "only {logged} access lines");
 }

@@ -83,7 +83,7 @@ pub fn parse_with_env(
     ])?;
 
     let server = match root.field("server") {
-        Some(f) => read_server(&f.table()?)?,
+        Some(f) => read_server(&f.table()?, base_dir)?,
         None => ServerConfig::default(),
     };
     let mut timeouts = match root.field("timeouts") {
@@ -173,6 +173,16 @@ pub fn parse_with_env(
                 });
             }
         }
+        if let (Some(_), Some(f), None) = (
+            token.quota_tokens,
+            table.field("quota_tokens"),
+            &server.state_dir,
+        ) {
+            return Err(f.err(
+                "needs [server] state_dir: the quota ledger is kept there, so that usage \
+                 survives a restart (e.g. state_dir = \"/var/lib/ringway\")",
+            ));
+        }
         token_lines.push((name_line, key_line));
         tokens.push(token);
     }
@@ -258,6 +268,9 @@ const SERVER_KEYS: &[&str] = &[
     "busy_poll",
     "cors_origins",
     "models_refresh",
+    "state_dir",
+    "state_flush",
+    "quota_reserve",
 ];
 const MONITOR_KEYS: &[&str] = &["log_interval", "warn_inflight", "alert_inflight"];
 const CHANNEL_KEYS: &[&str] = &[
@@ -281,6 +294,7 @@ const TOKEN_KEYS: &[&str] = &[
     "rpm",
     "tpm",
     "max_inflight",
+    "quota_tokens",
 ];
 
 /// A model list older than a day is stale by any measure.
@@ -290,7 +304,7 @@ const MAX_MODELS_REFRESH: Duration = Duration::from_secs(86_400);
 /// overflow.
 const MAX_COUNT: usize = 1_000_000_000;
 
-fn read_server(sec: &Section) -> Result<ServerConfig, ConfigError> {
+fn read_server(sec: &Section, base_dir: &Path) -> Result<ServerConfig, ConfigError> {
     sec.check_known(SERVER_KEYS)?;
     let d = ServerConfig::default();
     let (listen, listen_text) = match sec.field("listen") {
@@ -333,8 +347,37 @@ fn read_server(sec: &Section) -> Result<ServerConfig, ConfigError> {
             Some(f) => Some(f.duration_at_most(MAX_MODELS_REFRESH)?),
             None => d.models_refresh,
         },
+        // The directory is created (or found unwritable) at start, not here: loading does no IO
+        // beyond the files it reads.
+        state_dir: match sec.field("state_dir") {
+            Some(f) => Some(base_dir.join(f.nonempty_str()?)),
+            None => d.state_dir,
+        },
+        state_flush: match sec.field("state_flush") {
+            Some(f) => {
+                let every = f.duration_at_most(MAX_STATE_FLUSH)?;
+                if every < MIN_STATE_FLUSH {
+                    return Err(f.err(&format!(
+                        "must be at least {} (each flush is an fdatasync)",
+                        format_duration(MIN_STATE_FLUSH)
+                    )));
+                }
+                every
+            }
+            None => d.state_flush,
+        },
+        quota_reserve: sec.usize_or("quota_reserve", d.quota_reserve as usize, 0, MAX_COUNT)?
+            as u64,
     })
 }
+
+/// `state_flush` bounds: what a crash may lose is one interval, and each flush costs an
+/// fdatasync.
+const MIN_STATE_FLUSH: Duration = Duration::from_millis(10);
+const MAX_STATE_FLUSH: Duration = Duration::from_secs(60);
+/// Upper bound for `quota_tokens`: far above any real budget, far below overflow when
+/// reservations are added to it.
+const MAX_QUOTA: u64 = 1_000_000_000_000_000;
 
 /// `cors_origins`: `"*"`, or origins as browsers send them (`https://app.example.com`, a port
 /// if not the default, no path, no trailing slash).
@@ -643,7 +686,23 @@ fn read_token(sec: &Section) -> Result<TokenConfig, ConfigError> {
         rpm: read_limit(sec, "rpm")?,
         tpm: read_limit(sec, "tpm")?,
         max_inflight: read_limit(sec, "max_inflight")?,
+        quota_tokens: read_quota(sec)?,
     })
+}
+
+/// `quota_tokens`: like a limit, but a lifetime total may be far larger than a rate.
+fn read_quota(sec: &Section) -> Result<Option<u64>, ConfigError> {
+    let Some(f) = sec.field("quota_tokens") else {
+        return Ok(None);
+    };
+    let n = f.int()?;
+    if n < 1 {
+        return Err(f.err("must be >= 1 (leave the key out for no quota)"));
+    }
+    if n as u64 > MAX_QUOTA {
+        return Err(f.err(&format!("must be at most {MAX_QUOTA}")));
+    }
+    Ok(Some(n as u64))
 }
 
 /// A token's optional limit: a whole number from 1 to [`MAX_COUNT`]; leaving the key out is

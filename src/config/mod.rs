@@ -79,6 +79,15 @@ pub struct ServerConfig {
     /// How often the model lists of channels whose `models` hold a glob are fetched again
     /// from their upstream's `/v1/models` (zero: once, at start; `None`: never, `"off"`).
     pub models_refresh: Option<Duration>,
+    /// Where the quota ledger (and other state that survives restarts) is kept; relative paths
+    /// are relative to the config file. Required when a token has `quota_tokens`.
+    pub state_dir: Option<PathBuf>,
+    /// How often settled usage is written to the ledger (and made durable): what a crash may
+    /// lose at most.
+    pub state_flush: Duration,
+    /// Completion tokens reserved against a quota for a request that names no `max_tokens` /
+    /// `max_completion_tokens`.
+    pub quota_reserve: u64,
 }
 
 impl ServerConfig {
@@ -234,6 +243,9 @@ pub struct TokenConfig {
     pub tpm: Option<u64>,
     /// This token's requests at once, whole process.
     pub max_inflight: Option<u64>,
+    /// Prompt + completion tokens over the token's life, kept in the ledger under
+    /// `server.state_dir` (429 `quota_exhausted` once spent).
+    pub quota_tokens: Option<u64>,
 }
 
 /// A configuration problem, displayed as `FILE:LINE: KEY: MESSAGE`.
@@ -299,6 +311,9 @@ impl Default for ServerConfig {
             busy_poll: Duration::ZERO,
             cors_origins: Vec::new(),
             models_refresh: Some(Duration::from_secs(600)),
+            state_dir: None,
+            state_flush: Duration::from_secs(1),
+            quota_reserve: 1024,
         }
     }
 }

@@ -40,6 +40,15 @@ impl Config {
             format_duration(s.sse_coalesce),
             format_duration(s.busy_poll)
         );
+        if let Some(dir) = &s.state_dir {
+            let _ = writeln!(
+                out,
+                "state     state_dir {}, state_flush {}, quota_reserve {}",
+                dir.display(),
+                format_duration(s.state_flush),
+                s.quota_reserve
+            );
+        }
         let first = Layer::PER_CHANNEL.map(|l| format!("{} {}", l.name(), format_duration(t[l])));
         let _ = writeln!(out, "timeouts  {}", first.join(", "));
         let mut rest: Vec<String> = [
@@ -155,6 +164,7 @@ impl Config {
                 ("rpm", tk.rpm),
                 ("tpm", tk.tpm),
                 ("max_inflight", tk.max_inflight),
+                ("quota_tokens", tk.quota_tokens),
             ] {
                 if let Some(n) = limit {
                     let _ = write!(out, " {key} {n}");

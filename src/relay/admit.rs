@@ -4,13 +4,15 @@
 //! Owns: token authentication and expiry (before any body byte is read, so an unknown or
 //! expired key costs no body), reading and de-chunking the body (`client_body` silence,
 //! `client_body_total` for the whole body, `max_body_bytes`, `Expect: 100-continue`), and
-//! admission — the token's `max_inflight`, `tpm` and `rpm`, then the process's `max_inflight`
-//! (`limits`) — only once the body is in, so a client trickling its body holds no slot. A
-//! token quota will go here too.
+//! admission — the token's `max_inflight`, `tpm`, quota and `rpm`, then the process's
+//! `max_inflight` (`limits`) — only once the body is in, so a client trickling its body holds
+//! no slot. For a token with `quota_tokens` the request's estimate (`reserve`) is reserved
+//! here and the reservation is kept on the connection until `finish` settles it.
 //!
 //! Error handling: 401, 408, 413, 429 and 503 as [`RelayError`]s; a client that leaves is
 //! `Halt::Close`.
-//! Must not: look at the body's content (that is `route`'s), or touch the upstream.
+//! Must not: look at the body's content beyond the reservation estimate (the model is
+//! `route`'s), or touch the upstream.
 
 use std::time::Instant;
 
@@ -20,12 +22,12 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use crate::config::Timeouts;
 use crate::deadline::Layer;
 use crate::error::RelayError;
-use crate::limits::Admission;
+use crate::limits::{Admission, Refusal};
 use crate::monitor::bump;
 use crate::wire::{self, BodyKind};
 
 use super::exchange::Exchange;
-use super::{Conn, GaugeGuard, Halt};
+use super::{reserve, Conn, GaugeGuard, Halt};
 
 /// Held for as long as the request counts against `max_inflight` (the process's and its
 /// token's).
@@ -49,16 +51,24 @@ pub async fn admit(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Admitted, H
     conn.deadline
         .begin_request(ex.start, w.config.timeouts[Layer::Total], Layer::Total);
     read_body(conn, ex).await?;
+    // Only a token with a quota pays for the body scan.
+    let reserve = if w.limits.has_quota(token) {
+        let body = conn.rbuf.get(ex.body.clone()).unwrap_or_default();
+        reserve::estimate(body, ex.endpoint, w.config.server.quota_reserve)
+    } else {
+        0
+    };
     // The token's limits, then one process-wide count: all hold across workers (limits.rs).
-    let slot = w.limits.admit(token).map_err(|refused| {
+    let mut slot = w.limits.admit(token, reserve).map_err(|refused| {
         let s = w.stats();
-        bump(if refused.is_overloaded() {
-            &s.overloaded
-        } else {
-            &s.rate_limited
+        bump(match refused {
+            Refusal::Overloaded => &s.overloaded,
+            Refusal::QuotaExhausted { .. } => &s.quota_exhausted,
+            Refusal::RateLimited { .. } => &s.rate_limited,
         });
         refused.error()
     })?;
+    conn.quota = slot.take_quota();
     Ok(Admitted {
         _slot: slot,
         _inflight: GaugeGuard::new(&w, |s| &s.inflight),

@@ -2,8 +2,9 @@
 //!
 //! Owns: releasing what the request held (the request's total deadline; the upstream
 //! connection, pooled only when `respond` found its response ended clean), accounting (status
-//! class, latency, time to first byte, usage per token and channel — the access log will be
-//! written here), and the keep-alive decision: the connection carries another request only if
+//! class, latency, time to first byte, usage per token and channel, the access log line), the
+//! settling of the request's usage against its token's quota (its reservation is given back
+//! only after the usage is counted), and the keep-alive decision: the connection carries another request only if
 //! both sides allow it, and then the finished request's bytes leave the read buffer while
 //! anything pipelined behind them stays.
 //!
@@ -49,6 +50,8 @@ pub fn finish(conn: &mut Conn, mut ex: Exchange<'_>, flow: Flow, upstream: Optio
         );
     }
     w.limits.spend(ex.token, ex.usage);
+    w.limits
+        .settle(ex.token, conn.quota.take(), quota_charge(&ex));
     if flow == Flow::Close || !ex.keeps_alive() {
         return Flow::Close;
     }
@@ -67,6 +70,20 @@ pub fn finish(conn: &mut Conn, mut ex: Exchange<'_>, flow: Flow, upstream: Optio
         conn.rbuf.drain(..consumed);
     }
     Flow::Keep
+}
+
+/// What the request costs against its token's quota: the usage the upstream reported, else,
+/// when an upstream answered 2xx without reporting it, the prompt estimated as body bytes / 4;
+/// nothing when no upstream answer reached the client (the relay's own error, an upstream
+/// error status).
+fn quota_charge(ex: &Exchange<'_>) -> u64 {
+    match ex.usage {
+        Some(u) => u.prompt.saturating_add(u.completion),
+        None if ex.channel.is_some() && (200..300).contains(&ex.status_sent) => {
+            ex.body.len().div_ceil(4) as u64
+        }
+        None => 0,
+    }
 }
 
 /// The request's access-log line (see `access_log`).

@@ -12,7 +12,8 @@
 //! The operations endpoints (health, metrics, models) go from `read_request` straight to
 //! `respond`; every error of the relay's own ends the phases early with one
 //! [`RelayError`](crate::error::RelayError), answered in one place. Where each feature lives:
-//! token limits (and the coming quota) in `admit`, failover across channels in `forward`,
+//! token limits and the quota reservation in `admit` (its estimate in `reserve`, settled in
+//! `finish`), failover across channels in `forward`,
 //! protocol conversion (to come) in `respond`, the access log in `finish`
 //! (docs/ARCHITECTURE.md has the chart).
 //!
@@ -37,6 +38,7 @@ mod finish;
 mod forward;
 mod own;
 mod read_request;
+mod reserve;
 mod respond;
 mod route;
 mod stream;
@@ -114,6 +116,10 @@ struct Conn {
     /// Cancels an idle keep-alive read so its buffer can be returned (one per connection:
     /// monoio's canceller allocates).
     idle_canceller: Canceller,
+    /// The quota reservation of the request in progress (requests on a connection are served
+    /// one at a time): taken by `admit`, settled by `finish` after the real usage is counted,
+    /// given back if the connection ends first.
+    quota: Option<crate::limits::QuotaHold>,
 }
 
 /// The connection task. It owns everything its requests touch; when it returns (or is
@@ -127,6 +133,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
         client: stream,
         watch: ClientWatch::new(),
         idle_canceller: Canceller::new(),
+        quota: None,
     };
     // Storage each exchange borrows for its parsed heads and id, kept across requests.
     let mut scratch = Scratch::default();

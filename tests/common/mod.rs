@@ -1233,3 +1233,29 @@ impl Client {
         closed
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the quota suite (appended; generic).
+
+impl Relay {
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the relay process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the child's pid; no memory is passed.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0);
+    }
+
+    /// Waits (bounded) until the relay process has exited; its exit status, or `None` if it
+    /// was still running after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

@@ -92,8 +92,13 @@ fn token_limit_errors_name_line_and_key() {
             "tokens[0].expires_at",
             "found an integer",
         ),
-        // Not this change's key: still unknown.
-        ("quota_tokens = 5", "tokens[0].quota_tokens", "unknown key"),
+        // A quota without a state_dir to keep its ledger in.
+        (
+            "quota_tokens = 5",
+            "tokens[0].quota_tokens",
+            "needs [server] state_dir",
+        ),
+        ("quota_tokens = 0", "tokens[0].quota_tokens", ">= 1"),
     ] {
         let e = parse_err(&token_with(&format!("\n{line}")));
         assert_err(&e, 13, key, needle);
@@ -199,4 +204,68 @@ fn rfc3339_forms() {
         "2027-01-01T00:00:00.050Z"
     );
     assert_eq!(format_rfc3339(253_402_300_799_000), "9999-12-31T23:59:59Z");
+}
+
+#[test]
+fn quota_tokens_and_the_state_keys_are_read_and_checked() {
+    let c = parse_ok(&format!(
+        "[server]\nstate_dir = \"state\"\nstate_flush = \"250ms\"\nquota_reserve = 64\n{MINIMAL}quota_tokens = 5000000000\n"
+    ));
+    assert_eq!(c.tokens[0].quota_tokens, Some(5_000_000_000));
+    assert_eq!(c.server.state_dir.as_deref(), Some(Path::new("state")));
+    // Relative to the config file's directory.
+    let text = format!("[server]\nstate_dir = \"state\"\n{MINIMAL}");
+    let under_etc = parse_with_env(&text, Path::new("/etc/rw/ringway.toml"), &no_env).unwrap();
+    assert_eq!(
+        under_etc.server.state_dir.as_deref(),
+        Some(Path::new("/etc/rw/state"))
+    );
+    assert_eq!(c.server.state_flush, std::time::Duration::from_millis(250));
+    assert_eq!(c.server.quota_reserve, 64);
+    assert!(
+        c.summary().contains("quota_tokens 5000000000"),
+        "{}",
+        c.summary()
+    );
+    assert!(c.summary().contains("state_flush 250ms"), "{}", c.summary());
+    // Defaults: no ledger, a 1 s flush, 1024 tokens reserved without max_tokens.
+    let d = parse_ok(MINIMAL);
+    assert_eq!(
+        (
+            d.server.state_dir,
+            d.server.state_flush,
+            d.server.quota_reserve
+        ),
+        (None, std::time::Duration::from_secs(1), 1024)
+    );
+    assert_eq!(d.tokens[0].quota_tokens, None);
+    for (server, line, key, needle) in [
+        (
+            "state_flush = \"1ms\"",
+            2,
+            "server.state_flush",
+            "at least 10ms",
+        ),
+        (
+            "state_flush = \"2m\"",
+            2,
+            "server.state_flush",
+            "at most 1m",
+        ),
+        (
+            "state_dir = \"\"",
+            2,
+            "server.state_dir",
+            "must not be empty",
+        ),
+        ("state_dir = 5", 2, "server.state_dir", "expected a string"),
+        ("quota_reserve = -1", 2, "server.quota_reserve", "negative"),
+    ] {
+        let e = parse_err(&format!("[server]\n{server}\n{MINIMAL}"));
+        assert_err(&e, line, key, needle);
+    }
+    let e = parse_err(&format!(
+        "[server]\nstate_dir = \"s\"\n{MINIMAL}quota_tokens = 1000000000000000001\n"
+    ));
+    assert_err(&e, 14, "tokens[0].quota_tokens", "at most 1000000000000000");
 }
