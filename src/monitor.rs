@@ -226,6 +226,9 @@ pub struct Monitor {
     ready: AtomicBool,
     pub token_names: Vec<String>,
     pub channel_names: Vec<String>,
+    /// Channel and key health, attached once at start (`channels` in health, the
+    /// `ringway_channel_state` and `ringway_channel_key_active` series in metrics).
+    pub channel_health: std::sync::OnceLock<&'static crate::health::Health>,
 }
 
 const HEALTH_TIMEOUT_LAYERS: [Layer; 9] = [
@@ -264,6 +267,7 @@ impl Monitor {
             ready: AtomicBool::new(false),
             token_names,
             channel_names,
+            channel_health: std::sync::OnceLock::new(),
         }))
     }
 
@@ -408,6 +412,14 @@ impl Monitor {
             })
             .collect();
         m.insert("per_worker".into(), per.into());
+        if let Some(h) = self.channel_health.get() {
+            let channels: Vec<serde_json::Value> = h
+                .snapshot(&self.channel_names)
+                .iter()
+                .map(|c| c.json())
+                .collect();
+            m.insert("channels".into(), channels.into());
+        }
         serde_json::to_vec(&serde_json::Value::Object(m)).unwrap_or_default()
     }
 
@@ -622,6 +634,9 @@ impl Monitor {
                 "ringway_channel_attempts_total{{channel=\"{}\",result=\"failed\"}} {failed}",
                 LabelValue(name)
             );
+        }
+        if let Some(h) = self.channel_health.get() {
+            crate::health::write_metrics(&mut o, h, &self.channel_names);
         }
         self.histogram(
             &mut o,

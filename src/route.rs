@@ -6,12 +6,14 @@
 //!
 //! Must not: take locks or touch shared mutable state — the table is immutable and shared by all
 //! workers through an `Arc`; everything that changes per request lives in [`RouteState`], which
-//! each worker owns.
+//! each worker owns. The one shared state it reads is channel health (`crate::health`:
+//! atomics, read with plain loads here).
 
 use std::cell::Cell;
 use std::collections::HashMap;
 
 use crate::config::{ChannelConfig, Config, Scheme, Timeouts, TokenConfig};
+use crate::health::Health;
 use crate::provider::Adapter;
 
 pub struct Channel {
@@ -58,6 +60,9 @@ pub struct Router {
     pub channels: Vec<Channel>,
     /// Pre-rendered `/v1/models` body per token.
     models_bodies: Vec<Vec<u8>>,
+    /// Channel and key health, shared by all workers: [`Router::candidates`] skips channels
+    /// that are cooling down or out of keys.
+    pub health: &'static Health,
 }
 
 /// Why a request could not be routed; maps to the contract's error table.
@@ -99,6 +104,11 @@ impl Iterator for Candidates {
 pub enum RouteError {
     ModelNotAllowed,
     ModelNotFound,
+    /// Channels serve the model, but each is cooling down or has no key left; the shortest
+    /// wait in whole seconds, if any will end (`None`: every key refused for good).
+    NoHealthyChannel {
+        retry_after_secs: Option<u64>,
+    },
 }
 
 impl Router {
@@ -150,6 +160,7 @@ impl Router {
         Router {
             tokens,
             token_cfgs: config.tokens.clone(),
+            health: Health::new(&config.health, &config.channels),
             channels,
             models_bodies,
         }
@@ -184,7 +195,10 @@ impl Router {
 
     /// The channels that may serve `model` for `token`, in the order to try them: priority
     /// tiers from the highest down; within a tier the first is drawn at random by weight and
-    /// the others follow in config order after it. Never allocates.
+    /// the others follow in config order after it. Channels that are cooling down, being
+    /// probed, or out of keys are left out (a channel whose cooldown is over is lined up: the
+    /// first request to reach it in `forward` is its probe). Never allocates; reads each
+    /// serving channel's health word, and the clock only when one is cooling.
     pub fn candidates(
         &self,
         token: usize,
@@ -196,13 +210,15 @@ impl Router {
         }
         let mut out = Candidates::default();
         let mut below: Option<i64> = None;
+        let now = self.health.lazy_now();
+        let usable = |i: usize, c: &Channel| c.cfg.serves(model) && self.health.routable(i, &now);
         while (out.len as usize) < MAX_CANDIDATES {
             // The next tier: the highest priority under the previous one.
             let mut tier: Option<i64> = None;
             let mut total_weight: u64 = 0;
-            for c in &self.channels {
+            for (i, c) in self.channels.iter().enumerate() {
                 let p = c.cfg.priority;
-                if below.is_some_and(|b| p >= b) || !c.cfg.serves(model) {
+                if below.is_some_and(|b| p >= b) || !usable(i, c) {
                     continue;
                 }
                 if tier.is_none_or(|t| p > t) {
@@ -214,11 +230,11 @@ impl Router {
                 }
             }
             let Some(tier) = tier else { break };
-            let in_tier = |c: &Channel| c.cfg.priority == tier && c.cfg.serves(model);
+            let in_tier = |i: usize, c: &Channel| c.cfg.priority == tier && usable(i, c);
             let mut first = None;
             let mut pick = state.next_random() % total_weight.max(1);
             for (i, c) in self.channels.iter().enumerate() {
-                if in_tier(c) {
+                if in_tier(i, c) {
                     let w = c.cfg.weight as u64;
                     if pick < w {
                         first = Some(i);
@@ -228,22 +244,27 @@ impl Router {
                 }
             }
             let first = first.unwrap_or_else(|| {
-                self.channels
-                    .iter()
-                    .position(in_tier)
+                (0..self.channels.len())
+                    .find(|&i| in_tier(i, &self.channels[i]))
                     .expect("a tier has a channel")
             });
             let n = self.channels.len();
             for k in 0..n {
                 let i = (first + k) % n;
-                if in_tier(&self.channels[i]) && !out.push(i) {
+                if in_tier(i, &self.channels[i]) && !out.push(i) {
                     break;
                 }
             }
             below = Some(tier);
         }
         if out.len == 0 {
-            return Err(RouteError::ModelNotFound);
+            let serving = (0..self.channels.len()).filter(|&i| self.channels[i].cfg.serves(model));
+            if serving.clone().next().is_none() {
+                return Err(RouteError::ModelNotFound);
+            }
+            return Err(RouteError::NoHealthyChannel {
+                retry_after_secs: self.health.wait_secs(serving),
+            });
         }
         Ok(out)
     }

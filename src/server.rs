@@ -37,6 +37,7 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         config.channels.iter().map(|c| c.name.clone()).collect(),
     );
     let router = Arc::new(Router::new(&config));
+    let _ = monitor.channel_health.set(router.health);
     // One connector per distinct channel ca_file, plus the default (webpki roots only).
     let tls = crate::upstream::TlsConnectors::for_channels(&config.channels)?;
     let listen = config.server.listen;
