@@ -222,8 +222,8 @@ fn admitted_candidate(
 fn no_healthy_channel(conn: &Conn, ex: &Exchange<'_>) -> RelayError {
     let w = &conn.w;
     let serving =
-        (0..w.router.channels.len()).filter(|&i| w.router.channels[i].cfg.serves(&ex.model_name));
-    RelayError::no_healthy_channel(&ex.model_name, w.router.health.wait_secs(serving))
+        (0..w.router.channels.len()).filter(|&i| w.router.channels[i].cfg.serves(ex.model_name));
+    RelayError::no_healthy_channel(ex.model_name, w.router.health.wait_secs(serving))
 }
 
 /// For an upstream 4xx, read the start of its error body (up to [`ERROR_PEEK`] bytes, within
