@@ -15,6 +15,17 @@
 //! channel's key refused), or an upstream status in `on_status` sends the request to the next candidate — the body replayed from
 //! memory, within the request's total deadline. The client gets the last channel's answer.
 //!
+//! Channel health (`crate::health`): each attempt's verdict is recorded — an answer clears the
+//! channel's failure count (and ends its probe well), a channel failure (the triggers above
+//! bar the 401/403) counts towards a cooldown (or cools it again after a failed probe, with
+//! the upstream's `Retry-After`), and a refused key (401/403, or `invalid_api_key`,
+//! `insufficient_quota`, `account_deactivated` in the first [`ERROR_PEEK`] bytes of a 4xx
+//! body, read under the deadline already running and left in the buffer for `respond`) is
+//! taken out of rotation. A refused key is retried with the channel's next key without
+//! counting against `attempts` (at most one retry per key, [`MAX_KEY_RETRIES`] at most); a
+//! candidate that went into cooldown since routing, or whose probe another request holds, is
+//! passed over.
+//!
 //! Error handling: 502 / 504 as [`RelayError`]s, counted here; a client that left while the
 //! relay waited is `Halt::Close`. Must not: write to the client.
 
