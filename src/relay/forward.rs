@@ -90,8 +90,7 @@ pub async fn forward(
     loop {
         ex.attempts += 1;
         ex.channel = Some(channel);
-        let mut result = attempt(conn, ex, channel).await;
-        let key = w.upstreams.channel(channel).last_key();
+        let (mut result, key) = attempt(conn, ex, channel).await;
         if health.enabled() {
             if let Ok(up) = &mut result {
                 if let Err(e) = read_error_start(conn, ex, up).await {
@@ -131,7 +130,7 @@ pub async fn forward(
             }
         };
         let failed_over = next.is_some();
-        if failed_over {
+        if failed_over && result.is_ok() {
             // The last channel's error is what the client gets; this one's is dropped with
             // its connection (not drained: it is never pooled).
             w.stats().count_upstream_error(ex.resp.status);
@@ -285,12 +284,33 @@ async fn read_error_start(
 }
 
 /// One channel: build its request, get a connection, send, await the head. A parked
-/// connection found closed before any response byte is retried once on a new one.
-async fn attempt(conn: &mut Conn, ex: &mut Exchange<'_>, channel: usize) -> Result<Upstream, Halt> {
+/// connection found closed before any response byte is retried once on a new one. Returns
+/// the index of the key the request carried, too.
+async fn attempt(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    channel: usize,
+) -> (Result<Upstream, Halt>, usize) {
+    let w = conn.w.clone();
+    let (req, separate_body) = build_request(conn, ex, channel);
+    // Read before the first await: other requests of this worker pick keys meanwhile.
+    let key = w.upstreams.channel(channel).last_key();
+    (
+        send_attempt(conn, ex, channel, req, separate_body).await,
+        key,
+    )
+}
+
+async fn send_attempt(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    channel: usize,
+    mut req: Vec<u8>,
+    separate_body: bool,
+) -> Result<Upstream, Halt> {
     let w = conn.w.clone();
     let ch = &w.router.channels[channel];
     let t = ch.timeouts;
-    let (mut req, separate_body) = build_request(conn, ex, channel);
     let mut stale_retried = false;
     loop {
         let upconn = match w.upstreams.checkout(channel, conn.deadline.recent()) {
