@@ -217,6 +217,26 @@ impl RelayError {
         e
     }
 
+    /// 503 `no_healthy_channel`: channels serve the model, but each is cooling down or has no
+    /// key left. `Retry-After` is the shortest wait until one may be tried (absent when every
+    /// key was refused for good).
+    pub fn no_healthy_channel(model: &str, retry_after_secs: Option<u64>) -> RelayError {
+        let when = match retry_after_secs {
+            Some(s) => format!("retry in {s}s"),
+            None => "every key was refused by its upstream".to_string(),
+        };
+        let mut e = RelayError::new(
+            503,
+            "server_error",
+            "no_healthy_channel",
+            format!(
+                "no healthy channel serves the model '{model}': each is cooling down after failures or has no usable key; {when}"
+            ),
+        );
+        e.retry_after = retry_after_secs.map(|s| Cow::Owned(s.max(1).to_string().into_bytes()));
+        e
+    }
+
     // ---- the upstream -------------------------------------------------------------------
 
     pub fn upstream_connect_failed(message: String) -> RelayError {

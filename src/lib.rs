@@ -24,6 +24,7 @@
 //! | `deadline` | a request's layered timeouts on one wheel timer |
 //! | `wheel`    | the per-worker hierarchical timing wheel |
 //! | `route`    | token auth, candidate channels, `/v1/models` |
+//! | `health`   | channel cooldowns, probes and keys out of rotation, shared by all workers |
 //! | `provider` | provider adapters: paths, auth, body plans, error bodies, usage |
 //! | `bufpool`  | per-worker IO buffer pool |
 //! | `monitor`  | counters, health JSON, Prometheus metrics, health log line |
@@ -40,6 +41,7 @@ mod deadline;
 #[cfg(feature = "demo")]
 mod demo;
 mod error;
+mod health;
 mod idle;
 mod limits;
 mod listen;

@@ -466,6 +466,18 @@ impl Monitor {
             .collect();
         m.insert("per_worker".into(), per.into());
         self.quota_json(&mut m);
+        // The channels of the config now serving.
+        if let Some(g) = crate::reload::newest_published() {
+            let names: Vec<String> = g.config.channels.iter().map(|c| c.name.clone()).collect();
+            let channels: Vec<serde_json::Value> = g
+                .router
+                .health
+                .snapshot(&names)
+                .iter()
+                .map(|c| c.json())
+                .collect();
+            m.insert("channels".into(), channels.into());
+        }
         serde_json::to_vec(&serde_json::Value::Object(m)).unwrap_or_default()
     }
 
@@ -684,6 +696,10 @@ impl Monitor {
                 "ringway_channel_attempts_total{{channel=\"{}\",result=\"failed\"}} {failed}",
                 LabelValue(name)
             );
+        }
+        if let Some(g) = crate::reload::newest_published() {
+            let names: Vec<String> = g.config.channels.iter().map(|c| c.name.clone()).collect();
+            crate::health::write_metrics(&mut o, &g.router.health, &names);
         }
         self.histogram(
             &mut o,

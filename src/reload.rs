@@ -14,7 +14,8 @@
 //! What a reload keeps: in-flight requests and streams (they hold their generation), parked
 //! upstream connections to upstreams that are still configured (the pool is the worker's, keyed
 //! by endpoint), the counters (rows are kept by token and channel name), the process's
-//! `max_inflight` count and each unchanged token's limit state (`Limits::renewed`). What needs a
+//! `max_inflight` count and each unchanged token's limit state (`Limits::renewed`), the quota
+//! usage of every token name, and the health of every unchanged channel (`Health::renewed`). What needs a
 //! restart, and is reported as such when it changed: `server.listen`, `server.workers`,
 //! `server.busy_poll`, `[log] access`, `timeouts.pool_idle` and the `[monitor]` thresholds.
 //!
@@ -111,7 +112,11 @@ pub fn reload() -> Result<String, String> {
     let restart = needs_restart(&old.config, &config);
     let monitor = *MONITOR.get().ok_or("the relay has not started")?;
     let tls = TlsConnectors::for_channels(&config.channels).map_err(|e| e.to_string())?;
-    let router = Arc::new(Router::new(&config).with_counter_rows(monitor));
+    let router = Arc::new(
+        Router::new(&config)
+            .with_counter_rows(monitor)
+            .with_health_from(&old.router, &old.config, &config),
+    );
     let limits = Arc::new(old.limits.renewed(
         config.server.max_inflight,
         &old.config.tokens,

@@ -6,8 +6,9 @@
 //!
 //! Must not: take locks or touch shared mutable state on a relayed request's path — the table is
 //! immutable and shared by all workers through an `Arc`; everything that changes per request
-//! lives in [`RouteState`], which each worker owns. The one exception is the `/v1/models`
-//! answer, which reads the fetched upstream model lists ([`crate::model_list`]).
+//! lives in [`RouteState`], which each worker owns. The shared state it reads is channel health
+//! (`crate::health`: atomics, read with plain loads here); the `/v1/models` answer also reads
+//! the fetched upstream model lists ([`crate::model_list`]).
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -15,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{ChannelConfig, Config, Scheme, Timeouts, TokenConfig};
+use crate::health::Health;
 use crate::model_list::ModelLists;
 use crate::provider::Adapter;
 
@@ -73,6 +75,9 @@ pub struct Router {
     /// `usize::MAX`: not counted).
     token_rows: Vec<usize>,
     channel_rows: Vec<usize>,
+    /// Channel and key health, shared by all workers: [`Router::candidates`] skips channels
+    /// that are cooling down or out of keys. A reload carries each unchanged channel's state.
+    pub health: Arc<Health>,
 }
 
 /// Why a request could not be routed; maps to the contract's error table.
@@ -114,6 +119,11 @@ impl Iterator for Candidates {
 pub enum RouteError {
     ModelNotAllowed,
     ModelNotFound,
+    /// Channels serve the model, but each is cooling down or has no key left; the shortest
+    /// wait in whole seconds, if any will end (`None`: every key refused for good).
+    NoHealthyChannel {
+        retry_after_secs: Option<u64>,
+    },
 }
 
 impl Router {
@@ -168,6 +178,7 @@ impl Router {
             model_lists: ModelLists::for_channels(&channels),
             token_rows: (0..config.tokens.len()).collect(),
             channel_rows: (0..channels.len()).collect(),
+            health: Arc::new(Health::new(&config.health, &config.channels)),
             channels,
             models_bodies,
         }
@@ -199,6 +210,16 @@ impl Router {
                 uncounted.join(", ")
             ));
         }
+        self
+    }
+
+    /// Carry channel health over from the generation before (see [`Health::renewed`]).
+    pub fn with_health_from(mut self, before: &Router, old: &Config, config: &Config) -> Router {
+        self.health = Arc::new(before.health.renewed(
+            &config.health,
+            &old.channels,
+            &config.channels,
+        ));
         self
     }
 
@@ -252,7 +273,10 @@ impl Router {
 
     /// The channels that may serve `model` for `token`, in the order to try them: priority
     /// tiers from the highest down; within a tier the first is drawn at random by weight and
-    /// the others follow in config order after it. Never allocates.
+    /// the others follow in config order after it. Channels that are cooling down, being
+    /// probed, or out of keys are left out (a channel whose cooldown is over is lined up: the
+    /// first request to reach it in `forward` is its probe). Never allocates; reads each
+    /// serving channel's health word, and the clock only when one is cooling.
     pub fn candidates(
         &self,
         token: usize,
@@ -264,13 +288,15 @@ impl Router {
         }
         let mut out = Candidates::default();
         let mut below: Option<i64> = None;
+        let now = self.health.lazy_now();
+        let usable = |i: usize, c: &Channel| c.cfg.serves(model) && self.health.routable(i, &now);
         while (out.len as usize) < MAX_CANDIDATES {
             // The next tier: the highest priority under the previous one.
             let mut tier: Option<i64> = None;
             let mut total_weight: u64 = 0;
-            for c in &self.channels {
+            for (i, c) in self.channels.iter().enumerate() {
                 let p = c.cfg.priority;
-                if below.is_some_and(|b| p >= b) || !c.cfg.serves(model) {
+                if below.is_some_and(|b| p >= b) || !usable(i, c) {
                     continue;
                 }
                 if tier.is_none_or(|t| p > t) {
@@ -282,11 +308,11 @@ impl Router {
                 }
             }
             let Some(tier) = tier else { break };
-            let in_tier = |c: &Channel| c.cfg.priority == tier && c.cfg.serves(model);
+            let in_tier = |i: usize, c: &Channel| c.cfg.priority == tier && usable(i, c);
             let mut first = None;
             let mut pick = state.next_random() % total_weight.max(1);
             for (i, c) in self.channels.iter().enumerate() {
-                if in_tier(c) {
+                if in_tier(i, c) {
                     let w = c.cfg.weight as u64;
                     if pick < w {
                         first = Some(i);
@@ -296,22 +322,27 @@ impl Router {
                 }
             }
             let first = first.unwrap_or_else(|| {
-                self.channels
-                    .iter()
-                    .position(in_tier)
+                (0..self.channels.len())
+                    .find(|&i| in_tier(i, &self.channels[i]))
                     .expect("a tier has a channel")
             });
             let n = self.channels.len();
             for k in 0..n {
                 let i = (first + k) % n;
-                if in_tier(&self.channels[i]) && !out.push(i) {
+                if in_tier(i, &self.channels[i]) && !out.push(i) {
                     break;
                 }
             }
             below = Some(tier);
         }
         if out.len == 0 {
-            return Err(RouteError::ModelNotFound);
+            let serving = (0..self.channels.len()).filter(|&i| self.channels[i].cfg.serves(model));
+            if serving.clone().next().is_none() {
+                return Err(RouteError::ModelNotFound);
+            }
+            return Err(RouteError::NoHealthyChannel {
+                retry_after_secs: self.health.wait_secs(serving),
+            });
         }
         Ok(out)
     }

@@ -78,6 +78,7 @@ pub fn run(url: &str) -> i32 {
                         ));
                     }
                 }
+                out.push_str(&channel_lines(&h));
                 print!("{out}");
                 let _ = std::io::stdout().flush();
             }
@@ -85,5 +86,62 @@ pub fn run(url: &str) -> i32 {
             Err(e) => eprintln!("ringway top: {addr}{path}: {e}"),
         }
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The channel health block: one line per channel (state, reason, time left, since when),
+/// and one per key that is out of rotation (its position and masked tail, never the key).
+fn channel_lines(h: &serde_json::Value) -> String {
+    let Some(channels) = h["channels"].as_array() else {
+        return String::new();
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let mut out = String::from("\n  channels: state / reason / cooldown left / since\n");
+    for c in channels {
+        let left = c["cooldown_remaining_ms"].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "    {:<20} {:<10} {:<28} {:>7.1}s  {}\n",
+            text(&c["name"]),
+            text(&c["state"]),
+            text(&c["reason"]),
+            left as f64 / 1000.0,
+            text(&c["since"])
+        ));
+        for k in c["keys"].as_array().into_iter().flatten() {
+            if k["state"] != "active" {
+                out.push_str(&format!(
+                    "      key {} {:<8} {:<12} {:<28} {}\n",
+                    text(&k["key"]),
+                    text(&k["tail"]),
+                    text(&k["state"]),
+                    text(&k["reason"]),
+                    text(&k["since"])
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn channel_lines_show_states_and_masked_keys_only() {
+        let h = serde_json::json!({"channels": [{
+            "name": "openai", "state": "cooling", "reason": "status 503",
+            "since": "2026-01-01T00:00:00Z", "cooldown_remaining_ms": 2500,
+            "keys": [
+                {"key": "#1", "tail": "...1111", "state": "active", "reason": null, "since": null},
+                {"key": "#2", "tail": "...2222", "state": "disabled", "reason": "status 401", "since": "2026-01-01T00:00:00Z"}
+            ]
+        }]});
+        let text = super::channel_lines(&h);
+        assert!(text.contains("openai") && text.contains("cooling") && text.contains("2.5s"));
+        assert!(text.contains("key #2 ...2222") && text.contains("status 401"));
+        assert!(
+            !text.contains("#1"),
+            "keys in rotation are not listed: {text}"
+        );
+        assert_eq!(super::channel_lines(&serde_json::json!({})), "");
     }
 }

@@ -34,6 +34,7 @@ use rustls::pki_types::ServerName;
 
 use crate::config::{ChannelConfig, Scheme};
 use crate::deadline::{DeadlineSet, Layer};
+use crate::health::Health;
 use crate::monitor::{bump, drop_one, Monitor};
 use crate::route::{Channel, Router};
 
@@ -272,15 +273,32 @@ pub struct ChannelRuntime {
     pub slot: PoolSlot,
     tls: Rc<monoio_rustls::TlsConnector>,
     key_cursor: Cell<usize>,
+    /// The key [`ChannelRuntime::next_key`] gave last, so `forward` knows which key an
+    /// upstream refused.
+    last_key: Cell<usize>,
+    /// This channel's index, for its health.
+    index: usize,
+    health: std::sync::Arc<Health>,
 }
 
 impl ChannelRuntime {
-    /// The index of the key for the next request, rotating through `keys` of them.
+    /// The index of the key for the next request, rotating through `keys` of them and
+    /// skipping keys the upstream refused (see [`Health::pick_key`]).
     #[inline]
     pub fn next_key(&self, keys: usize) -> usize {
         let i = self.key_cursor.get();
-        self.key_cursor.set(i.wrapping_add(1));
-        i % keys.max(1)
+        let key = self.health.pick_key(self.index, keys, i);
+        // Go on after the key given, so rotation stays even around a key that is out.
+        self.key_cursor
+            .set(i.wrapping_add(1 + (key + keys.max(1) - i % keys.max(1)) % keys.max(1)));
+        self.last_key.set(key);
+        key
+    }
+
+    /// The key the last [`ChannelRuntime::next_key`] gave.
+    #[inline]
+    pub fn last_key(&self) -> usize {
+        self.last_key.get()
     }
 }
 
@@ -317,6 +335,9 @@ fn channel_runtimes(
                 slot,
                 tls: own[connector].clone(),
                 key_cursor: Cell::new(seed as usize + i),
+                last_key: Cell::new(0),
+                index: i,
+                health: router.health.clone(),
             }
         })
         .collect()

@@ -58,7 +58,10 @@ pub(crate) enum Endpoint {
 #[derive(Debug, PartialEq, Eq)]
 enum Behaviour {
     Fixed,
-    Stream { events: u64, gap_ms: u64 },
+    Stream {
+        events: u64,
+        gap_ms: u64,
+    },
     Status(u16),
     HugeError,
     ResetBody,
@@ -69,6 +72,17 @@ enum Behaviour {
     Echo,
     Close,
     SlowBody(u64),
+    /// 401 `invalid_api_key` when the Authorization header ends with the suffix.
+    RefuseKey(String),
+    /// 429 `insufficient_quota` when the Authorization header ends with the suffix.
+    NoQuotaKey(String),
+    /// The first `count` requests of this model name get `status` (and `Retry-After:
+    /// retry_after` seconds unless 0), later ones are served like mock-fixed.
+    FailFirst {
+        count: u64,
+        status: u16,
+        retry_after: u64,
+    },
     Hostile(Hostile),
 }
 
@@ -130,6 +144,24 @@ fn behaviour(model: &str) -> Behaviour {
                 number(code)
                     .filter(|c| (200..=599).contains(c))
                     .map(|c| Behaviour::Hostile(Hostile::EchoKey(c as u16)))
+            } else if let Some(suffix) = model.strip_prefix("mock-refuse-key-") {
+                (!suffix.is_empty()).then(|| Behaviour::RefuseKey(suffix.to_string()))
+            } else if let Some(suffix) = model.strip_prefix("mock-no-quota-key-") {
+                (!suffix.is_empty()).then(|| Behaviour::NoQuotaKey(suffix.to_string()))
+            } else if let Some(rest) = model.strip_prefix("mock-fail-") {
+                let mut parts = rest.splitn(3, '-').map(number);
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(Some(count)), Some(Some(status)), Some(Some(retry_after)))
+                        if (400..=599).contains(&status) =>
+                    {
+                        Some(Behaviour::FailFirst {
+                            count,
+                            status: status as u16,
+                            retry_after: retry_after.min(MAX_WAIT_MS / 1000),
+                        })
+                    }
+                    _ => None,
+                }
             } else if let Some(mib) = model.strip_prefix("mock-bulk-") {
                 number(mib).map(|m| Behaviour::Hostile(Hostile::Bulk(m.min(1024))))
             } else {
@@ -211,8 +243,53 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
             &json,
         ),
         Behaviour::SlowBody(ms) => slow_body(reply, model, ms),
+        Behaviour::RefuseKey(suffix) if authorization_ends_with(request, &suffix) => reply.error(
+            401,
+            "Incorrect API key provided (mock)",
+            "invalid_request_error",
+            "invalid_api_key",
+            &[],
+        ),
+        Behaviour::NoQuotaKey(suffix) if authorization_ends_with(request, &suffix) => reply.error(
+            429,
+            "You exceeded your current quota (mock)",
+            "insufficient_quota",
+            "insufficient_quota",
+            &[],
+        ),
+        Behaviour::RefuseKey(_) | Behaviour::NoQuotaKey(_) => fixed(reply, endpoint, model, &json),
+        Behaviour::FailFirst {
+            count,
+            status,
+            retry_after,
+        } => match reply.shared.count_model(model) {
+            Some(before) if before < count => {
+                let (kind, code) = error_kind(status);
+                let secs = retry_after.to_string();
+                let extra: &[(&str, &str)] = if retry_after > 0 {
+                    &[("retry-after", &secs)]
+                } else {
+                    &[]
+                };
+                reply.error(
+                    status,
+                    &format!("mock failure {}", before + 1),
+                    kind,
+                    code,
+                    extra,
+                )
+            }
+            _ => fixed(reply, endpoint, model, &json),
+        },
         Behaviour::Hostile(h) => hostile(reply, request, endpoint, model, h),
     }
+}
+
+/// Does the request's Authorization header end with `suffix`?
+fn authorization_ends_with(request: &Request, suffix: &str) -> bool {
+    request.headers.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case("authorization") && value.ends_with(suffix.as_bytes())
+    })
 }
 
 fn models_list() -> String {

@@ -73,6 +73,13 @@ Mock upstream models (chosen by the request body's JSON \"model\"):
                          order, \"body\": the request body as lossy UTF-8}.
   mock-close             like mock-fixed, plus Connection: close; the mock then closes.
   mock-slow-body-MS      the mock-fixed reply, Content-Length framed, written in 3 pieces MS ms apart.
+  mock-refuse-key-SUFFIX 401 invalid_api_key when the Authorization header ends with SUFFIX, else
+                         like mock-fixed (one refused key among a channel's keys).
+  mock-no-quota-key-SUFFIX  429 insufficient_quota (no Retry-After) when the Authorization header
+                         ends with SUFFIX, else like mock-fixed.
+  mock-fail-N-STATUS-RA  the first N requests with this exact model name (counted per mock
+                         instance) get STATUS (400-599) with an OpenAI error body and, unless RA
+                         is 0, Retry-After: RA; later ones are served like mock-fixed.
 Hostile upstreams (bytes written raw; for the relay's hostile-peer tests):
   mock-no-reason         200 with no reason phrase (\"HTTP/1.1 200\\r\\n\"); -stream: the same as SSE.
   mock-binary-reason     200 with a reason phrase of bytes 0x80-0xFF.

@@ -69,6 +69,29 @@ pub(crate) struct Shared {
     pub(crate) open: AtomicU64,
     pub(crate) total: AtomicU64,
     pub(crate) requests: AtomicU64,
+    /// `mock-fail-N-...`: requests seen so far per model name (at most
+    /// [`MAX_COUNTED_MODELS`] names; further names are not counted and never fail).
+    pub(crate) fail_counts: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+/// Bounds the per-model counters of `mock-fail-N-...`, whatever names a client sends.
+pub(crate) const MAX_COUNTED_MODELS: usize = 1024;
+
+impl Shared {
+    /// Counts one more request for `model` and returns how many came before it (`None` when
+    /// the table is full and `model` is not in it).
+    pub(crate) fn count_model(&self, model: &str) -> Option<u64> {
+        let mut counts = self.fail_counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(model) {
+            *n += 1;
+            return Some(*n - 1);
+        }
+        if counts.len() >= MAX_COUNTED_MODELS {
+            return None;
+        }
+        counts.insert(model.to_string(), 1);
+        Some(0)
+    }
 }
 
 impl Shared {

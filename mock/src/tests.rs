@@ -657,3 +657,56 @@ fn embeddings_answer_one_item_per_input() {
     assert_eq!(client.response().status, 200);
     mock.stop();
 }
+
+/// A chat request carrying `Authorization: Bearer <key>`.
+fn chat_with_key(model: &str, key: &str) -> Vec<u8> {
+    let body = format!("{{\"model\":\"{model}\",\"messages\":[]}}");
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: mock\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn key_refusals_by_authorization_suffix() {
+    let mock = mock();
+    let mut client = Client::connect(mock.addr);
+    client.send(&chat_with_key("mock-refuse-key-2222", "sk-bad-2222"));
+    let r = client.response();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+    client.send(&chat_with_key("mock-refuse-key-2222", "sk-good-1111"));
+    assert_eq!(client.response().status, 200);
+    client.send(&chat_with_key("mock-no-quota-key-2222", "sk-bad-2222"));
+    let r = client.response();
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "insufficient_quota");
+    assert_eq!(r.header("retry-after"), None);
+    client.send(&chat_with_key("mock-no-quota-key-2222", "sk-good-1111"));
+    assert_eq!(client.response().status, 200);
+    mock.stop();
+}
+
+#[test]
+fn fail_first_counts_per_model_name() {
+    let mock = mock();
+    let mut client = Client::connect(mock.addr);
+    for i in 1..=2 {
+        client.send(&chat("mock-fail-2-503-3"));
+        let r = client.response();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("retry-after"), Some("3"));
+        assert_eq!(r.json()["error"]["message"], format!("mock failure {i}"));
+    }
+    client.send(&chat("mock-fail-2-503-3"));
+    assert_eq!(client.response().status, 200);
+    // Another name has its own count; RA 0 sends no Retry-After.
+    client.send(&chat("mock-fail-1-500-0"));
+    let r = client.response();
+    assert_eq!((r.status, r.header("retry-after")), (500, None));
+    client.send(&chat("mock-fail-1-500-0"));
+    assert_eq!(client.response().status, 200);
+    mock.stop();
+}

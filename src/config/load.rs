@@ -4,7 +4,7 @@
 //! Must not: do IO beyond the one file, its permission bits and the `ca_file`s it names.
 
 use super::spans::{Cx, Field, Kind, Node, Section};
-use super::timeouts::{parse_relay_timeout, CLIENT_BODY_TOTAL};
+use super::timeouts::{parse_relay_timeout, CLIENT_BODY_TOTAL, MAX_DURATION};
 use super::timestamp::parse_rfc3339;
 use super::*;
 
@@ -79,7 +79,7 @@ pub fn parse_with_env(
         },
     };
     root.check_known(&[
-        "server", "timeouts", "monitor", "retry", "log", "channels", "tokens",
+        "server", "timeouts", "monitor", "retry", "log", "channels", "tokens", "health",
     ])?;
 
     let server = match root.field("server") {
@@ -104,6 +104,11 @@ pub fn parse_with_env(
     let log = match root.field("log") {
         Some(f) => read_log(&f.table()?, base_dir)?,
         None => LogConfig::default(),
+    };
+
+    let health = match root.field("health") {
+        Some(f) => read_health(&f.table()?)?,
+        None => HealthConfig::default(),
     };
 
     let mut channels: Vec<ChannelConfig> = Vec::new();
@@ -201,6 +206,7 @@ pub fn parse_with_env(
         monitor,
         retry,
         log,
+        health,
         channels,
         tokens,
         warnings,
@@ -249,6 +255,46 @@ fn read_retry(sec: &Section) -> Result<RetryConfig, ConfigError> {
     Ok(RetryConfig {
         attempts,
         on_status,
+    })
+}
+
+/// `[health]`: `failures` 0-1000 (0: channels never cool down), `cooldown` above zero and at
+/// most `max_cooldown`, `key_recheck` zero (never) or a duration.
+fn read_health(sec: &Section) -> Result<HealthConfig, ConfigError> {
+    sec.check_known(&[
+        "enabled",
+        "failures",
+        "cooldown",
+        "max_cooldown",
+        "key_recheck",
+    ])?;
+    let d = HealthConfig::default();
+    let enabled = match sec.field("enabled") {
+        Some(f) => f.bool()?,
+        None => d.enabled,
+    };
+    let failures = sec.usize_or("failures", d.failures as usize, 0, 1000)? as u32;
+    let cooldown = sec.duration_or("cooldown", d.cooldown)?;
+    let max_cooldown = sec.duration_or("max_cooldown", d.max_cooldown.max(cooldown))?;
+    if max_cooldown < cooldown {
+        let f = sec
+            .field("max_cooldown")
+            .expect("only a written max_cooldown can be short");
+        return Err(f.err(&format!(
+            "must not be shorter than cooldown ({})",
+            format_duration(cooldown)
+        )));
+    }
+    let key_recheck = match sec.field("key_recheck") {
+        Some(f) => f.duration_at_most(MAX_DURATION)?,
+        None => d.key_recheck,
+    };
+    Ok(HealthConfig {
+        enabled,
+        failures,
+        cooldown,
+        max_cooldown,
+        key_recheck,
     })
 }
 

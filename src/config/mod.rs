@@ -45,6 +45,7 @@ pub struct Config {
     pub monitor: MonitorConfig,
     pub retry: RetryConfig,
     pub log: LogConfig,
+    pub health: HealthConfig,
     /// In file order; never empty.
     pub channels: Vec<ChannelConfig>,
     /// In file order; never empty, keys unique.
@@ -322,5 +323,33 @@ impl Default for MonitorConfig {
     /// The defaults for the default `max_inflight`.
     fn default() -> Self {
         MonitorConfig::defaults_for(ServerConfig::default().max_inflight)
+    }
+}
+
+/// `[health]`: channel cooldowns and key disabling, shared by all workers (see `health.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Off: no channel cools down and no key is taken out of rotation (failover still works).
+    pub enabled: bool,
+    /// Consecutive failures that put a channel in cooldown; 0: channels never cool down.
+    pub failures: u32,
+    /// The first cooldown; doubled after each failed probe, reset by a successful one.
+    pub cooldown: Duration,
+    /// No cooldown is longer, whatever the backoff or the upstream's `Retry-After`.
+    pub max_cooldown: Duration,
+    /// A refused key is tried again (by one request) after this long; zero: it stays out until
+    /// the process restarts.
+    pub key_recheck: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            enabled: true,
+            failures: 3,
+            cooldown: Duration::from_secs(5),
+            max_cooldown: Duration::from_secs(300),
+            key_recheck: Duration::from_secs(600),
+        }
     }
 }

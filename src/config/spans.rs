@@ -73,7 +73,7 @@ pub(super) enum Kind {
     Str(String),
     Int(i64),
     Float,
-    Bool,
+    Bool(bool),
     Datetime,
     Array(Vec<Node>),
     Table(Vec<(String, Node)>),
@@ -100,7 +100,7 @@ impl Kind {
             Kind::Str(_) => "a string",
             Kind::Int(_) => "an integer",
             Kind::Float => "a float",
-            Kind::Bool => "a boolean",
+            Kind::Bool(_) => "a boolean",
             Kind::Datetime => "a date-time",
             Kind::Array(_) => "an array",
             Kind::Table(_) => "a table",
@@ -147,8 +147,8 @@ impl<'de> Visitor<'de> for NodeVisitor {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any TOML value")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
-        Ok(bare(Kind::Bool))
+    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+        Ok(bare(Kind::Bool(v)))
     }
     fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
         Ok(bare(Kind::Int(v)))
@@ -340,6 +340,13 @@ impl<'a> Field<'a> {
         match self.node.kind {
             Kind::Int(n) => Ok(n),
             _ => Err(self.wrong_type("an integer")),
+        }
+    }
+
+    pub(super) fn bool(&self) -> Result<bool, ConfigError> {
+        match self.node.kind {
+            Kind::Bool(b) => Ok(b),
+            _ => Err(self.wrong_type("a boolean")),
         }
     }
 

@@ -15,6 +15,17 @@
 //! channel's key refused), or an upstream status in `on_status` sends the request to the next candidate — the body replayed from
 //! memory, within the request's total deadline. The client gets the last channel's answer.
 //!
+//! Channel health (`crate::health`): each attempt's verdict is recorded — an answer clears the
+//! channel's failure count (and ends its probe well), a channel failure (the triggers above
+//! bar the 401/403) counts towards a cooldown (or cools it again after a failed probe, with
+//! the upstream's `Retry-After`), and a refused key (401/403, or `invalid_api_key`,
+//! `insufficient_quota`, `account_deactivated` in the first [`ERROR_PEEK`] bytes of a 4xx
+//! body, read under the deadline already running and left in the buffer for `respond`) is
+//! taken out of rotation. A refused key is retried with the channel's next key without
+//! counting against `attempts` (at most one retry per key, [`MAX_KEY_RETRIES`] at most); a
+//! candidate that went into cooldown since routing, or whose probe another request holds, is
+//! passed over.
+//!
 //! Error handling: 502 / 504 as [`RelayError`]s, counted here; a client that left while the
 //! relay waited is `Halt::Close`. Must not: write to the client.
 
@@ -24,6 +35,7 @@ use crate::bufpool::BUF_SIZE;
 use crate::config::Timeouts;
 use crate::deadline::Layer;
 use crate::error::RelayError;
+use crate::health::{Health, KeyCode, Pass, Reason};
 use crate::monitor::bump;
 use crate::provider::{self, RequestPlan};
 use crate::route::Candidates;
@@ -66,54 +78,238 @@ pub async fn forward(
 ) -> Result<Upstream, Halt> {
     let w = conn.w.clone();
     let retry = &w.config.retry;
-    let mut channel = candidates.next().expect("route found a candidate");
+    let health = &*w.router.health;
+    let Some((mut channel, mut pass)) = admitted_candidate(health, candidates) else {
+        // Every candidate went into cooldown (or lost its probe) since routing lined it up.
+        return Err(no_healthy_channel(conn, ex).into());
+    };
+    // Retries with another key of the same channel: they do not count against `attempts`
+    // (the channel was never tried with a working key), and each takes a key out, so there
+    // are at most as many as the channel has keys — and never more than this.
+    let mut key_retries: u32 = 0;
     loop {
         ex.attempts += 1;
         ex.channel = Some(channel);
-        // Failover: another channel may be tried while attempts remain and one is left. No
-        // response byte has reached the client yet: this phase never writes to it.
-        let mut rest = *candidates;
-        let next = rest.next().filter(|_| ex.attempts <= retry.attempts);
-        let result = attempt(conn, ex, channel).await;
-        let failed_over = match &result {
-            Ok(_) if next.is_some() && key_refused(ex.resp.status) => {
-                // The channel's key was refused, not the client's: another channel may serve.
-                w.stats().count_upstream_error(ex.resp.status);
-                bump(&w.stats().upstream_auth_failed);
-                true
+        let (mut result, key) = attempt(conn, ex, channel).await;
+        if health.enabled() {
+            if let Ok(up) = &mut result {
+                if let Err(e) = read_error_start(conn, ex, up).await {
+                    if let Ok(up) = std::mem::replace(&mut result, Err(e.into())) {
+                        w.bufs.give(up.ubuf);
+                    }
+                }
             }
-            Ok(_) if next.is_some() && retry.retries_status(ex.resp.status) => {
-                // The last channel's error is what the client gets; this one's is dropped
-                // with its connection (not drained: it is never pooled).
-                w.stats().count_upstream_error(ex.resp.status);
-                true
+        }
+        let verdict = judge(conn, ex, &result, retry);
+        let channels_tried = ex.attempts - key_retries;
+        let may_fail_over = channels_tried <= retry.attempts;
+        // Record the verdict in the shared health, and choose where the request goes next.
+        let next = match verdict {
+            Verdict::Answer => {
+                health.success(channel, &mut pass);
+                health.key_ok(channel, key);
+                None
             }
-            Err(Halt::Answer(e)) => e.retryable && next.is_some(),
-            _ => false,
+            Verdict::Neutral => None,
+            Verdict::ChannelFailure(reason, retry_after) => {
+                health.failure(channel, reason, retry_after, &mut pass);
+                may_fail_over
+                    .then(|| admitted_candidate(health, candidates))
+                    .flatten()
+            }
+            Verdict::KeyRefused(reason) => {
+                let keys_left = health.disable_key(channel, key, reason);
+                if keys_left && key_retries < MAX_KEY_RETRIES {
+                    key_retries += 1;
+                    Some((channel, std::mem::replace(&mut pass, Pass::Open)))
+                } else {
+                    may_fail_over
+                        .then(|| admitted_candidate(health, candidates))
+                        .flatten()
+                }
+            }
         };
+        let failed_over = next.is_some();
+        if failed_over && result.is_ok() {
+            // The last channel's error is what the client gets; this one's is dropped with
+            // its connection (not drained: it is never pooled).
+            w.stats().count_upstream_error(ex.resp.status);
+            if let Verdict::KeyRefused(_) = verdict {
+                if key_refused(ex.resp.status) {
+                    bump(&w.stats().upstream_auth_failed);
+                }
+            }
+        }
         w.stats().count_attempt(
             w.router.channel_row(channel),
             failed_over || result.is_err(),
         );
         warn_failure(&w, channel, ex.resp.status, &result, failed_over);
-        if !failed_over {
+        let Some((next_channel, next_pass)) = next else {
             return result;
-        }
+        };
         if let Ok(up) = result {
             w.bufs.give(up.ubuf);
             drop(up.conn);
         }
-        channel = candidates.next().expect("checked above");
+        (channel, pass) = (next_channel, next_pass);
+    }
+}
+
+/// At most this many retries of one request with another key of the same channel.
+const MAX_KEY_RETRIES: u32 = 8;
+/// How much of an upstream 4xx error body is read ahead to see whether it refuses the key
+/// (`insufficient_quota` comes with a 429, `account_deactivated` with a 401 or 403).
+const ERROR_PEEK: usize = 4096;
+
+/// How an attempt ended, for channel health and failover.
+enum Verdict {
+    /// An answer from a working channel and key (a success, or an error that is the
+    /// request's own, such as a 400): relayed.
+    Answer,
+    /// Says nothing about the channel (the client left, the request's own time ran out).
+    Neutral,
+    /// The channel failed: connect or TLS failure, a timeout before the head, a malformed
+    /// head, a status in `on_status` (with its `Retry-After` in seconds).
+    ChannelFailure(Reason, Option<u64>),
+    /// The upstream refused the channel's key (401/403, or an error code naming the key's
+    /// account): the key goes out of rotation, the request may go on with another key.
+    KeyRefused(Reason),
+}
+
+fn judge(
+    conn: &Conn,
+    ex: &Exchange<'_>,
+    result: &Result<Upstream, Halt>,
+    retry: &crate::config::RetryConfig,
+) -> Verdict {
+    match result {
+        Ok(up) => {
+            let status = ex.resp.status;
+            let code = ((400..500).contains(&status) && conn.w.router.health.enabled())
+                .then(|| KeyCode::find(&up.ubuf[ex.resp.len.min(up.ubuf.len())..]))
+                .flatten();
+            if let Some(code) = code {
+                Verdict::KeyRefused(Reason::KeyCode(code, status))
+            } else if key_refused(status) {
+                Verdict::KeyRefused(Reason::Status(status))
+            } else if retry.retries_status(status) {
+                let retry_after = ex.resp.retry_after.and_then(|s| {
+                    std::str::from_utf8(s.of(&up.ubuf))
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                });
+                Verdict::ChannelFailure(Reason::Status(status), retry_after)
+            } else {
+                Verdict::Answer
+            }
+        }
+        Err(Halt::Answer(e)) if e.upstream && e.retryable => {
+            let reason = match (e.layer, &*e.code) {
+                (Some(layer), _) => Reason::Timeout(layer),
+                (None, "upstream_connect_failed") => Reason::ConnectFailed,
+                _ => Reason::BadResponse,
+            };
+            Verdict::ChannelFailure(reason, None)
+        }
+        Err(_) => Verdict::Neutral,
+    }
+}
+
+/// The next candidate this request may try now, with its health pass; candidates that went
+/// into cooldown since routing, or whose probe another request took, are passed over.
+fn admitted_candidate(health: &Health, candidates: &mut Candidates) -> Option<(usize, Pass)> {
+    for channel in candidates.by_ref() {
+        match health.enter(channel) {
+            Pass::Skip => continue,
+            pass => return Some((channel, pass)),
+        }
+    }
+    None
+}
+
+fn no_healthy_channel(conn: &Conn, ex: &Exchange<'_>) -> RelayError {
+    let w = &conn.w;
+    let serving =
+        (0..w.router.channels.len()).filter(|&i| w.router.channels[i].cfg.serves(ex.model_name));
+    RelayError::no_healthy_channel(ex.model_name, w.router.health.wait_secs(serving))
+}
+
+/// For an upstream 4xx, read the start of its error body (up to [`ERROR_PEEK`] bytes, within
+/// the buffer and the deadline already running) behind the head in `up.ubuf`, so [`judge`]
+/// can see whether it refuses the key. `respond` goes on from what is buffered, so nothing is
+/// read twice. A read error or the upstream's close ends the peek early (respond sees it too);
+/// the deadline expiring is the attempt's timeout.
+async fn read_error_start(
+    conn: &mut Conn,
+    ex: &Exchange<'_>,
+    up: &mut Upstream,
+) -> Result<(), RelayError> {
+    if !(400..500).contains(&ex.resp.status) || key_refused(ex.resp.status) {
+        return Ok(());
+    }
+    let head = ex.resp.len;
+    let want = match ex.resp.body {
+        wire::BodyKind::None => return Ok(()),
+        wire::BodyKind::Length(n) => (n.min(ERROR_PEEK as u64)) as usize,
+        wire::BodyKind::Chunked | wire::BodyKind::UntilClose => ERROR_PEEK,
+    };
+    loop {
+        let have = up.ubuf.len() - head;
+        let (len, cap) = (up.ubuf.len(), up.ubuf.capacity());
+        let chunked_end =
+            ex.resp.body == wire::BodyKind::Chunked && up.ubuf[head..].ends_with(b"0\r\n\r\n");
+        if have >= want || len == cap || chunked_end {
+            return Ok(());
+        }
+        let ubuf = std::mem::take(&mut up.ubuf);
+        let read = up.conn.stream.read(ubuf.slice_mut(len..cap));
+        match conn.deadline.race(read).await {
+            Ok((r, b)) => {
+                up.ubuf = b.into_inner();
+                match r {
+                    Ok(n) if n > 0 => {}
+                    _ => return Ok(()),
+                }
+            }
+            Err(layer) => {
+                // The buffer went with the cancelled read.
+                up.ubuf = conn.w.bufs.take();
+                conn.w.stats().count_timeout(layer);
+                return Err(RelayError::timeout(layer));
+            }
+        }
     }
 }
 
 /// One channel: build its request, get a connection, send, await the head. A parked
-/// connection found closed before any response byte is retried once on a new one.
-async fn attempt(conn: &mut Conn, ex: &mut Exchange<'_>, channel: usize) -> Result<Upstream, Halt> {
+/// connection found closed before any response byte is retried once on a new one. Returns
+/// the index of the key the request carried, too.
+async fn attempt(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    channel: usize,
+) -> (Result<Upstream, Halt>, usize) {
+    let w = conn.w.clone();
+    let (req, separate_body) = build_request(conn, ex, channel);
+    // Read before the first await: other requests of this worker pick keys meanwhile.
+    let key = w.upstreams.channel(channel).last_key();
+    (
+        send_attempt(conn, ex, channel, req, separate_body).await,
+        key,
+    )
+}
+
+async fn send_attempt(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    channel: usize,
+    mut req: Vec<u8>,
+    separate_body: bool,
+) -> Result<Upstream, Halt> {
     let w = conn.w.clone();
     let ch = &w.router.channels[channel];
     let t = ch.timeouts;
-    let (mut req, separate_body) = build_request(conn, ex, channel);
     let mut stale_retried = false;
     loop {
         let upconn = match w.upstreams.checkout(channel, conn.deadline.recent()) {

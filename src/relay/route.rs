@@ -5,7 +5,8 @@
 //! byte for byte), the token's model allow-list, and the candidate list
 //! ([`Candidates`](crate::route::Candidates), priority tiers then weight).
 //! Error handling: 400 `missing_model` / `invalid_json`, 403 `model_not_allowed`, 404
-//! `model_not_found`. Must not: allocate on the passthrough path, or contact an upstream.
+//! `model_not_found`, 503 `no_healthy_channel` (every channel serving the model is cooling
+//! down or out of keys). Must not: allocate on the passthrough path, or contact an upstream.
 
 use crate::error::RelayError;
 use crate::provider;
@@ -32,6 +33,9 @@ pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt>
             return Err(RelayError::model_not_allowed(&model).into())
         }
         Err(RouteError::ModelNotFound) => return Err(RelayError::model_not_found(&model).into()),
+        Err(RouteError::NoHealthyChannel { retry_after_secs }) => {
+            return Err(RelayError::no_healthy_channel(&model, retry_after_secs).into())
+        }
     };
     ex.model_name.clear();
     ex.model_name.push_str(&model);

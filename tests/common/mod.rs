@@ -143,7 +143,15 @@ pub struct ConfigBuilder {
     default_channel: Option<String>,
     channels: Vec<String>,
     tokens: Vec<String>,
+    /// The body of the `[health]` table; see [`ConfigBuilder::health`].
+    health: String,
 }
+
+/// The `[health]` body every builder config starts with: off. The suites that inject faults
+/// per request (a failing mock model on the one channel they have) test how each single
+/// request is answered; channel health would, by design, take that channel out of rotation
+/// after a few of them. `tests/channel_health.rs` turns it on with [`ConfigBuilder::health`].
+pub const HEALTH_OFF: &str = "enabled = false";
 
 impl ConfigBuilder {
     /// A config whose default channel `mock` sends everything (`models = ["*"]`) to `mock`.
@@ -161,7 +169,15 @@ impl ConfigBuilder {
             )),
             channels: Vec::new(),
             tokens: vec![token_toml("default", TOKEN, &["*"])],
+            health: HEALTH_OFF.to_string(),
         }
+    }
+
+    /// Replaces the body of the `[health]` table (default [`HEALTH_OFF`]); `""` leaves every
+    /// health setting at its default (on).
+    pub fn health(mut self, body: &str) -> Self {
+        self.health = body.to_string();
+        self
     }
 
     pub fn workers(mut self, n: usize) -> Self {
@@ -245,6 +261,9 @@ impl ConfigBuilder {
                 out.push('\n');
             }
         }
+        out.push_str("\n[health]\n");
+        out.push_str(&self.health);
+        out.push('\n');
         for c in self.default_channel.iter().chain(&self.channels) {
             out.push('\n');
             out.push_str(c);

@@ -448,3 +448,45 @@ fn malformed_inputs_never_panic() {
         }
     }
 }
+
+#[test]
+fn health_table_is_read_and_its_errors_name_line_and_key() {
+    let c = parse_ok(&format!(
+        "[health]\nenabled = true\nfailures = 5\ncooldown = \"2s\"\nmax_cooldown = \"1m\"\nkey_recheck = \"0s\"\n{MINIMAL}"
+    ));
+    assert_eq!(
+        c.health,
+        HealthConfig {
+            enabled: true,
+            failures: 5,
+            cooldown: Duration::from_secs(2),
+            max_cooldown: Duration::from_secs(60),
+            key_recheck: Duration::ZERO,
+        }
+    );
+    assert_eq!(parse_ok(MINIMAL).health, HealthConfig::default());
+    // A first cooldown above the default cap moves the unwritten cap up with it.
+    let c = parse_ok(&format!("[health]\ncooldown = \"10m\"\n{MINIMAL}"));
+    assert_eq!(c.health.max_cooldown, Duration::from_secs(600));
+    let e = parse_err(&format!("[health]\nenabled = \"yes\"\n{MINIMAL}"));
+    assert_err(
+        &e,
+        2,
+        "health.enabled",
+        "expected a boolean, found a string",
+    );
+    let e = parse_err(&format!("[health]\n\nfailures = -1\n{MINIMAL}"));
+    assert_err(&e, 3, "health.failures", "negative");
+    let e = parse_err(&format!("[health]\nfailures = 1001\n{MINIMAL}"));
+    assert_err(&e, 2, "health.failures", "at most 1000");
+    let e = parse_err(&format!("[health]\ncooldown = \"0s\"\n{MINIMAL}"));
+    assert_err(&e, 2, "health.cooldown", "must be > 0");
+    let e = parse_err(&format!(
+        "[health]\ncooldown = \"10s\"\nmax_cooldown = \"5s\"\n{MINIMAL}"
+    ));
+    assert_err(&e, 3, "health.max_cooldown", "shorter than cooldown (10s)");
+    let e = parse_err(&format!("[health]\nkey_recheck = \"5x\"\n{MINIMAL}"));
+    assert_err(&e, 2, "health.key_recheck", "invalid duration");
+    let e = parse_err(&format!("[health]\nfailure = 3\n{MINIMAL}"));
+    assert_err(&e, 2, "health.failure", "unknown key");
+}
