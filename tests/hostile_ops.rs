@@ -570,7 +570,7 @@ fn check_config_warns_about_a_readable_file_and_unreachable_thresholds() {
         assert!(!stderr.contains("warning"), "mode {mode:o}: {stderr}");
     }
 
-    // Line 4 and 5 of the file: [server] listen workers, then these two.
+    // Lines 5 and 6 of the file: [server] listen workers models_refresh, then these two.
     let text = cfg
         .clone()
         .server("[monitor]\nwarn_inflight = 2000")
@@ -580,7 +580,7 @@ fn check_config_warns_about_a_readable_file_and_unreachable_thresholds() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "warning: {shown}:5: monitor.warn_inflight: 2000 is not below server.max_inflight (500)"
+            "warning: {shown}:6: monitor.warn_inflight: 2000 is not below server.max_inflight (500)"
         )),
         "{stderr}"
     );

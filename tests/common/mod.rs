@@ -241,18 +241,19 @@ impl ConfigBuilder {
             "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\n",
             self.workers
         );
-        for line in &self.server_lines {
-            out.push_str(line);
-            out.push('\n');
-        }
         // Glob channels would fetch the mock's model list at start, a request that tests
-        // counting upstream requests do not expect; tests of the lists turn it back on.
+        // counting upstream requests do not expect; tests of the lists turn it back on. First, before
+        // server lines that may open another table.
         if !self
             .server_lines
             .iter()
             .any(|l| l.starts_with("models_refresh"))
         {
             out.push_str("models_refresh = \"off\"\n");
+        }
+        for line in &self.server_lines {
+            out.push_str(line);
+            out.push('\n');
         }
         for s in &self.sections {
             out.push('\n');
