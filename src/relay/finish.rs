@@ -2,8 +2,8 @@
 //!
 //! Owns: releasing what the request held (the request's total deadline; the upstream
 //! connection, pooled only when `respond` found its response ended clean), accounting (status
-//! class, latency, time to first byte, usage per token and channel — the access log will be
-//! written here), and the keep-alive decision: the connection carries another request only if
+//! class, latency, time to first byte, usage per token and channel — estimated, and marked so,
+//! when an upstream answered but its usage never arrived — and the access log line), and the keep-alive decision: the connection carries another request only if
 //! both sides allow it, and then the finished request's bytes leave the read buffer while
 //! anything pipelined behind them stays.
 //!
@@ -13,6 +13,7 @@ use crate::bufpool::BUF_SIZE;
 use std::time::{Duration, SystemTime};
 
 use crate::access_log::Line;
+use crate::provider::Usage;
 use crate::upstream::UpConn;
 
 use super::exchange::{method_name, Exchange, Outcome};
@@ -27,6 +28,11 @@ pub fn finish(conn: &mut Conn, mut ex: Exchange<'_>, flow: Flow, upstream: Optio
     if !ex.completed && ex.outcome == Outcome::Ok {
         // Nothing else cut the answer short: the client went away.
         ex.outcome = Outcome::ClientGone;
+    }
+    if ex.usage.is_none() && ex.channel.is_some() && (200..300).contains(&ex.status_sent) {
+        // An upstream answered but its usage never arrived (the client left, the stream was
+        // cut, the upstream does not report it): account an estimate, marked as one.
+        ex.usage = Some(Usage::estimate(ex.body.len() as u64, ex.content_bytes));
     }
     let s = w.stats();
     if ex.endpoint.is_counted() {
@@ -93,6 +99,8 @@ fn access_line(conn: &Conn, ex: &Exchange<'_>, total: Duration, out: &mut Vec<u8
         total,
         prompt_tokens: ex.usage.map(|u| u.prompt),
         completion_tokens: ex.usage.map(|u| u.completion),
+        cached_tokens: ex.usage.map(|u| u.cached),
+        tokens_estimated: ex.usage.is_some_and(|u| u.estimated),
         bytes_in: (ex.head.len + ex.body.len()) as u64,
         bytes_out: ex.bytes_out,
     }
