@@ -332,7 +332,7 @@ mod tests {
         let mut f = UsageEvents::new(true);
         // A read that ends inside an ordinary chunk after its choices: passed at once.
         let cut = CHUNK.find("\"delta\"").unwrap();
-        let mut data = CHUNK[..cut].as_bytes().to_vec();
+        let mut data = CHUNK.as_bytes()[..cut].to_vec();
         assert_eq!(
             f.filter(&mut data, false),
             Filtered {

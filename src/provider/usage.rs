@@ -30,9 +30,9 @@ impl Usage {
     }
 
     /// The stand-in when an upstream's report never arrived (the client left, the upstream cut
-    /// the stream or does not report usage): request body bytes / 4 for the prompt (at least
-    /// 1) and answer text bytes / 4 (rounded up) for the completion. Never zero, and never more
-    /// than the bytes that went each way could carry.
+    /// the stream or does not report usage): a quarter of the request body's bytes for the
+    /// prompt (at least one token) and a quarter of the answer text's bytes (rounded up) for the
+    /// completion. Never zero, and never more than the bytes that went each way could carry.
     pub fn estimate(body_bytes: u64, content_bytes: u64) -> Usage {
         Usage {
             prompt: (body_bytes / BYTES_PER_TOKEN).max(1),

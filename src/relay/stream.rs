@@ -214,17 +214,9 @@ pub async fn relay_stream(
         // Wait for more upstream bytes.
         let wait = std::mem::take(&mut hold);
         let waited_hold = !wait.is_zero();
-        let read = read_stream(
-            conn,
-            upconn,
-            ubuf,
-            held,
-            t,
-            event_stream,
-            wait,
-            &mut canceller,
-        )
-        .await;
+        // The held bytes (if any) stay in front; read_stream reads behind them.
+        ubuf.truncate(CHUNK_HEADROOM + held);
+        let read = read_stream(conn, upconn, ubuf, t, event_stream, wait, &mut canceller).await;
         match read {
             StreamRead::Data(b) => {
                 last_read_filled = b.len() == b.capacity() - STREAM_TAILROOM;
@@ -268,9 +260,10 @@ pub async fn relay_stream(
     }
 }
 
-/// Read the next upstream body bytes into `ubuf[CHUNK_HEADROOM + held..]` under `stream_idle`
-/// (the `held` bytes in front are what the usage-event filter held back; they come back with
-/// the buffer, except after a timeout that took the buffer with its cancelled read).
+/// Read the next upstream body bytes into `ubuf[CHUNK_HEADROOM + held..]` under `stream_idle`,
+/// where `ubuf.len()` is `CHUNK_HEADROOM + held` (or 0): the `held` bytes are what the
+/// usage-event filter held back; they come back with the buffer, except after a timeout that
+/// took the buffer with its cancelled read.
 ///
 /// An active SSE stream reads straight into its buffer (one op per chunk). When the stream
 /// goes quiet for [`WATCH_GRACE`], the read is cancelled and awaited (keeping any bytes it
@@ -285,7 +278,6 @@ async fn read_stream(
     conn: &mut Conn,
     upconn: &mut UpConn,
     mut ubuf: Vec<u8>,
-    held: usize,
     t: &Timeouts,
     event_stream: bool,
     hold: Duration,
@@ -304,8 +296,7 @@ async fn read_stream(
         conn.deadline.resume();
     }
     loop {
-        let fresh = CHUNK_HEADROOM + held;
-        ubuf.truncate(fresh);
+        let fresh = ubuf.len().max(CHUNK_HEADROOM);
         ubuf.resize(fresh, 0);
         let cap = ubuf.capacity() - STREAM_TAILROOM;
         let tcp = match &mut upconn.stream {
@@ -349,7 +340,7 @@ async fn read_stream(
         }
         // Held bytes keep their buffer through the wait (rare: an upstream quiet in the middle
         // of an event); otherwise it goes back to the pool.
-        let keep = held > 0;
+        let keep = ubuf.len() > CHUNK_HEADROOM;
         if !keep {
             conn.w.bufs.give(std::mem::take(&mut ubuf));
         }
