@@ -235,6 +235,9 @@ pub struct Line<'a> {
     pub total: Duration,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+    /// The token counts are an estimate (no usage report arrived).
+    pub tokens_estimated: bool,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -275,9 +278,15 @@ impl Line<'_> {
         }
         out.extend_from_slice(b",\"total_ms\":");
         push_millis(out, self.total);
+        let total_tokens = self.prompt_tokens.zip(self.completion_tokens);
         for (key, value) in [
             (&b",\"prompt_tokens\":"[..], self.prompt_tokens),
             (b",\"completion_tokens\":", self.completion_tokens),
+            (b",\"cached_tokens\":", self.cached_tokens),
+            (
+                b",\"total_tokens\":",
+                total_tokens.map(|(p, c)| p.saturating_add(c)),
+            ),
         ] {
             out.extend_from_slice(key);
             match value {
@@ -285,6 +294,12 @@ impl Line<'_> {
                 None => out.extend_from_slice(b"null"),
             }
         }
+        out.extend_from_slice(b",\"tokens_estimated\":");
+        out.extend_from_slice(if self.tokens_estimated {
+            b"true"
+        } else {
+            b"false"
+        });
         out.extend_from_slice(b",\"bytes_in\":");
         push_u64(out, self.bytes_in);
         out.extend_from_slice(b",\"bytes_out\":");
@@ -338,6 +353,8 @@ mod tests {
             total: Duration::from_micros(1_002_003),
             prompt_tokens: Some(9),
             completion_tokens: None,
+            cached_tokens: Some(3),
+            tokens_estimated: true,
             bytes_in: 120,
             bytes_out: 640,
         };
@@ -348,7 +365,11 @@ mod tests {
         assert_eq!(v["token"], "team \"a\"");
         assert_eq!(v["ttfb_ms"], 12.345);
         assert_eq!(v["total_ms"], 1002.003);
-        assert!(v["completion_tokens"].is_null());
+        assert!(v["completion_tokens"].is_null() && v["total_tokens"].is_null());
+        assert_eq!(
+            (v["cached_tokens"].as_u64(), v["tokens_estimated"].as_bool()),
+            (Some(3), Some(true))
+        );
         assert_eq!(v["attempts"], 2);
     }
 

@@ -85,6 +85,9 @@ pub mod internals {
     /// Body formats, for the fuzz harness.
     pub mod provider {
         pub use crate::error::json_string;
+        pub use crate::provider::{
+            content_bytes, is_usage_event, peek_request, UsageEvents, MAX_USAGE_EVENT,
+        };
         pub use crate::provider::{model_name, peek_model, scan_usage, ModelField, Usage};
     }
 }

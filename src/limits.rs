@@ -762,6 +762,7 @@ mod tests {
         Some(Usage {
             prompt: total / 2,
             completion: total - total / 2,
+            ..Usage::default()
         })
     }
 

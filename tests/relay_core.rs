@@ -78,8 +78,24 @@ fn streamed_chat_is_byte_identical_sse(driver: Driver) {
     let mock = Mock::start();
     let relay = start(driver, &ConfigBuilder::new(mock.addr));
     let req = chat("mock-stream-5-20", true);
-    let direct = mock_direct(mock.addr, &req);
+    // The relay asks the upstream for the stream's usage (the client did not), and keeps the
+    // usage-only event that adds from the client: the client gets what the mock streams for
+    // that request, without that event.
+    let asked = chat_body("mock-stream-5-20", true).replacen(
+        '{',
+        r#"{"stream_options":{"include_usage":true},"#,
+        1,
+    );
+    let mut direct = mock_direct(
+        mock.addr,
+        &post_json("/v1/chat/completions", Some(TOKEN), &[], &asked),
+    );
     assert_eq!(direct.status, 200);
+    let text = direct.text();
+    let usage_at = text.find("data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"mock-stream-5-20\",\"choices\":[]");
+    let usage_at = usage_at.expect("the mock sends the usage event when asked");
+    let usage_end = usage_at + text[usage_at..].find("\n\n").unwrap() + 2;
+    direct.body = [&text.as_bytes()[..usage_at], &text.as_bytes()[usage_end..]].concat();
 
     let r = relay.roundtrip(&req);
     assert_eq!(r.status, 200, "body {:?}", r.text());

@@ -205,7 +205,11 @@ fn non_stream_chat_over_tls_is_byte_identical(driver: Driver) {
 fn streamed_chat_over_tls_arrives_chunk_by_chunk(driver: Driver) {
     let mock = TlsMock::start();
     let relay = start(driver, &tls_config(&mock));
-    let direct = tls_direct(mock.addr, &closing("mock-stream-5-20", true));
+    // The relay asks the upstream for usage on the client's behalf (see usage_accounting).
+    let mut asking = chat_asking_usage("mock-stream-5-20");
+    let at = asking.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    asking.splice(at + 2..at + 2, b"connection: close\r\n".iter().copied());
+    let direct = tls_direct(mock.addr, &asking);
     assert_eq!(direct.status, 200);
     assert!(direct.body.ends_with(b"data: [DONE]\n\n"));
 
@@ -223,7 +227,7 @@ fn streamed_chat_over_tls_arrives_chunk_by_chunk(driver: Driver) {
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
     assert_eq!(
         r.text(),
-        String::from_utf8_lossy(&direct.body),
+        without_usage_events(&String::from_utf8_lossy(&direct.body)),
         "de-chunked relayed stream differs from the mock's"
     );
     assert_eq!(r.text().matches("chat.completion.chunk").count(), 5);

@@ -134,7 +134,7 @@ pub fn model_peek(body: &[u8]) {
 /// The usage scan, written the slow and obvious way.
 pub fn reference_usage(data: &[u8]) -> Option<Usage> {
     const NEEDLE: &[u8] = b"_tokens\"";
-    let (mut prompt, mut completion) = (None, None);
+    let (mut prompt, mut completion, mut cached) = (None, None, None);
     let mut i = 0;
     while i + NEEDLE.len() <= data.len() {
         if &data[i..i + NEEDLE.len()] != NEEDLE {
@@ -147,6 +147,11 @@ pub fn reference_usage(data: &[u8]) -> Option<Usage> {
             prompt = prompt.or(value);
         } else if key.ends_with(b"\"completion") || key.ends_with(b"\"output") {
             completion = completion.or(value);
+        } else if key.ends_with(b"\"cached")
+            || key.ends_with(b"\"prompt_cache_hit")
+            || key.ends_with(b"\"cache_read_input")
+        {
+            cached = cached.or(value);
         }
         i += NEEDLE.len();
     }
@@ -156,6 +161,8 @@ pub fn reference_usage(data: &[u8]) -> Option<Usage> {
     Some(Usage {
         prompt: prompt.unwrap_or(0),
         completion: completion.unwrap_or(0),
+        cached: cached.unwrap_or(0),
+        estimated: false,
     })
 }
 
@@ -190,6 +197,11 @@ pub fn usage_scan(data: &[u8]) {
 /// place, then `scan_usage` on each read's data, the last hit wins). When the usage event arrives
 /// within one read, exactly its numbers are reported; no content, whatever it says, ever
 /// produces a usage reading before it.
+///
+/// Then the same reads through the usage-event filter as the stream relay runs it (the bytes it
+/// holds back come first in the next read): removing, the client gets the stream without the
+/// usage event and nothing else changed; keeping, the stream byte for byte; either way the usage
+/// is read exactly, whatever the reads, and what is held back stays within its bound.
 pub fn sse_scan(data: &[u8]) {
     let (seed, rest) = split_seed(data, 4);
     let (numbers, content) = split_seed(rest, 8);
@@ -215,7 +227,11 @@ pub fn sse_scan(data: &[u8]) {
     );
     let usage_end = stream.len();
     stream.extend_from_slice(b"data: [DONE]\n\n");
-    let want = Usage { prompt, completion };
+    let want = Usage {
+        prompt,
+        completion,
+        ..Usage::default()
+    };
     assert_eq!(provider::scan_usage(&stream), Some(want));
 
     // Chunk-frame it (sizes and extensions from the seed), then cut the wire bytes into reads.
@@ -263,5 +279,33 @@ pub fn sse_scan(data: &[u8]) {
     }
     if whole_in_one_read {
         assert_eq!(usage, Some(want));
+    }
+
+    let without_usage = [&stream[..usage_at], &stream[usage_end..]].concat();
+    for strip in [true, false] {
+        let mut filter = provider::UsageEvents::new(strip);
+        let mut out = Vec::new();
+        let mut held: Vec<u8> = Vec::new();
+        let mut found = None;
+        let reads = relayed.reads.len();
+        for (i, d) in relayed.reads.iter().enumerate() {
+            let mut data = std::mem::take(&mut held);
+            data.extend_from_slice(d);
+            let f = filter.filter(&mut data, i + 1 == reads);
+            assert!(f.held <= provider::MAX_USAGE_EVENT, "held {} bytes", f.held);
+            out.extend_from_slice(&data[..f.keep]);
+            held = data[f.keep..f.keep + f.held].to_vec();
+            if f.usage.is_some() {
+                found = f.usage;
+            }
+        }
+        assert!(held.is_empty(), "bytes held at the end of the stream");
+        assert_eq!(found, Some(want), "usage through the filter");
+        let expected = if strip { &without_usage } else { &stream };
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(expected),
+            "filtered stream (strip: {strip})"
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::bodies::{
     anthropic_message, chat_completion, chunk_event, embeddings, error_kind, huge_error_body,
-    json_str, text_completion,
+    json_str, stream_usage_event, text_completion, with_usage_null,
 };
 use crate::hostile::{hostile, Hostile};
 use crate::reply::{Framing, Reply};
@@ -23,6 +23,7 @@ const MODEL_NAMES: &[&str] = &[
     "mock-fixed",
     "mock-stream-5-0",
     "mock-stream-5-100",
+    "mock-stream-nousage-5-100",
     "mock-status-400",
     "mock-status-401",
     "mock-status-429",
@@ -59,6 +60,11 @@ pub(crate) enum Endpoint {
 enum Behaviour {
     Fixed,
     Stream {
+        events: u64,
+        gap_ms: u64,
+    },
+    /// Like `Stream`, but never sends usage, whatever the request asks.
+    StreamNoUsage {
         events: u64,
         gap_ms: u64,
     },
@@ -117,7 +123,12 @@ fn behaviour(model: &str) -> Behaviour {
         "mock-broken-chunked-one-write" => Some(Behaviour::Hostile(Hostile::BrokenChunkedOneWrite)),
         "mock-short-head-stream" => Some(Behaviour::Hostile(Hostile::ShortHeadStream)),
         _ => {
-            if let Some(rest) = model.strip_prefix("mock-stream-") {
+            if let Some(rest) = model.strip_prefix("mock-stream-nousage-") {
+                let (events, gap) = rest.split_once('-').unwrap_or((rest, "0"));
+                number(events)
+                    .zip(millis(gap))
+                    .map(|(events, gap_ms)| Behaviour::StreamNoUsage { events, gap_ms })
+            } else if let Some(rest) = model.strip_prefix("mock-stream-") {
                 let (events, gap) = rest.split_once('-').unwrap_or((rest, "0"));
                 number(events)
                     .zip(millis(gap))
@@ -218,7 +229,13 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
     };
     match behaviour(model) {
         Behaviour::Fixed => fixed(reply, endpoint, model, &json),
-        Behaviour::Stream { events, gap_ms } => stream(reply, endpoint, model, events, gap_ms),
+        Behaviour::Stream { events, gap_ms } => {
+            let usage = wants_usage(&json);
+            stream(reply, endpoint, model, events, gap_ms, usage)
+        }
+        Behaviour::StreamNoUsage { events, gap_ms } => {
+            stream(reply, endpoint, model, events, gap_ms, false)
+        }
         Behaviour::Status(code) => status_error(reply, code),
         Behaviour::HugeError => huge_error(reply),
         Behaviour::ResetBody => reset_body(reply),
@@ -313,7 +330,7 @@ fn fixed(
 ) -> io::Result<Outcome> {
     let wants_stream = json.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
     if wants_stream && endpoint != Endpoint::Embeddings {
-        return stream(reply, endpoint, model, 5, 0);
+        return stream(reply, endpoint, model, 5, 0, wants_usage(json));
     }
     let body = match endpoint {
         Endpoint::Chat => chat_completion(model),
@@ -329,19 +346,37 @@ fn fixed(
     reply.json(200, &body)
 }
 
+/// `"stream_options": {"include_usage": true}` in the request.
+fn wants_usage(json: &serde_json::Value) -> bool {
+    json.pointer("/stream_options/include_usage")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
+}
+
+/// `events` content events `gap_ms` apart, then (when `usage`, as OpenAI does for
+/// `include_usage`) the usage-only event, with `"usage":null` in every content event.
 fn stream(
     reply: Reply<'_>,
     endpoint: Endpoint,
     model: &str,
     events: u64,
     gap_ms: u64,
+    usage: bool,
 ) -> io::Result<Outcome> {
     reply.sse_head()?;
     for index in 0..events {
         if index > 0 && !reply.pause(Duration::from_millis(gap_ms)) {
             return Ok(Outcome::Close);
         }
-        reply.chunk(chunk_event(endpoint, model, index, index + 1 == events).as_bytes())?;
+        let event = chunk_event(endpoint, model, index, index + 1 == events);
+        if usage {
+            reply.chunk(with_usage_null(&event).as_bytes())?;
+        } else {
+            reply.chunk(event.as_bytes())?;
+        }
+    }
+    if usage {
+        reply.chunk(stream_usage_event(endpoint, model, events).as_bytes())?;
     }
     reply.end_stream()
 }
@@ -465,6 +500,13 @@ mod tests {
             Behaviour::Stream {
                 events: 5,
                 gap_ms: 100
+            }
+        );
+        assert_eq!(
+            behaviour("mock-stream-nousage-3-10"),
+            Behaviour::StreamNoUsage {
+                events: 3,
+                gap_ms: 10
             }
         );
         assert_eq!(behaviour("mock-status-429"), Behaviour::Status(429));

@@ -215,6 +215,43 @@ pub(crate) fn chunk_event(endpoint: Endpoint, model: &str, index: u64, last: boo
     )
 }
 
+/// Prompt tokens the mock reports for every streamed request, and the cached part of them.
+pub(crate) const STREAM_PROMPT_TOKENS: u64 = 9;
+pub(crate) const STREAM_CACHED_TOKENS: u64 = 4;
+
+/// A stream event with `"usage":null` added, as OpenAI sends every chunk but the last of a
+/// stream asked for `stream_options.include_usage`.
+pub(crate) fn with_usage_null(event: &str) -> String {
+    let body = event.trim_end_matches('\n');
+    let object = body.strip_suffix('}').unwrap_or(body);
+    format!("{object},\"usage\":null}}\n\n")
+}
+
+/// The usage-only event that ends a stream asked for `stream_options.include_usage`:
+/// `"choices": []` and the usage — [`STREAM_PROMPT_TOKENS`] prompt tokens (of which
+/// [`STREAM_CACHED_TOKENS`] cached) and one completion token per content event.
+pub(crate) fn stream_usage_event(endpoint: Endpoint, model: &str, completion: u64) -> String {
+    let (id, object) = if endpoint == Endpoint::Completions {
+        ("cmpl-mock", "text_completion")
+    } else {
+        ("chatcmpl-mock", "chat.completion.chunk")
+    };
+    format!(
+        concat!(
+            "data: {{\"id\":\"{}\",\"object\":\"{}\",\"created\":1700000000,\"model\":{},",
+            "\"choices\":[],\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},",
+            "\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{}}}}}}}\n\n"
+        ),
+        id,
+        object,
+        json_str(model),
+        STREAM_PROMPT_TOKENS,
+        completion,
+        STREAM_PROMPT_TOKENS + completion,
+        STREAM_CACHED_TOKENS
+    )
+}
+
 pub(crate) fn huge_error_body() -> &'static [u8] {
     static BODY: OnceLock<Vec<u8>> = OnceLock::new();
     BODY.get_or_init(|| {

@@ -61,6 +61,13 @@ Mock upstream models (chosen by the request body's JSON \"model\"):
                          (content tok0, tok1, ...; text_completion chunks with text tok0, ... on
                          /v1/completions), one HTTP chunk each, D ms apart (the first at once),
                          then data: [DONE] and the terminating chunk. Ignores \"stream\".
+                         With \"stream_options\": {\"include_usage\": true} (here and for
+                         mock-fixed streams), like OpenAI: \"usage\":null in every content event,
+                         then, before [DONE], one event with \"choices\":[] and usage
+                         prompt_tokens 9 (prompt_tokens_details.cached_tokens 4),
+                         completion_tokens N, total_tokens 9+N.
+  mock-stream-nousage-N-D  like mock-stream-N-D, but never sends usage (an upstream that ignores
+                         include_usage).
   mock-status-CODE       status CODE (200-599) with an OpenAI error body \"mock error CODE\";
                          429 and 503 also send Retry-After: 7.
   mock-huge-error        500 with a 10 MiB (10485760-byte) JSON error body, Content-Length framed.

@@ -3,22 +3,32 @@
 //! Key components:
 //! - [`Adapter`]: one per channel, chosen by its `provider`. It says where a request goes (the
 //!   upstream path), how the channel's key is sent, how the body goes (the [`RequestPlan`]:
-//!   byte for byte, or with the one `model` string spliced; conversion is the next plan), how
+//!   byte for byte, or with the `model` string and `stream_options` spliced; conversion is
+//!   the next plan), how
 //!   the answer comes back (the [`ResponsePlan`]), how an upstream error reads, and where usage
 //!   is found.
-//! - [`peek_model`] / [`model_name`]: the request's `model` without a JSON tree.
-//! - [`scan_usage`]: token counts in any relayed bytes.
+//! - [`peek_request`] / [`model_name`]: the request's `model`, and whether a stream asked for
+//!   its usage, without a JSON tree; the [`BodySplice`] that asks for it when it did not.
+//! - [`scan_usage`]: token counts in any relayed bytes; [`content_bytes`] and
+//!   [`Usage::estimate`] for when no count arrives.
+//! - [`UsageEvents`]: the stream's usage-only event, read and (when the relay asked for it)
+//!   removed without buffering the stream.
 //!
 //! Error handling: an upstream's error body becomes a [`RelayError`] with its status and words
 //! (never parsed beyond the cap the relay read). Must not: re-serialise a body on the
-//! OpenAI → OpenAI path, or allocate per request when no rename is needed.
+//! OpenAI → OpenAI path, or allocate per request for a rename or the usage splice.
 
 mod json;
 mod openai;
+mod sse;
 mod usage;
 
-pub use json::{model_name, peek_model, ModelField};
-pub use usage::{scan_usage, Usage};
+pub use json::{
+    edited_len, model_name, peek_model, peek_request, write_edited, BodySplice, ModelField,
+    RequestPeek,
+};
+pub use sse::{is_usage_event, UsageEvents, MAX_USAGE_EVENT};
+pub use usage::{content_bytes, scan_usage, Usage};
 
 use crate::config::Provider;
 use crate::error::RelayError;
@@ -35,8 +45,13 @@ pub enum Adapter {
 pub enum RequestPlan<'a> {
     /// Byte for byte.
     Passthrough,
-    /// Byte for byte but for the `model` string, replaced by this (a `model_map` rename).
-    SpliceModel(&'a str),
+    /// Byte for byte but for these edits, which combine: the `model` string replaced by
+    /// `model` (a `model_map` rename), and the `usage` splice that asks the upstream for a
+    /// stream's usage report (`stream_options.include_usage`) the client did not ask for.
+    Splice {
+        model: Option<&'a str>,
+        usage: Option<BodySplice>,
+    },
 }
 
 /// How an upstream answer comes back to the client.
@@ -69,12 +84,24 @@ impl Adapter {
         }
     }
 
-    /// How the body goes: `upstream_model` is the channel's name for the client's model.
+    /// How the body goes: `upstream_model` is the channel's name for the client's model;
+    /// `usage` the splice [`peek_request`] found for a stream that did not ask for its usage.
     #[inline]
-    pub fn request_plan<'a>(self, client_model: &str, upstream_model: &'a str) -> RequestPlan<'a> {
+    pub fn request_plan<'a>(
+        self,
+        client_model: &str,
+        upstream_model: &'a str,
+        usage: Option<BodySplice>,
+    ) -> RequestPlan<'a> {
         match self {
-            Adapter::OpenAi if client_model == upstream_model => RequestPlan::Passthrough,
-            Adapter::OpenAi => RequestPlan::SpliceModel(upstream_model),
+            Adapter::OpenAi => {
+                let model = (client_model != upstream_model).then_some(upstream_model);
+                if model.is_none() && usage.is_none() {
+                    RequestPlan::Passthrough
+                } else {
+                    RequestPlan::Splice { model, usage }
+                }
+            }
         }
     }
 

@@ -2,15 +2,15 @@
 //! `finish` is done with it, so nothing about a request outlives it or is reset by hand.
 //!
 //! Owns: the request's parsed head (in storage the connection lends it), its id, endpoint,
-//! token, body range, route and attempt count, the upstream's response head, usage, the status
-//! sent and the timings. Must not: hold IO resources — sockets and buffers stay with the
+//! token, body range, route and attempt count, the upstream's response head, usage (and what an
+//! estimate of it needs), the status sent and the timings. Must not: hold IO resources — sockets and buffers stay with the
 //! connection and the phases that use them.
 
 use std::ops::Range;
 use std::time::Instant;
 
 use crate::config::Layer;
-use crate::provider::{ModelField, Usage};
+use crate::provider::{BodySplice, ModelField, Usage};
 use crate::wire::{Method, RequestHead, ResponseHead};
 
 /// Which endpoint a request is for, decided from its path and method.
@@ -129,8 +129,13 @@ pub struct Exchange<'s> {
     pub channel: Option<usize>,
     /// Upstream attempts made.
     pub attempts: u32,
-    /// Usage the upstream reported, if any.
+    /// Usage the upstream reported, if any (`finish` estimates it when none arrived).
     pub usage: Option<Usage>,
+    /// A stream whose client did not ask for its usage: the body edit that asks the upstream
+    /// for it (its usage-only event is then kept from the client).
+    pub usage_splice: Option<BodySplice>,
+    /// Bytes of answer text relayed (see `provider::content_bytes`): the estimate's basis.
+    pub content_bytes: u64,
     /// The status of the answer, once its head went out (0 before).
     pub status_sent: u16,
     pub first_byte_at: Option<Instant>,
@@ -197,6 +202,8 @@ impl<'s> Exchange<'s> {
             channel: None,
             attempts: 0,
             usage: None,
+            usage_splice: None,
+            content_bytes: 0,
             status_sent: 0,
             first_byte_at: None,
             close: false,

@@ -2,9 +2,11 @@
 //!
 //! Owns: releasing what the request held (the request's total deadline; the upstream
 //! connection, pooled only when `respond` found its response ended clean), accounting (status
-//! class, latency, time to first byte, usage per token and channel, the access log line), the
+//! class, latency, time to first byte, usage per token and channel — estimated, and marked so,
+//! when an upstream answered but its usage never arrived — and the access log line), the
 //! settling of the request's usage against its token's quota (its reservation is given back
-//! only after the usage is counted), and the keep-alive decision: the connection carries another request only if
+//! only after the usage is counted), and the keep-alive decision: the connection carries
+//! another request only if
 //! both sides allow it, and then the finished request's bytes leave the read buffer while
 //! anything pipelined behind them stays.
 //!
@@ -14,6 +16,7 @@ use crate::bufpool::BUF_SIZE;
 use std::time::{Duration, SystemTime};
 
 use crate::access_log::Line;
+use crate::provider::Usage;
 use crate::upstream::UpConn;
 
 use super::exchange::{method_name, Exchange, Outcome};
@@ -28,6 +31,11 @@ pub fn finish(conn: &mut Conn, mut ex: Exchange<'_>, flow: Flow, upstream: Optio
     if !ex.completed && ex.outcome == Outcome::Ok {
         // Nothing else cut the answer short: the client went away.
         ex.outcome = Outcome::ClientGone;
+    }
+    if ex.usage.is_none() && ex.channel.is_some() && (200..300).contains(&ex.status_sent) {
+        // An upstream answered but its usage never arrived (the client left, the stream was
+        // cut, the upstream does not report it): account an estimate, marked as one.
+        ex.usage = Some(Usage::estimate(ex.body.len() as u64, ex.content_bytes));
     }
     let s = w.stats();
     if ex.endpoint.is_counted() {
@@ -72,18 +80,12 @@ pub fn finish(conn: &mut Conn, mut ex: Exchange<'_>, flow: Flow, upstream: Optio
     Flow::Keep
 }
 
-/// What the request costs against its token's quota: the usage the upstream reported, else,
-/// when an upstream answered 2xx without reporting it, the prompt estimated as body bytes / 4;
-/// nothing when no upstream answer reached the client (the relay's own error, an upstream
-/// error status).
+/// What the request costs against its token's quota: its usage (as reported, or the estimate
+/// made above when an upstream answered 2xx without reporting it); nothing when no upstream
+/// answer reached the client (the relay's own error, an upstream error status).
 fn quota_charge(ex: &Exchange<'_>) -> u64 {
-    match ex.usage {
-        Some(u) => u.prompt.saturating_add(u.completion),
-        None if ex.channel.is_some() && (200..300).contains(&ex.status_sent) => {
-            ex.body.len().div_ceil(4) as u64
-        }
-        None => 0,
-    }
+    ex.usage
+        .map_or(0, |u| u.prompt.saturating_add(u.completion))
 }
 
 /// The request's access-log line (see `access_log`).
@@ -114,6 +116,8 @@ fn access_line(conn: &Conn, ex: &Exchange<'_>, total: Duration, out: &mut Vec<u8
         total,
         prompt_tokens: ex.usage.map(|u| u.prompt),
         completion_tokens: ex.usage.map(|u| u.completion),
+        cached_tokens: ex.usage.map(|u| u.cached),
+        tokens_estimated: ex.usage.is_some_and(|u| u.estimated),
         bytes_in: (ex.head.len + ex.body.len()) as u64,
         bytes_out: ex.bytes_out,
     }

@@ -364,6 +364,10 @@ async fn send_attempt(
 /// The upstream request for `channel`: its head, with the body behind it when small enough
 /// for one write (else the body goes in a second write, straight from the read buffer, which
 /// is why it can be replayed to another channel). Returns whether the body goes separately.
+///
+/// A body the adapter plans to edit (a `model_map` rename, the `stream_options` splice that
+/// asks for a stream's usage, or both) is written whole behind the head with its edits; the
+/// read buffer keeps the client's body as it came, for a replay to another channel.
 fn build_request(conn: &Conn, ex: &Exchange<'_>, channel: usize) -> (Vec<u8>, bool) {
     let w = &conn.w;
     let ch = &w.router.channels[channel];
@@ -373,7 +377,7 @@ fn build_request(conn: &Conn, ex: &Exchange<'_>, channel: usize) -> (Vec<u8>, bo
     let model = provider::model_name(body, &field).expect("route read the model");
     let plan = ch
         .adapter
-        .request_plan(&model, ch.cfg.upstream_model(&model));
+        .request_plan(&model, ch.cfg.upstream_model(&model), ex.usage_splice);
     let separate_body = match plan {
         RequestPlan::Passthrough => {
             let inline = body.len() <= INLINE_BODY;
@@ -383,21 +387,39 @@ fn build_request(conn: &Conn, ex: &Exchange<'_>, channel: usize) -> (Vec<u8>, bo
             }
             !inline
         }
-        RequestPlan::SpliceModel(name) => {
-            let mut escaped = Vec::with_capacity(name.len() + 2);
-            crate::error::json_string(&mut escaped, name);
-            let name = &escaped[1..escaped.len() - 1];
-            let at = field.span.clone();
+        RequestPlan::Splice { model, usage } => {
+            // A name that needs no JSON escaping (any sensible one) is spliced as it is,
+            // without an allocation.
+            let escaped;
+            let name: Option<&[u8]> = match model {
+                Some(name) if name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) => {
+                    let mut quoted = Vec::with_capacity(name.len() + 2);
+                    crate::error::json_string(&mut quoted, name);
+                    escaped = quoted;
+                    Some(&escaped[1..escaped.len() - 1])
+                }
+                Some(name) => Some(name.as_bytes()),
+                None => None,
+            };
+            let mut edits: [(std::ops::Range<usize>, &[u8]); 2] = [(0..0, b""), (0..0, b"")];
+            let mut n = 0;
+            if let Some(name) = name {
+                edits[n] = (field.span.clone(), name);
+                n += 1;
+            }
+            if let Some(splice) = usage {
+                edits[n] = (splice.start..splice.end, splice.with);
+                n += 1;
+            }
+            let edits = &mut edits[..n];
             write_upstream_head(
                 conn,
                 ex,
                 channel,
                 &mut req,
-                body.len() - at.len() + name.len(),
+                provider::edited_len(body, edits),
             );
-            req.extend_from_slice(&body[..at.start]);
-            req.extend_from_slice(name);
-            req.extend_from_slice(&body[at.end..]);
+            provider::write_edited(&mut req, body, edits);
             false
         }
     };

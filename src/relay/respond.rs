@@ -187,12 +187,14 @@ pub fn write_client_head(
     conn.w.router.channels[channel].mask_keys(&mut out[head_start..]);
 }
 
-/// Usage the upstream reported in `data`, if any (the last report wins).
+/// Usage the upstream reported in `data`, if any (the last report wins), and the answer text
+/// bytes in it, which `finish` turns into an estimate if no report ever arrives.
 #[inline]
 pub fn note_usage(ex: &mut Exchange<'_>, data: &[u8]) {
     if let Some(u) = provider::scan_usage(data) {
         ex.usage = Some(u);
     }
+    ex.content_bytes += provider::content_bytes(data);
 }
 
 /// May a connection whose response just ended go back to the pool? Not when bytes followed

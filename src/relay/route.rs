@@ -18,9 +18,13 @@ use super::{Conn, Halt};
 pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt> {
     let w = &conn.w;
     let body = &conn.rbuf[ex.body.clone()];
-    let field = match provider::peek_model(body) {
-        Ok(Some(f)) => f,
-        Ok(None) => return Err(RelayError::missing_model().into()),
+    let (field, usage_splice) = match provider::peek_request(body) {
+        Ok(provider::RequestPeek {
+            model: Some(f),
+            usage_splice,
+            ..
+        }) => (f, usage_splice),
+        Ok(_) => return Err(RelayError::missing_model().into()),
         Err(msg) => return Err(RelayError::invalid_json(msg).into()),
     };
     let Some(model) = provider::model_name(body, &field) else {
@@ -40,5 +44,6 @@ pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt>
     ex.model_name.clear();
     ex.model_name.push_str(&model);
     ex.model = Some(field);
+    ex.usage_splice = usage_splice;
     Ok(candidates)
 }

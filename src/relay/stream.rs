@@ -22,6 +22,7 @@ use crate::config::Timeouts;
 use crate::deadline::Layer;
 use crate::error::RelayError;
 use crate::monitor::bump;
+use crate::provider::UsageEvents;
 use crate::upstream::{Stream, UpConn};
 use crate::wire::{self, BodyKind, CHUNK_HEADROOM};
 
@@ -35,11 +36,12 @@ use super::{Conn, Flow, Halt};
 const STREAM_TAILROOM: usize = 2 + wire::LAST_CHUNK.len();
 
 /// What one wait for upstream body bytes came to.
+/// Each buffer comes back with the bytes held back by the usage-event filter still in front.
 enum StreamRead {
     Data(Vec<u8>),
     Eof(Vec<u8>),
     Failed(Vec<u8>, std::io::Error),
-    Timeout,
+    Timeout(Vec<u8>),
     ClientGone,
 }
 
@@ -97,6 +99,11 @@ pub async fn relay_stream(
     }
 
     let mut decoder = wire::ChunkedDecoder::new();
+    // An event stream's usage-only event: read always, kept from the client when the relay
+    // asked for it on the client's behalf. `held` bytes of a possible one wait at
+    // `ubuf[CHUNK_HEADROOM..]` for the next read.
+    let mut usage_events = event_stream.then(|| UsageEvents::new(ex.usage_splice.is_some()));
+    let mut held = 0usize;
     // One per stream: monoio's canceller allocates, so it is not made per chunk.
     let mut canceller = Canceller::new();
     let mut tail: [u8; 2] = [b'\n', b'\n'];
@@ -113,9 +120,10 @@ pub async fn relay_stream(
         let mut write_at = ubuf.len();
         let mut extra = false;
         let mut broken = false;
-        if chunked_in && ubuf.len() > CHUNK_HEADROOM {
-            write_at = CHUNK_HEADROOM;
-            match wire::dechunk_in_place(&mut decoder, &mut ubuf, CHUNK_HEADROOM, &mut write_at) {
+        let fresh = CHUNK_HEADROOM + held;
+        if chunked_in && ubuf.len() > fresh {
+            write_at = fresh;
+            match wire::dechunk_in_place(&mut decoder, &mut ubuf, fresh, &mut write_at) {
                 Ok(d) => {
                     upstream_done = d.done;
                     extra = d.consumed < ubuf.len();
@@ -123,6 +131,17 @@ pub async fn relay_stream(
                 // The data decoded before the bad framing still goes out, then the error.
                 Err(_) => broken = true,
             }
+        }
+        // The bytes held last time go out with this read's, or are held again (after the data,
+        // at `ubuf[write_at..]`).
+        held = 0;
+        if let Some(filter) = usage_events.as_mut() {
+            let f = filter.filter(&mut ubuf[CHUNK_HEADROOM..write_at], upstream_done || broken);
+            if f.usage.is_some() {
+                ex.usage = f.usage;
+            }
+            held = f.held;
+            write_at = CHUNK_HEADROOM + f.keep;
         }
         let data_len = write_at - CHUNK_HEADROOM;
         if data_len > 0 {
@@ -135,21 +154,42 @@ pub async fn relay_stream(
             } else if data_len == 1 {
                 tail = [tail[1], ubuf[write_at - 1]];
             }
-            ubuf.truncate(write_at);
-            if chunked_out {
-                if data_len > 0 {
+            // Held bytes move 2 bytes up, clear of the chunk's CRLF (the read left
+            // STREAM_TAILROOM for that), and back down behind the headroom once the write is
+            // done. Nothing is held at the end of the body.
+            let end = if held > 0 {
+                if ubuf.len() < write_at + 2 + held {
+                    ubuf.resize(write_at + 2 + held, 0);
+                }
+                ubuf.copy_within(write_at..write_at + held, write_at + 2);
+                if chunked_out {
                     start = wire::write_chunk_header_before(&mut ubuf, CHUNK_HEADROOM, data_len);
-                    ubuf.extend_from_slice(b"\r\n");
+                    ubuf[write_at..write_at + 2].copy_from_slice(b"\r\n");
+                    write_at + 2
+                } else {
+                    write_at
                 }
-                if upstream_done {
-                    ubuf.extend_from_slice(wire::LAST_CHUNK);
+            } else {
+                ubuf.truncate(write_at);
+                if chunked_out {
+                    if data_len > 0 {
+                        start =
+                            wire::write_chunk_header_before(&mut ubuf, CHUNK_HEADROOM, data_len);
+                        ubuf.extend_from_slice(b"\r\n");
+                    }
+                    if upstream_done {
+                        ubuf.extend_from_slice(wire::LAST_CHUNK);
+                    }
                 }
-            }
+                ubuf.len()
+            };
             // The write runs under the stream_idle deadline armed for the read: a client that
             // stops reading stalls the stream just like a silent upstream.
-            let end = ubuf.len();
             ubuf = write_client(conn, ubuf, start..end).await.map_err(halt)?;
             ex.bytes_out += (end - start) as u64;
+            if held > 0 {
+                ubuf.copy_within(write_at + 2..write_at + 2 + held, CHUNK_HEADROOM);
+            }
             if upstream_done {
                 ex.completed = true;
                 conn.w.bufs.give(ubuf);
@@ -168,19 +208,21 @@ pub async fn relay_stream(
                 "bad_upstream_response",
                 "upstream sent malformed chunked framing",
             );
-            return end_with_error(conn, ex, ubuf, tail, &error, sse).await;
+            return end_with_error(conn, ex, ubuf, held, tail, &error, sse).await;
         }
 
         // Wait for more upstream bytes.
         let wait = std::mem::take(&mut hold);
-        let held = !wait.is_zero();
+        let waited_hold = !wait.is_zero();
+        // The held bytes (if any) stay in front; read_stream reads behind them.
+        ubuf.truncate(CHUNK_HEADROOM + held);
         let read = read_stream(conn, upconn, ubuf, t, event_stream, wait, &mut canceller).await;
         match read {
             StreamRead::Data(b) => {
                 last_read_filled = b.len() == b.capacity() - STREAM_TAILROOM;
                 // A hold that gathered a whole buffer shows a bulk stream, not tokens: holding
                 // it again would only throttle it.
-                if held && last_read_filled {
+                if waited_hold && last_read_filled {
                     coalesce = Duration::ZERO;
                 }
                 ubuf = b;
@@ -194,21 +236,20 @@ pub async fn relay_stream(
                     "upstream_closed",
                     "upstream closed the stream before its end",
                 );
-                return end_with_error(conn, ex, b, tail, &error, sse).await;
+                return end_with_error(conn, ex, b, held, tail, &error, sse).await;
             }
             StreamRead::Failed(b, e) => {
                 let error = RelayError::mid_stream(
                     "upstream_reset",
                     format!("upstream connection failed mid-stream: {e}"),
                 );
-                return end_with_error(conn, ex, b, tail, &error, sse).await;
+                return end_with_error(conn, ex, b, held, tail, &error, sse).await;
             }
-            StreamRead::Timeout => {
+            StreamRead::Timeout(b) => {
                 let layer = conn.deadline.layer();
                 conn.w.stats().count_timeout(layer);
-                let b = conn.w.bufs.take();
                 let error = RelayError::stream_timeout(layer);
-                return end_with_error(conn, ex, b, tail, &error, sse).await;
+                return end_with_error(conn, ex, b, held, tail, &error, sse).await;
             }
             StreamRead::ClientGone => {
                 bump(&conn.w.stats().client_gone);
@@ -219,7 +260,10 @@ pub async fn relay_stream(
     }
 }
 
-/// Read the next upstream body bytes into `ubuf[CHUNK_HEADROOM..]` under `stream_idle`.
+/// Read the next upstream body bytes into `ubuf[CHUNK_HEADROOM + held..]` under `stream_idle`,
+/// where `ubuf.len()` is `CHUNK_HEADROOM + held` (or 0): the `held` bytes are what the
+/// usage-event filter held back; they come back with the buffer, except after a timeout that
+/// took the buffer with its cancelled read.
 ///
 /// An active SSE stream reads straight into its buffer (one op per chunk). When the stream
 /// goes quiet for [`WATCH_GRACE`], the read is cancelled and awaited (keeping any bytes it
@@ -247,39 +291,38 @@ async fn read_stream(
     if !hold.is_zero() && conn.deadline.checkpoint(now + hold) {
         conn.deadline.expired().await;
         if conn.deadline.is_due() {
-            conn.w.bufs.give(ubuf);
-            return StreamRead::Timeout;
+            return StreamRead::Timeout(ubuf);
         }
         conn.deadline.resume();
     }
     loop {
-        ubuf.clear();
-        ubuf.resize(CHUNK_HEADROOM, 0);
+        let fresh = ubuf.len().max(CHUNK_HEADROOM);
+        ubuf.resize(fresh, 0);
         let cap = ubuf.capacity() - STREAM_TAILROOM;
         let tcp = match &mut upconn.stream {
             Stream::Plain(tcp) if event_stream => tcp,
             stream => {
                 // TLS keeps decrypted bytes of its own; and non-SSE bodies are never idle for
                 // long. A plain read, with the client watched after the grace period.
-                let read = stream.read(ubuf.slice_mut(CHUNK_HEADROOM..cap));
+                let read = stream.read(ubuf.slice_mut(fresh..cap));
                 return match upstream_wait(read, &conn.deadline, &conn.client, &mut conn.watch)
                     .await
                 {
                     Waited::Done((Ok(0), b)) => StreamRead::Eof(b.into_inner()),
                     Waited::Done((Ok(_), b)) => StreamRead::Data(b.into_inner()),
                     Waited::Done((Err(e), b)) => StreamRead::Failed(b.into_inner(), e),
-                    Waited::Timeout(_) => StreamRead::Timeout,
+                    Waited::Timeout(_) => StreamRead::Timeout(conn.w.bufs.take()),
                     Waited::ClientGone => StreamRead::ClientGone,
                 };
             }
         };
         conn.deadline.checkpoint(Instant::now() + WATCH_GRACE);
         let (res, b) = {
-            let read = tcp.cancelable_read(ubuf.slice_mut(CHUNK_HEADROOM..cap), canceller.handle());
+            let read = tcp.cancelable_read(ubuf.slice_mut(fresh..cap), canceller.handle());
             let mut read = std::pin::pin!(read);
             match conn.deadline.race(&mut read).await {
                 Ok(r) => r,
-                Err(_) if conn.deadline.is_due() => return StreamRead::Timeout,
+                Err(_) if conn.deadline.is_due() => return StreamRead::Timeout(conn.w.bufs.take()),
                 Err(_) => {
                     // Quiet: take the buffer back whole before letting it go.
                     *canceller = std::mem::take(canceller).cancel();
@@ -295,15 +338,21 @@ async fn read_stream(
             Err(e) if is_cancelled(&e) => {}
             Err(e) => return StreamRead::Failed(ubuf, e),
         }
-        conn.w.bufs.give(ubuf);
+        // Held bytes keep their buffer through the wait (rare: an upstream quiet in the middle
+        // of an event); otherwise it goes back to the pool.
+        let keep = ubuf.len() > CHUNK_HEADROOM;
+        if !keep {
+            conn.w.bufs.give(std::mem::take(&mut ubuf));
+        }
         let ready = tcp.readable(false);
         let waited = upstream_wait(ready, &conn.deadline, &conn.client, &mut conn.watch).await;
-        ubuf = conn.w.bufs.take();
+        if !keep {
+            ubuf = conn.w.bufs.take();
+        }
         match waited {
             Waited::Done(_) => {}
             Waited::Timeout(_) => {
-                conn.w.bufs.give(ubuf);
-                return StreamRead::Timeout;
+                return StreamRead::Timeout(ubuf);
             }
             Waited::ClientGone => {
                 conn.w.bufs.give(ubuf);
@@ -317,11 +366,15 @@ async fn read_stream(
 /// `error` event and a proper end; anything else is cut (close without the last chunk) so the
 /// client cannot mistake a truncated body for a whole one. The upstream is mid-response, so
 /// it is never clean.
+///
+/// Bytes the usage-event filter held back (`held`, at `buf[CHUNK_HEADROOM..]`, when the buffer
+/// still has them) go out first: the stream will not get the rest of that event.
 async fn end_with_error(
     conn: &mut Conn,
     ex: &mut Exchange<'_>,
     mut buf: Vec<u8>,
-    tail: [u8; 2],
+    held: usize,
+    mut tail: [u8; 2],
     error: &RelayError,
     sse: bool,
 ) -> Result<(Flow, bool), Halt> {
@@ -330,8 +383,21 @@ async fn end_with_error(
         conn.w.bufs.give(buf);
         return Err(Halt::Close);
     }
-    buf.clear();
-    buf.resize(CHUNK_HEADROOM, 0);
+    let held = if buf.len() >= CHUNK_HEADROOM + held {
+        held
+    } else {
+        0
+    };
+    buf.truncate(CHUNK_HEADROOM + held);
+    buf.resize(CHUNK_HEADROOM + held, 0);
+    match held {
+        0 => {}
+        1 => tail = [tail[1], buf[CHUNK_HEADROOM]],
+        _ => tail = [buf[buf.len() - 2], buf[buf.len() - 1]],
+    }
+    if held > 0 {
+        note_usage(ex, &buf[CHUNK_HEADROOM..]);
+    }
     if tail != [b'\n', b'\n'] {
         // Terminate a half-sent event so the error event parses on its own.
         buf.extend_from_slice(b"\n\n");

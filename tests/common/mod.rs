@@ -1279,3 +1279,19 @@ impl Relay {
         }
     }
 }
+
+/// [`chat`] for a stream that asks for its usage (`stream_options.include_usage`): what the relay
+/// sends upstream for a [`chat`] stream whose client did not ask.
+pub fn chat_asking_usage(model: &str) -> Vec<u8> {
+    let body =
+        chat_body(model, true).replacen('{', r#"{"stream_options":{"include_usage":true},"#, 1);
+    post_json("/v1/chat/completions", Some(TOKEN), &[], &body)
+}
+
+/// An SSE text without its usage-only events (`"choices":[]`): what a streaming client that did
+/// not ask for usage gets through the relay of the upstream's [`chat_asking_usage`] stream.
+pub fn without_usage_events(sse: &str) -> String {
+    sse.split_inclusive("\n\n")
+        .filter(|event| !event.contains("\"choices\":[]"))
+        .collect()
+}
