@@ -37,10 +37,27 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Buffers in the hand-over queue at most (all workers together).
 const QUEUE: usize = 64;
 
-/// Set by the SIGHUP handler; the writer reopens its file when it sees it.
+/// Set on SIGHUP (by `signals`); the writer reopens its file when it sees it.
 static REOPEN: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_sighup(_: libc::c_int) {
+/// Buffers handed to the writer and not yet written (so shutdown can wait for them).
+static HANDED_OVER: AtomicU64 = AtomicU64::new(0);
+
+/// At exit: wait (at most `within`) until the writer wrote every buffer it was handed.
+/// True when nothing is left.
+pub fn wait_written(within: Duration) -> bool {
+    let give_up = Instant::now() + within;
+    while HANDED_OVER.load(Ordering::Acquire) > 0 {
+        if Instant::now() >= give_up {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Have the writer reopen its file (SIGHUP, for logrotate); nothing when the log is not a file.
+pub fn reopen() {
     REOPEN.store(true, Ordering::Relaxed);
 }
 
@@ -79,15 +96,6 @@ impl Writer {
                 dropped,
             }));
         }
-        if let Destination::File(_) = dest {
-            // SAFETY: installing a handler that only stores to an atomic is async-signal-safe.
-            unsafe {
-                libc::signal(
-                    libc::SIGHUP,
-                    on_sighup as extern "C" fn(libc::c_int) as libc::sighandler_t,
-                );
-            }
-        }
         std::thread::Builder::new()
             .name("ringway-accesslog".into())
             .spawn(move || sink.run(from_workers, returns, dropped))?;
@@ -123,6 +131,11 @@ impl AccessLog {
         buf.push(b'\n');
     }
 
+    /// Nothing buffered that the writer has not been handed.
+    pub fn is_empty(&self) -> bool {
+        self.buf.borrow().is_empty()
+    }
+
     /// Hand the buffer to the writer if it holds anything (called every [`FLUSH_EVERY`]).
     pub fn flush(&self) {
         if let Ok(back) = self.from_writer.try_recv() {
@@ -137,9 +150,11 @@ impl AccessLog {
             return;
         };
         let full = std::mem::replace(&mut *buf, empty);
+        HANDED_OVER.fetch_add(1, Ordering::AcqRel);
         if let Err(TrySendError::Full((_, mut full)) | TrySendError::Disconnected((_, mut full))) =
             self.to_writer.try_send((self.id, full))
         {
+            HANDED_OVER.fetch_sub(1, Ordering::AcqRel);
             let lines = full.iter().filter(|&&b| b == b'\n').count() as u64;
             self.dropped.fetch_add(lines, Ordering::Relaxed);
             full.clear();
@@ -204,6 +219,7 @@ impl Sink {
                         }
                     }
                     buf.clear();
+                    HANDED_OVER.fetch_sub(1, Ordering::AcqRel);
                     let _ = returns[worker].try_send(buf);
                 }
                 Err(RecvTimeoutError::Timeout) => {}

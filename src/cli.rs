@@ -176,6 +176,11 @@ fn check_config(path: &Path) -> i32 {
 }
 
 fn run_relay(path: &Path) -> i32 {
+    // Before any thread exists, so that every thread inherits the mask (see `signals`).
+    if let Err(e) = crate::signals::block() {
+        crate::log::error(&format!("cannot block signals: {e}"));
+        return 1;
+    }
     let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -188,6 +193,10 @@ fn run_relay(path: &Path) -> i32 {
     }
     match start(config) {
         Ok(running) => {
+            if let Err(e) = crate::signals::spawn(running.lifecycle) {
+                crate::log::error(&format!("cannot start the signal thread: {e}"));
+                return 1;
+            }
             running.wait();
             0
         }

@@ -55,6 +55,8 @@ pub struct Worker {
     pub started_nanos: u64,
     /// Request events, for the busy-poll spinner (see [`crate::busy`]).
     pub activity: crate::busy::Activity,
+    /// Shutdown as this worker's requests see it (see [`crate::lifecycle`]).
+    pub drain: crate::lifecycle::WorkerDrain,
 }
 
 impl Worker {
@@ -112,6 +114,7 @@ impl Worker {
             next_request: Cell::new(0),
             started_nanos,
             activity: Default::default(),
+            drain: Default::default(),
             config,
             router,
             monitor,

@@ -28,6 +28,9 @@
 //! | `bufpool`  | per-worker IO buffer pool |
 //! | `monitor`  | counters, health JSON, Prometheus metrics, health log line |
 //! | `busy`     | opt-in busy polling |
+//! | `lifecycle`| serving → draining across threads; worker heartbeats |
+//! | `signals`  | SIGTERM / SIGINT / SIGHUP, blocked everywhere, taken by one thread |
+//! | `notify`   | the systemd notify protocol (`$NOTIFY_SOCKET`) |
 
 mod access_log;
 mod bufpool;
@@ -40,15 +43,18 @@ mod deadline;
 mod demo;
 mod error;
 mod idle;
+mod lifecycle;
 mod limits;
 mod listen;
 mod log;
 mod model_list;
 mod monitor;
+mod notify;
 mod provider;
 mod relay;
 mod route;
 mod server;
+mod signals;
 mod top;
 mod upstream;
 mod wheel;

@@ -1,27 +1,164 @@
 //! Starting the relay: a validated config into running workers.
 //!
 //! Owns: the process-wide pieces built once (the monitor, the routing table, the TLS
-//! connectors, the file-descriptor limit) and the workers' start, returning once every
-//! listener is bound and health may pass. Must not: parse arguments or print usage (`cli`).
+//! connectors, the file-descriptor limit, the lifecycle) and the workers' start, returning
+//! once every listener is bound and health may pass; then, on the starting thread, the
+//! supervision of the running relay ([`Running::wait`]): the systemd notifications (`READY`,
+//! a `STATUS` line, `WATCHDOG` pings only while every worker's loop turns, `STOPPING`), the
+//! shutdown's log lines, and the end of the process once the workers drained.
+//! Must not: parse arguments or print usage (`cli`), or touch a worker's state.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::lifecycle::Lifecycle;
 use crate::monitor::Monitor;
+use crate::notify::Notifier;
 use crate::route::Router;
 use crate::worker;
 
-/// A started relay: its workers run until the process ends.
+/// How often the supervisor looks at the workers.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(50);
+/// How often `STATUS=` is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// After the drain deadline, how long requests ended by it get to write their last bytes
+/// (the `shutting_down` answer or SSE event) before the process exits regardless.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// At exit, how long the access-log writer gets to write the last lines.
+const ACCESS_LOG_AT_EXIT: Duration = Duration::from_secs(2);
+
+/// A started relay: its workers run until they have drained (SIGTERM / SIGINT, see
+/// `signals`), or until the process ends.
 pub struct Running {
     pub monitor: &'static Monitor,
     pub workers: Vec<std::thread::JoinHandle<()>>,
+    pub lifecycle: &'static Lifecycle,
 }
 
 impl Running {
+    /// Supervise the relay until its workers have ended: tell systemd (when run by it) that
+    /// the relay is ready, keep its status line and watchdog fed, and once a drain begins,
+    /// report it and return when it is over (or [`EXIT_GRACE`] after its deadline).
     pub fn wait(self) {
+        let notify = Notifier::from_env();
+        supervise(self.monitor, self.lifecycle, &notify);
         for h in self.workers {
-            let _ = h.join();
+            if h.is_finished() {
+                let _ = h.join();
+            }
         }
+    }
+}
+
+fn sum(
+    monitor: &Monitor,
+    field: fn(&crate::monitor::WorkerStats) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    monitor.workers.iter().map(|w| field(w).load(Relaxed)).sum()
+}
+
+/// What the drain started from, for its closing log line.
+struct DrainStart {
+    requests_total: u64,
+    inflight: u64,
+    connections: u64,
+    at: Instant,
+}
+
+fn supervise(monitor: &'static Monitor, lifecycle: &'static Lifecycle, notify: &Notifier) {
+    notify.ready();
+    let watchdog_every = notify.watchdog_every();
+    let mut next_watchdog = Instant::now();
+    let mut heartbeats_seen = Vec::new();
+    let mut stalled = false;
+    let mut next_status = Instant::now();
+    let mut rate_from = (Instant::now(), sum(monitor, |w| &w.requests_total));
+    let mut drain: Option<DrainStart> = None;
+    loop {
+        std::thread::sleep(SUPERVISE_EVERY);
+        let now = Instant::now();
+        if lifecycle.all_finished() {
+            break;
+        }
+        if drain.is_none() && lifecycle.drain_until().is_some() {
+            notify.stopping();
+            let start = DrainStart {
+                requests_total: sum(monitor, |w| &w.requests_total),
+                inflight: monitor.inflight(),
+                connections: sum(monitor, |w| &w.client_connections),
+                at: now,
+            };
+            crate::log::info(&format!(
+                "drain: {} request(s) in flight, {} client connection(s) open; listeners closing",
+                start.inflight, start.connections
+            ));
+            drain = Some(start);
+            next_status = now;
+        }
+        if let Some(until) = lifecycle.drain_until() {
+            if now >= until + EXIT_GRACE {
+                crate::log::warn(&format!(
+                    "drain: {} worker(s) still busy {}s after the drain deadline; exiting anyway",
+                    lifecycle.running(),
+                    EXIT_GRACE.as_secs()
+                ));
+                break;
+            }
+        }
+        if let Some(every) = watchdog_every {
+            if now >= next_watchdog {
+                next_watchdog = now + every;
+                if lifecycle.all_turning(&mut heartbeats_seen) {
+                    notify.watchdog();
+                    if stalled {
+                        crate::log::info("watchdog: every worker's loop turns again");
+                        stalled = false;
+                    }
+                } else if !stalled {
+                    crate::log::error(
+                        "watchdog: a worker's event loop has stopped turning; withholding the watchdog ping",
+                    );
+                    stalled = true;
+                }
+            }
+        }
+        if notify.is_active() && now >= next_status {
+            next_status = now + STATUS_EVERY;
+            let requests = sum(monitor, |w| &w.requests_total);
+            let secs = now.duration_since(rate_from.0).as_secs_f64();
+            let rate = if secs > 0.0 {
+                requests.saturating_sub(rate_from.1) as f64 / secs
+            } else {
+                0.0
+            };
+            rate_from = (now, requests);
+            let inflight = monitor.inflight();
+            let line = match lifecycle.drain_until() {
+                None => format!("serving: {inflight} in flight, {rate:.1} req/s"),
+                Some(until) => format!(
+                    "draining ({}): {inflight} in flight, {}s of drain left",
+                    lifecycle.drain_signal().unwrap_or("signal"),
+                    until.saturating_duration_since(now).as_secs()
+                ),
+            };
+            notify.status(&line);
+        }
+    }
+    if let Some(start) = drain {
+        let finished = sum(monitor, |w| &w.requests_total).saturating_sub(start.requests_total);
+        let ended = lifecycle.ended();
+        crate::log::info(&format!(
+            "drain: done in {:.1}s: {finished} request(s) finished during the drain ({} were in flight at {}), {ended} ended at the drain deadline with shutting_down",
+            start.at.elapsed().as_secs_f64(),
+            start.inflight,
+            lifecycle.drain_signal().unwrap_or("the signal"),
+        ));
+        if !crate::access_log::wait_written(ACCESS_LOG_AT_EXIT) {
+            crate::log::warn("access log: the writer did not finish the last lines before exit");
+        }
+        crate::log::info("exiting");
     }
 }
 
@@ -42,12 +179,14 @@ pub fn start(config: Config) -> std::io::Result<Running> {
     let tls = crate::upstream::TlsConnectors::for_channels(&config.channels)?;
     let listen = config.server.listen;
     let limits = crate::limits::Limits::new(config.server.max_inflight, &config.tokens);
+    let lifecycle = Lifecycle::new(n, config.server.drain);
     let shared = worker::Shared {
         config: Arc::new(config),
         router,
         monitor,
         limits,
         tls,
+        lifecycle,
     };
     let mut access_log =
         crate::access_log::Writer::start(&shared.config.log.access, n, &monitor.access_log_dropped)
@@ -63,5 +202,9 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         env!("CARGO_PKG_VERSION"),
         monitor.io_driver()
     ));
-    Ok(Running { monitor, workers })
+    Ok(Running {
+        monitor,
+        workers,
+        lifecycle,
+    })
 }

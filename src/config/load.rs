@@ -258,6 +258,7 @@ const SERVER_KEYS: &[&str] = &[
     "busy_poll",
     "cors_origins",
     "models_refresh",
+    "drain",
 ];
 const MONITOR_KEYS: &[&str] = &["log_interval", "warn_inflight", "alert_inflight"];
 const CHANNEL_KEYS: &[&str] = &[
@@ -282,6 +283,9 @@ const TOKEN_KEYS: &[&str] = &[
     "tpm",
     "max_inflight",
 ];
+
+/// A drain longer than an hour would outlast any service manager's stop timeout.
+const MAX_DRAIN: Duration = Duration::from_secs(3600);
 
 /// A model list older than a day is stale by any measure.
 const MAX_MODELS_REFRESH: Duration = Duration::from_secs(86_400);
@@ -332,6 +336,10 @@ fn read_server(sec: &Section) -> Result<ServerConfig, ConfigError> {
             Some(f) if f.str().is_ok_and(|s| s == "off") => None,
             Some(f) => Some(f.duration_at_most(MAX_MODELS_REFRESH)?),
             None => d.models_refresh,
+        },
+        drain: match sec.field("drain") {
+            Some(f) => f.duration_at_most(MAX_DRAIN)?,
+            None => d.drain,
         },
     })
 }

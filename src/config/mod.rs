@@ -79,6 +79,9 @@ pub struct ServerConfig {
     /// How often the model lists of channels whose `models` hold a glob are fetched again
     /// from their upstream's `/v1/models` (zero: once, at start; `None`: never, `"off"`).
     pub models_refresh: Option<Duration>,
+    /// SIGTERM / SIGINT: how long in-flight requests and streams may run on after the
+    /// listeners closed before they are ended with `shutting_down` (zero: at once).
+    pub drain: Duration,
 }
 
 impl ServerConfig {
@@ -299,6 +302,7 @@ impl Default for ServerConfig {
             busy_poll: Duration::ZERO,
             cors_origins: Vec::new(),
             models_refresh: Some(Duration::from_secs(600)),
+            drain: Duration::from_secs(30),
         }
     }
 }

@@ -40,6 +40,7 @@ impl Config {
             format_duration(s.sse_coalesce),
             format_duration(s.busy_poll)
         );
+        let _ = writeln!(out, "shutdown  drain {}", format_duration(s.drain));
         let first = Layer::PER_CHANNEL.map(|l| format!("{} {}", l.name(), format_duration(t[l])));
         let _ = writeln!(out, "timeouts  {}", first.join(", "));
         let mut rest: Vec<String> = [
