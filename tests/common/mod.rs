@@ -1233,3 +1233,35 @@ impl Client {
         closed
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the operations suite (appended; generic).
+
+impl Relay {
+    /// Sends signal `sig` (e.g. `libc::SIGTERM`) to the relay process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({sig}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits (bounded) for the relay process to exit; its exit status, or `None` if it is still
+    /// running after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
