@@ -33,7 +33,8 @@ const USAGE_DEMO: &str =
 ";
 
 const USAGE_TAIL: &str =
-    "    ringway top [URL]                live terminal view of a running relay's health
+    "    ringway top [URL]                live terminal view of a running relay's health (q quits)
+    ringway top [URL] --once [--json]  one reading (text, or the health JSON) and exit
     ringway --version | --help
 
 ENVIRONMENT:
@@ -77,8 +78,7 @@ pub fn main(args: Vec<String>) -> i32 {
             );
             2
         }
-        ["top"] => crate::top::run("http://127.0.0.1:3000"),
-        ["top", url] => crate::top::run(url),
+        ["top", rest @ ..] => top(rest),
         _ => usage_error(&format!("unrecognised arguments: {}", args.join(" "))),
     }
 }
@@ -128,6 +128,28 @@ fn mock(args: &[&str]) -> i32 {
             eprintln!("ringway mock: {e}");
             1
         }
+    }
+}
+
+/// `ringway top [URL] [--once [--json]]`, flags in any order.
+fn top(args: &[&str]) -> i32 {
+    let (mut url, mut once, mut json) = (None, false, false);
+    for &a in args {
+        match a {
+            "--once" => once = true,
+            "--json" => json = true,
+            flag if flag.starts_with('-') => {
+                return usage_error(&format!("top: unrecognised flag {flag}"))
+            }
+            u if url.is_none() => url = Some(u),
+            u => return usage_error(&format!("top: a second URL {u}")),
+        }
+    }
+    let url = url.unwrap_or("http://127.0.0.1:3000");
+    match (once, json) {
+        (true, json) => crate::top::once(url, json),
+        (false, true) => usage_error("top: --json goes with --once"),
+        (false, false) => crate::top::run(url),
     }
 }
 
