@@ -497,4 +497,115 @@ both_drivers! {
     sigint_drains_streams_and_exits_0,
     an_idle_relay_exits_at_once,
     sighup_keeps_serving_and_reopens_the_access_log,
+    top_once_prints_the_health_figures,
+}
+
+/// `ringway top URL --once` prints the health figures as text; with `--json`, the health JSON.
+fn top_once_prints_the_health_figures(driver: Driver) {
+    let mock = Mock::start();
+    let relay = start(driver, &ConfigBuilder::new(mock.addr).workers(2));
+    for _ in 0..3 {
+        assert_eq!(relay.roundtrip(&chat("mock-fixed", false)).status, 200);
+    }
+    let url = format!("http://{}", relay.addr);
+    let (code, out, err) = run_bin(&["top", &url, "--once"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    for needle in [
+        "status ok",
+        "2 worker(s)",
+        driver.health_name(),
+        "inflight 0",
+        "total 3",
+        "2xx 3",
+        "timeouts  ",
+        "client_gone 0",
+        "upstream  active 0",
+        "open fds ",
+        "rss ",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+    // One row per worker.
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.trim_end().ends_with(driver.health_name())
+                && l.trim_start().starts_with(char::is_numeric))
+            .count(),
+        2,
+        "{out}"
+    );
+    let (code, out, err) = run_bin(&["top", &url, "--once", "--json"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let h: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(h["requests_total"], 3, "{h}");
+    assert_eq!(h["requests_by_class"]["2xx"], 3, "{h}");
+    assert_eq!(h["workers"], 2);
+    // A relay that is not there: exit 1, the reason on stderr.
+    let (code, _, err) = run_bin(
+        &[
+            "top",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "--once",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("ringway top:"), "{err}");
+    let (code, _, _) = run_bin(&["top", &url, "--json"], &[]);
+    assert_eq!(code, Some(2), "--json without --once is a usage error");
+}
+
+/// The shipped unit passes `systemd-analyze verify` (with its binary path pointed at the
+/// binary under test) and `systemd-analyze security` rates it at most 3.0. Fails, never
+/// skips, when systemd-analyze is missing.
+#[test]
+fn the_systemd_unit_verifies_and_its_exposure_is_at_most_3() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/ringway.service"
+    ))
+    .expect("systemd/ringway.service");
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "LoadCredential=ringway.toml:",
+        "StateDirectory=ringway",
+        "DynamicUser=yes",
+    ] {
+        assert!(unit.contains(line), "the unit lacks {line}");
+    }
+    let dir = temp_path("unit", "d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ringway.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/ringway", bin())).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("systemd-analyze")
+            .args(args)
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze must be installed (apt-get install systemd); this test does not skip");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["verify"]);
+    assert_eq!(code, Some(0), "verify failed:\n{out}\n{err}");
+    assert!(
+        !err.contains("ringway.service"),
+        "verify complained about the unit:\n{err}"
+    );
+    // --threshold is on a 0-100 scale: 30 is an exposure of 3.0.
+    let (code, out, err) = run(&["security", "--offline=true", "--threshold=30"]);
+    let text = format!("{out}{err}");
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for ringway.service:"))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    assert!(exposure <= 3.0, "exposure {exposure}:\n{text}");
+    assert_eq!(code, Some(0), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
