@@ -362,9 +362,14 @@ impl Terminal {
         if self.tty_out {
             // Home, then each line cleared to its end, then the rest of the screen cleared: no
             // flicker from clearing everything first.
+            // No line break after the last line: on the bottom row it would scroll the top
+            // line away.
             let _ = write!(out, "\x1b[H");
-            for line in screen.lines() {
-                let _ = write!(out, "{line}\x1b[K\r\n");
+            for (i, line) in screen.lines().enumerate() {
+                if i > 0 {
+                    let _ = write!(out, "\r\n");
+                }
+                let _ = write!(out, "{line}\x1b[K");
             }
             let _ = write!(out, "\x1b[J");
         } else {
