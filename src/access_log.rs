@@ -37,10 +37,26 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Buffers in the hand-over queue at most (all workers together).
 const QUEUE: usize = 64;
 
-/// Set on SIGHUP ([`reopen`]); the writer reopens its file when it sees it.
+/// Set on SIGHUP (by `signals`); the writer reopens its file when it sees it.
 static REOPEN: AtomicBool = AtomicBool::new(false);
 
-/// Have the writer reopen its file (after logrotate moved it); SIGHUP calls this.
+/// Buffers handed to the writer and not yet written (so shutdown can wait for them).
+static HANDED_OVER: AtomicU64 = AtomicU64::new(0);
+
+/// At exit: wait (at most `within`) until the writer wrote every buffer it was handed.
+/// True when nothing is left.
+pub fn wait_written(within: Duration) -> bool {
+    let give_up = Instant::now() + within;
+    while HANDED_OVER.load(Ordering::Acquire) > 0 {
+        if Instant::now() >= give_up {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Have the writer reopen its file (SIGHUP, for logrotate); nothing when the log is not a file.
 pub fn reopen() {
     REOPEN.store(true, Ordering::Relaxed);
 }
@@ -115,6 +131,11 @@ impl AccessLog {
         buf.push(b'\n');
     }
 
+    /// Nothing buffered that the writer has not been handed.
+    pub fn is_empty(&self) -> bool {
+        self.buf.borrow().is_empty()
+    }
+
     /// Hand the buffer to the writer if it holds anything (called every [`FLUSH_EVERY`]).
     pub fn flush(&self) {
         if let Ok(back) = self.from_writer.try_recv() {
@@ -129,9 +150,11 @@ impl AccessLog {
             return;
         };
         let full = std::mem::replace(&mut *buf, empty);
+        HANDED_OVER.fetch_add(1, Ordering::AcqRel);
         if let Err(TrySendError::Full((_, mut full)) | TrySendError::Disconnected((_, mut full))) =
             self.to_writer.try_send((self.id, full))
         {
+            HANDED_OVER.fetch_sub(1, Ordering::AcqRel);
             let lines = full.iter().filter(|&&b| b == b'\n').count() as u64;
             self.dropped.fetch_add(lines, Ordering::Relaxed);
             full.clear();
@@ -196,6 +219,7 @@ impl Sink {
                         }
                     }
                     buf.clear();
+                    HANDED_OVER.fetch_sub(1, Ordering::AcqRel);
                     let _ = returns[worker].try_send(buf);
                 }
                 Err(RecvTimeoutError::Timeout) => {}

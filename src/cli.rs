@@ -33,7 +33,8 @@ const USAGE_DEMO: &str =
 ";
 
 const USAGE_TAIL: &str =
-    "    ringway top [URL]                live terminal view of a running relay's health
+    "    ringway top [URL]                live terminal view of a running relay's health (q quits)
+    ringway top [URL] --once [--json]  one reading (text, or the health JSON) and exit
     ringway --version | --help
 
 ENVIRONMENT:
@@ -77,8 +78,7 @@ pub fn main(args: Vec<String>) -> i32 {
             );
             2
         }
-        ["top"] => crate::top::run("http://127.0.0.1:3000"),
-        ["top", url] => crate::top::run(url),
+        ["top", rest @ ..] => top(rest),
         _ => usage_error(&format!("unrecognised arguments: {}", args.join(" "))),
     }
 }
@@ -131,6 +131,28 @@ fn mock(args: &[&str]) -> i32 {
     }
 }
 
+/// `ringway top [URL] [--once [--json]]`, flags in any order.
+fn top(args: &[&str]) -> i32 {
+    let (mut url, mut once, mut json) = (None, false, false);
+    for &a in args {
+        match a {
+            "--once" => once = true,
+            "--json" => json = true,
+            flag if flag.starts_with('-') => {
+                return usage_error(&format!("top: unrecognised flag {flag}"))
+            }
+            u if url.is_none() => url = Some(u),
+            u => return usage_error(&format!("top: a second URL {u}")),
+        }
+    }
+    let url = url.unwrap_or("http://127.0.0.1:3000");
+    match (once, json) {
+        (true, json) => crate::top::once(url, json),
+        (false, true) => usage_error("top: --json goes with --once"),
+        (false, false) => crate::top::run(url),
+    }
+}
+
 fn usage_error(msg: &str) -> i32 {
     eprintln!("ringway: {msg}\n\n{}", usage());
     2
@@ -176,6 +198,11 @@ fn check_config(path: &Path) -> i32 {
 }
 
 fn run_relay(path: &Path) -> i32 {
+    // Before any thread exists, so that every thread inherits the mask (see `signals`).
+    if let Err(e) = crate::signals::block() {
+        crate::log::error(&format!("cannot block signals: {e}"));
+        return 1;
+    }
     let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -186,11 +213,13 @@ fn run_relay(path: &Path) -> i32 {
     for w in &config.warnings {
         crate::log::warn(&format!("config: {w}"));
     }
-    // Before any thread starts, so the signals reach only the one waiting for them.
-    crate::server::block_shutdown_signals();
     match start(config) {
         Ok(running) => {
-            running.serve_until_signal();
+            if let Err(e) = crate::signals::spawn(running.lifecycle) {
+                crate::log::error(&format!("cannot start the signal thread: {e}"));
+                return 1;
+            }
+            running.wait();
             0
         }
         Err(e) => {

@@ -66,6 +66,8 @@ pub struct Worker {
     pub started_nanos: u64,
     /// Request events, for the busy-poll spinner (see [`crate::busy`]).
     pub activity: Rc<crate::busy::Activity>,
+    /// Shutdown as this worker's requests see it (see [`crate::lifecycle`]).
+    pub drain: Rc<crate::lifecycle::WorkerDrain>,
 }
 
 thread_local! {
@@ -134,6 +136,7 @@ impl Worker {
             next_request: self.next_request.clone(),
             started_nanos: self.started_nanos,
             activity: self.activity.clone(),
+            drain: self.drain.clone(),
         }
     }
 }
@@ -183,6 +186,7 @@ impl Worker {
             next_request: Rc::default(),
             started_nanos,
             activity: Default::default(),
+            drain: Default::default(),
             config,
             router,
             monitor,

@@ -5,6 +5,10 @@
 //! to the current phase — the phase's own layer, or the request's `total` if that comes first —
 //! and remembers which layer that was, so an expiry can be reported as `<layer>_timeout`.
 //!
+//! Shutdown: once the worker's wheel has a drain deadline ([`crate::wheel::Wheel::set_cutoff`]),
+//! no deadline here is armed past it, so every request wakes by then and
+//! [`DeadlineSet::drain_ended`] tells its expiry apart from a timeout.
+//!
 //! Must not: allocate or spawn; re-arming happens on every relayed chunk.
 
 use std::cell::Cell;
@@ -80,6 +84,7 @@ impl DeadlineSet {
 
     #[inline]
     pub fn arm_at(&self, layer: Layer, at: Instant) {
+        let at = self.clamp(at);
         match self.total_at.get() {
             Some(total) if total <= at => {
                 self.layer.set(self.total_layer.get());
@@ -98,7 +103,7 @@ impl DeadlineSet {
     /// the relay uses it to start watching the client only for slow upstreams, and to end an
     /// SSE coalescing hold. Returns whether it was armed (false: the deadline comes first).
     pub fn checkpoint(&self, at: Instant) -> bool {
-        let before_due = self.due.get().is_some_and(|due| at < due);
+        let before_due = self.due.get().is_some_and(|due| at < self.clamp(due));
         if before_due {
             self.timer.arm_at(at);
         }
@@ -107,13 +112,31 @@ impl DeadlineSet {
 
     /// After an expiry: was it the real deadline, or only a checkpoint?
     pub fn is_due(&self) -> bool {
-        self.due.get().is_none_or(|due| Instant::now() >= due)
+        let now = Instant::now();
+        self.due.get().is_none_or(|due| now >= due)
+            || self.timer.cutoff().is_some_and(|cut| now >= cut)
     }
 
     /// Re-arm at the real deadline after a checkpoint fired.
     pub fn resume(&self) {
         if let Some(due) = self.due.get() {
-            self.timer.arm_at(due);
+            self.timer.arm_at(self.clamp(due));
+        }
+    }
+
+    /// Shutdown's drain deadline has passed: an expiry now ends the request with
+    /// `shutting_down`, whatever layer was armed (not counted as that layer's timeout).
+    pub fn drain_ended(&self) -> bool {
+        self.timer.cutoff().is_some_and(|cut| Instant::now() >= cut)
+    }
+
+    /// `at`, or the drain deadline if shutdown has begun and that comes first. A `Cell` read
+    /// and a compare on the hot path.
+    #[inline]
+    fn clamp(&self, at: Instant) -> Instant {
+        match self.timer.cutoff() {
+            Some(cut) if cut < at => cut,
+            _ => at,
         }
     }
 

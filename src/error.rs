@@ -237,6 +237,29 @@ impl RelayError {
         e
     }
 
+    /// 503 `shutting_down`: the relay is stopping (SIGTERM / SIGINT) and `[server] drain` ran
+    /// out before this request's answer began. The connection closes after it.
+    pub fn shutting_down() -> RelayError {
+        RelayError::new(
+            503,
+            "server_error",
+            "shutting_down",
+            "ringway is shutting down and its drain time ran out; retry on another instance",
+        )
+        .closing()
+    }
+
+    /// `shutting_down` after a stream began: its SSE `error` event.
+    pub fn shutting_down_mid_stream() -> RelayError {
+        RelayError::new(
+            503,
+            "server_error",
+            "shutting_down",
+            "ringway is shutting down and its drain time ran out; the stream was ended",
+        )
+        .closing()
+    }
+
     // ---- the upstream -------------------------------------------------------------------
 
     pub fn upstream_connect_failed(message: String) -> RelayError {

@@ -30,6 +30,9 @@
 //! | `monitor`  | counters, health JSON, Prometheus metrics, health log line |
 //! | `busy`     | opt-in busy polling |
 //! | `state`    | state that survives restarts: the quota ledger (`QuotaStore`, file-backed) |
+//! | `lifecycle`| serving → draining across threads; worker heartbeats |
+//! | `signals`  | SIGTERM / SIGINT / SIGHUP, blocked everywhere, taken by one thread |
+//! | `notify`   | the systemd notify protocol (`$NOTIFY_SOCKET`) |
 
 mod access_log;
 mod bufpool;
@@ -43,16 +46,19 @@ mod demo;
 mod error;
 mod health;
 mod idle;
+mod lifecycle;
 mod limits;
 mod listen;
 mod log;
 mod model_list;
 mod monitor;
+mod notify;
 mod provider;
 mod relay;
 mod reload;
 mod route;
 mod server;
+mod signals;
 mod state;
 mod top;
 mod upstream;

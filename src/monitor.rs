@@ -419,6 +419,12 @@ impl Monitor {
             t.insert(l.name().into(), s(&|x| &x.timeouts[l as usize]).into());
         }
         m.insert("timeouts".into(), t.into());
+        // Finished requests by the class of their answer (`ringway top` shows errors by class).
+        let mut c = serde_json::Map::new();
+        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].into_iter().enumerate() {
+            c.insert(class.into(), s(&|x| &x.status_class[i + 1]).into());
+        }
+        m.insert("requests_by_class".into(), c.into());
         m
     }
 

@@ -25,9 +25,8 @@
 //! serving. Must not: block a worker — the file is read and the tables built on the thread
 //! that asked for the reload.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::config::{Config, Layer};
 use crate::limits::{Limits, UsageBook};
@@ -196,40 +195,17 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     out
 }
 
-/// Set when SIGHUP arrives; the reloader thread acts on it.
-static HANGUP: AtomicBool = AtomicBool::new(false);
-
-/// What SIGHUP does: reload the config, and reopen the access log file.
+/// What SIGHUP does (on the signal thread, see `signals`): reload the config, with systemd
+/// told `RELOADING=1` before and `READY=1` after, and reopen the access log file (logrotate).
 pub fn on_hangup() {
+    let notify = crate::notify::Notifier::from_env();
+    notify.reloading();
     match reload() {
-        Ok(line) => crate::log::info(&line),
+        Ok(line) => crate::log::info(&format!("SIGHUP: {line}")),
         Err(e) => crate::log::error(&format!(
-            "config reload refused, the running config stays: {e}"
+            "SIGHUP: config reload refused, the running config stays: {e}"
         )),
     }
     crate::access_log::reopen();
-}
-
-extern "C" fn hangup_handler(_: libc::c_int) {
-    HANGUP.store(true, Ordering::Relaxed);
-}
-
-/// Install the SIGHUP handler and the thread that acts on it (a handler may only set a flag).
-pub fn watch_hangups() -> std::io::Result<()> {
-    // SAFETY: installing a handler that only stores to an atomic is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGHUP,
-            hangup_handler as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-    }
-    std::thread::Builder::new()
-        .name("ringway-reload".into())
-        .spawn(|| loop {
-            std::thread::sleep(Duration::from_millis(50));
-            if HANGUP.swap(false, Ordering::Relaxed) {
-                on_hangup();
-            }
-        })
-        .map(|_| ())
+    notify.ready();
 }

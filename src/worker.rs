@@ -13,20 +13,30 @@
 //! it accept and close the new connection at once (a spare descriptor kept open for the purpose
 //! makes that possible at the fd limit). Accept failures are logged at most once a second.
 //!
+//! Shutdown (see `lifecycle`): a per-worker task on the wheel bumps the worker's heartbeat every
+//! [`HEARTBEAT`] and watches for a drain request. When one comes, the accept loop ends and the
+//! listener is closed, idle connections are closed, the wheel gets the drain deadline as its
+//! cutoff, and the worker's runtime returns once its last client connection ended (having
+//! handed its access-log lines over).
+//!
 //! Must not: share mutable state between workers, lock, or allocate per request.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
 
 use crate::access_log::{AccessLog, Writer};
 use crate::context::Worker;
+use crate::lifecycle::{Lifecycle, HEARTBEAT};
 use crate::listen::{bind, claim_address};
 use crate::monitor::{self, bump, Monitor};
 use crate::reload::Generation;
@@ -62,6 +72,7 @@ pub fn start(
     monitor: &'static Monitor,
     n: usize,
     access_log: &mut Writer,
+    lifecycle: &'static Lifecycle,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
     let listen = generation.config.server.listen;
     claim_address(listen)?;
@@ -83,7 +94,15 @@ pub fn start(
                 if let Some(cpu) = cpu {
                     let _ = monoio::utils::bind_to_cpu_set([cpu]);
                 }
-                run_worker(id, listen, generation, monitor, log, ready);
+                // Marks the worker finished however its thread ends.
+                let finished = Finished {
+                    lifecycle,
+                    id,
+                    ended: Cell::new(0),
+                };
+                finished.ended.set(run_worker(
+                    id, listen, generation, monitor, log, ready, lifecycle,
+                ));
             })?;
         handles.push(h);
     }
@@ -112,6 +131,20 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// Tells the lifecycle a worker's thread ended, with the requests its drain ended.
+struct Finished {
+    lifecycle: &'static Lifecycle,
+    id: usize,
+    ended: Cell<u64>,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.lifecycle.finish(self.id, self.ended.get());
+    }
+}
+
+/// Runs worker `id` until it has drained; returns how many requests the drain deadline ended.
 fn run_worker(
     id: usize,
     listen: SocketAddr,
@@ -119,7 +152,8 @@ fn run_worker(
     monitor: &'static Monitor,
     access_log: Option<AccessLog>,
     ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
-) {
+    lifecycle: &'static Lifecycle,
+) -> u64 {
     // Taken by the runtime that starts (a failed io_uring attempt falls back to another).
     let access_log = std::cell::Cell::new(access_log);
     // The ring's fd is looked for only when the spinner will need it.
@@ -138,14 +172,14 @@ fn run_worker(
                         e.kind(),
                         format!("cannot listen on {listen}: {e}"),
                     )));
-                    return;
+                    return 0;
                 }
             };
             // Opened before the process counts as started, so it is part of the fd baseline.
             let admission = Admission::new();
             let _ = ready.send(Ok(listen));
             let worker = Rc::new(Worker::new(id, &generation, monitor, access_log));
-            serve(worker, listener, admission, reaper).await;
+            serve(worker, listener, admission, reaper, lifecycle).await
         }
     };
     let entries = 4096;
@@ -173,8 +207,7 @@ fn run_worker(
                         Some(fd) => crate::busy::Reaper::Ring(fd),
                         None => crate::busy::Reaper::Unknown,
                     };
-                    rt.block_on(setup(monitor::IO_URING, reaper));
-                    return;
+                    return rt.block_on(setup(monitor::IO_URING, reaper));
                 }
                 Err(e) if !flags && id == 0 => crate::log::warn(&format!(
                     "io_uring unavailable ({e}); falling back to the epoll driver"
@@ -193,16 +226,20 @@ fn run_worker(
         Ok(mut rt) => rt.block_on(setup(monitor::EPOLL, crate::busy::Reaper::Driver)),
         Err(e) => {
             crate::log::error(&format!("worker {id}: cannot build any runtime: {e}"));
+            0
         }
     }
 }
 
+/// The worker's life: background tasks, the accept loop until a drain begins, then the wait
+/// for its connections to end. Returns how many requests the drain deadline ended.
 async fn serve(
     mut worker: Rc<Worker>,
     listener: TcpListener,
     mut admission: Admission,
     reaper: crate::busy::Reaper,
-) {
+    lifecycle: &'static Lifecycle,
+) -> u64 {
     monoio::spawn(worker.wheel.clone().drive());
     if !worker.config.server.busy_poll.is_zero() {
         use crate::busy::{spin, Reaper};
@@ -232,8 +269,26 @@ async fn serve(
         let every = worker.config.monitor.log_interval;
         monoio::spawn(health_logger(worker.monitor, every));
     }
+    let stop_accepting = Rc::new(LocalEvent::default());
+    let drained = Rc::new(LocalEvent::default());
+    monoio::spawn(heartbeat(
+        worker.clone(),
+        lifecycle,
+        stop_accepting.clone(),
+        drained.clone(),
+    ));
+    let mut stall_next_accept = test_stall_on_accept();
     loop {
-        match listener.accept().await {
+        let accepted = monoio::select! {
+            biased;
+            _ = stop_accepting.wait() => break,
+            r = listener.accept() => r,
+        };
+        if let Some(stall) = stall_next_accept.take() {
+            // Test-only (see `test_stall_on_accept`): block this worker's thread.
+            std::thread::sleep(stall);
+        }
+        match accepted {
             Ok((stream, _peer)) => {
                 // After a reload, new connections start on the newest config.
                 if let Some(newer) = worker.newer() {
@@ -264,6 +319,99 @@ async fn serve(
                     monoio::time::sleep(pause).await;
                 }
             }
+        }
+    }
+    // Closing the listener is what stops new connections: the kernel sends the next ones to
+    // the listeners still open (another instance on the port), or refuses them.
+    drop(listener);
+    drained.wait().await;
+    if let Some(log) = &worker.access_log {
+        // Every line of this worker reaches the writer before the process exits (bounded: a
+        // writer that stopped taking buffers costs its lines, counted as dropped).
+        let give_up = Instant::now() + FLUSH_AT_EXIT;
+        while !log.is_empty() && Instant::now() < give_up {
+            log.flush();
+            if !log.is_empty() {
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    worker.drain.ended()
+}
+
+/// Longest a worker waits at exit for the access-log writer to take its last lines.
+const FLUSH_AT_EXIT: Duration = Duration::from_secs(2);
+
+/// Test-only: `RINGWAY_TEST_STALL_ON_ACCEPT_MS=N` makes each worker block its thread for N ms
+/// after the first connection it accepts, so the tests can show that a stalled worker stops
+/// the systemd watchdog pings. Never set in production; unset, it costs nothing.
+fn test_stall_on_accept() -> Option<Duration> {
+    let ms: u64 = std::env::var("RINGWAY_TEST_STALL_ON_ACCEPT_MS")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms.min(60_000)))
+}
+
+/// A one-shot event between two tasks of one worker: fired once, awaited by one task.
+#[derive(Default)]
+struct LocalEvent {
+    fired: Cell<bool>,
+    waiter: Cell<Option<Waker>>,
+}
+
+impl LocalEvent {
+    fn fire(&self) {
+        self.fired.set(true);
+        if let Some(w) = self.waiter.take() {
+            w.wake();
+        }
+    }
+
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.fired.get() {
+                Poll::Ready(())
+            } else {
+                self.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// Every [`HEARTBEAT`], on the worker's wheel: bump the heartbeat (so a worker whose loop no
+/// longer turns stops the watchdog pings), and once a drain was asked for, drain this worker.
+async fn heartbeat(
+    mut worker: Rc<Worker>,
+    lifecycle: &'static Lifecycle,
+    stop_accepting: Rc<LocalEvent>,
+    drained: Rc<LocalEvent>,
+) {
+    let timer = worker.wheel.timer();
+    loop {
+        timer.arm_after(HEARTBEAT);
+        timer.expired().await;
+        lifecycle.beat(worker.id);
+        // Follow reloads, so this task never keeps an old generation alive.
+        if let Some(newer) = worker.newer() {
+            worker = newer;
+        }
+        let Some(until) = lifecycle.drain_until() else {
+            continue;
+        };
+        if !worker.drain.is_draining() {
+            // Order matters: connection tasks that run after this see the flag, and the ones
+            // idle now are asked to close.
+            worker.drain.begin();
+            stop_accepting.fire();
+            worker.wheel.set_cutoff(until);
+        }
+        // Again each beat: a connection that finished its request since then and went idle.
+        worker.idle.shed_oldest(usize::MAX);
+        if worker.connections.get() == 0 {
+            drained.fire();
+            return;
         }
     }
 }

@@ -317,6 +317,7 @@ const SERVER_KEYS: &[&str] = &[
     "state_dir",
     "state_flush",
     "quota_reserve",
+    "drain",
 ];
 const MONITOR_KEYS: &[&str] = &["log_interval", "warn_inflight", "alert_inflight"];
 const CHANNEL_KEYS: &[&str] = &[
@@ -342,6 +343,9 @@ const TOKEN_KEYS: &[&str] = &[
     "max_inflight",
     "quota_tokens",
 ];
+
+/// A drain longer than an hour would outlast any service manager's stop timeout.
+const MAX_DRAIN: Duration = Duration::from_secs(3600);
 
 /// A model list older than a day is stale by any measure.
 const MAX_MODELS_REFRESH: Duration = Duration::from_secs(86_400);
@@ -414,6 +418,10 @@ fn read_server(sec: &Section, base_dir: &Path) -> Result<ServerConfig, ConfigErr
         },
         quota_reserve: sec.usize_or("quota_reserve", d.quota_reserve as usize, 0, MAX_COUNT)?
             as u64,
+        drain: match sec.field("drain") {
+            Some(f) => f.duration_at_most(MAX_DRAIN)?,
+            None => d.drain,
+        },
     })
 }
 

@@ -89,6 +89,9 @@ pub struct ServerConfig {
     /// Completion tokens reserved against a quota for a request that names no `max_tokens` /
     /// `max_completion_tokens`.
     pub quota_reserve: u64,
+    /// SIGTERM / SIGINT: how long in-flight requests and streams may run on after the
+    /// listeners closed before they are ended with `shutting_down` (zero: at once).
+    pub drain: Duration,
 }
 
 impl ServerConfig {
@@ -315,6 +318,7 @@ impl Default for ServerConfig {
             state_dir: None,
             state_flush: Duration::from_secs(1),
             quota_reserve: 1024,
+            drain: Duration::from_secs(30),
         }
     }
 }

@@ -49,6 +49,7 @@ impl Config {
                 s.quota_reserve
             );
         }
+        let _ = writeln!(out, "shutdown  drain {}", format_duration(s.drain));
         let first = Layer::PER_CHANNEL.map(|l| format!("{} {}", l.name(), format_duration(t[l])));
         let _ = writeln!(out, "timeouts  {}", first.join(", "));
         let mut rest: Vec<String> = [

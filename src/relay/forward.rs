@@ -476,6 +476,10 @@ fn connect_failed(conn: &Conn, e: ConnectError) -> RelayError {
     bump(&s.upstream_connect_failed);
     match e {
         ConnectError::Failed(msg) => RelayError::upstream_connect_failed(msg),
+        ConnectError::Timeout(_) if conn.deadline.drain_ended() => {
+            conn.w.drain.note_ended();
+            RelayError::shutting_down()
+        }
         ConnectError::Timeout(layer) => {
             s.count_timeout(layer);
             RelayError::timeout(layer)
@@ -637,6 +641,11 @@ async fn send_and_await_head(
 }
 
 fn timeout(conn: &Conn, layer: Layer) -> Failure {
+    if conn.deadline.drain_ended() {
+        // Shutdown's drain ran out, not the upstream's time: no failover, no timeout counted.
+        conn.w.drain.note_ended();
+        return Failure::Error(RelayError::shutting_down());
+    }
     conn.w.stats().count_timeout(layer);
     Failure::Error(RelayError::timeout(layer))
 }

@@ -59,6 +59,8 @@ pub async fn respond(
     if unread_body {
         ex.close = true;
     }
+    // Shutdown has begun: the answer says so, and the connection ends after it.
+    ex.close |= conn.w.drain.is_draining();
     let close = !ex.keeps_alive();
     let mut out = conn.w.bufs.take();
     wire::write_status_line(&mut out, status);

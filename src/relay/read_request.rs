@@ -30,6 +30,10 @@ pub enum Next<'s> {
 }
 
 pub async fn next<'s>(conn: &mut Conn, scratch: &'s mut Scratch) -> Next<'s> {
+    if conn.w.drain.is_draining() && conn.rbuf.is_empty() {
+        // Shutdown: no new request is waited for; one already pipelined is still answered.
+        return Next::Closed;
+    }
     let refusal = match read_head(conn, &mut scratch.head).await {
         Ok(()) => None,
         Err(None) => return Next::Closed,
@@ -47,6 +51,7 @@ pub async fn next<'s>(conn: &mut Conn, scratch: &'s mut Scratch) -> Next<'s> {
         return Next::Refused(ex, error);
     }
     ex.consumed = ex.head.len;
+    ex.close |= conn.w.drain.is_draining();
     ex.endpoint = Endpoint::of(ex.head.route_path(&conn.rbuf), ex.head.method);
     ex.cors_origin = ex
         .head
@@ -119,6 +124,10 @@ async fn read_head(
             }
         }
         if conn.rbuf.capacity() == 0 {
+            if phase == Layer::ClientIdle && conn.w.drain.is_draining() {
+                // Shutdown began while this connection sat idle: close it.
+                return Err(None);
+            }
             // Readiness first: an idle connection holds no read buffer. While it waits it is
             // on the worker's idle list: at max_connections or the fd limit the worker closes
             // the longest-idle connections first to make room (worker.rs, IdleConnections).

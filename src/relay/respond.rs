@@ -224,6 +224,8 @@ async fn relay_fixed(
     // Bytes past the body's end are the upstream's, not the next request's answer.
     let mut extra = have > n;
     let mut last_read_filled = ubuf.len() == ubuf.capacity();
+    // Shutdown has begun: the answer says so, and the connection ends after it.
+    ex.close |= conn.w.drain.is_draining();
     let close = !ex.keeps_alive();
     note_usage(ex, &ubuf[hl..hl + first]);
     let mut out = conn.w.bufs.take();

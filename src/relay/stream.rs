@@ -57,6 +57,8 @@ pub async fn relay_stream(
     let hl = ex.resp.len;
     let chunked_in = ex.resp.body == BodyKind::Chunked;
     let chunked_out = ex.head.minor_version >= 1;
+    // Shutdown has begun: the answer says so, and the connection ends after it.
+    ex.close |= conn.w.drain.is_draining();
     let close = !ex.keeps_alive() || !chunked_out;
     let event_stream = ex.resp.event_stream;
     let sse = chunked_out && event_stream;
@@ -243,6 +245,12 @@ pub async fn relay_stream(
                     "upstream_reset",
                     format!("upstream connection failed mid-stream: {e}"),
                 );
+                return end_with_error(conn, ex, b, held, tail, &error, sse).await;
+            }
+            StreamRead::Timeout(b) if conn.deadline.drain_ended() => {
+                // Shutdown's drain ran out: the stream ends cleanly, with its reason.
+                conn.w.drain.note_ended();
+                let error = RelayError::shutting_down_mid_stream();
                 return end_with_error(conn, ex, b, held, tail, &error, sse).await;
             }
             StreamRead::Timeout(b) => {

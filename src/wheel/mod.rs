@@ -105,6 +105,9 @@ pub struct Wheel {
     /// target; survives until the driver observes it, so a wake-up between
     /// the driver's planning and its poll is not lost.
     notified: Cell<bool>,
+    /// Shutdown's drain deadline, once set ([`Wheel::set_cutoff`]): no request deadline of
+    /// this worker may lie past it.
+    cutoff: Cell<Option<Instant>>,
 }
 
 /// One timer slot of a [`Wheel`]. Dropping it cancels it and returns the slot
@@ -357,7 +360,39 @@ impl Wheel {
             tick_ns,
             driver_waker: Cell::new(None),
             notified: Cell::new(false),
+            cutoff: Cell::new(None),
         })
+    }
+
+    /// Shutdown: every timer armed past `at` is moved to `at`, so whatever waits on it wakes by
+    /// then. The wheel does not clamp later arms itself (its own periodic users keep their
+    /// cadence); [`crate::deadline::DeadlineSet`] clamps request deadlines to [`Wheel::cutoff`].
+    /// One pass over the slab, once per process lifetime.
+    pub fn set_cutoff(&self, at: Instant) {
+        self.cutoff.set(Some(at));
+        let when = self.ceil_tick(at);
+        let wake_driver = {
+            let mut inner = self.inner.borrow_mut();
+            let mut wake = false;
+            for idx in 0..inner.entries.len() as u32 {
+                let e = &inner.entries[idx as usize];
+                let on_wheel = e.list != UNLINKED && e.list != FREE && e.list != DUE;
+                if on_wheel && e.at > at {
+                    let gen = e.gen;
+                    wake |= inner.arm(idx, gen, when, at);
+                }
+            }
+            wake
+        };
+        if wake_driver {
+            self.notify_driver();
+        }
+    }
+
+    /// The drain deadline set by [`Wheel::set_cutoff`], if shutdown has begun.
+    #[inline]
+    pub fn cutoff(&self) -> Option<Instant> {
+        self.cutoff.get()
     }
 
     /// The wheel's resolution.
@@ -529,6 +564,12 @@ impl Timer {
         if wake_driver {
             self.wheel.notify_driver();
         }
+    }
+
+    /// The wheel's drain deadline ([`Wheel::set_cutoff`]), if shutdown has begun.
+    #[inline]
+    pub fn cutoff(&self) -> Option<Instant> {
+        self.wheel.cutoff.get()
     }
 
     /// Arms the timer for `d` from now.

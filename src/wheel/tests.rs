@@ -421,3 +421,33 @@ fn drive_wakes_from_park_and_for_earlier_deadline() {
         assert!(took >= ms(50) && took < ms(400), "took {took:?}");
     });
 }
+
+#[test]
+fn cutoff_moves_later_timers_to_it_and_leaves_earlier_ones() {
+    let w = Wheel::new(ms(10));
+    let o = w.origin;
+    let early = w.timer();
+    let late = w.timer();
+    let far = w.timer();
+    let idle = w.timer();
+    early.arm_at(o + ms(50));
+    late.arm_at(o + ms(5_000));
+    far.arm_at(o + Duration::from_secs(3_600));
+    assert_eq!(w.cutoff(), None);
+    w.set_cutoff(o + ms(200));
+    assert_eq!(late.cutoff(), Some(o + ms(200)));
+    assert_eq!(early.deadline(), Some(o + ms(50)));
+    assert_eq!(late.deadline(), Some(o + ms(200)));
+    assert_eq!(far.deadline(), Some(o + ms(200)));
+    // A disarmed timer stays disarmed.
+    assert!(!idle.is_armed());
+    assert_eq!(w.advance_to(o + ms(60)), 1);
+    assert!(early.is_expired() && !late.is_expired());
+    assert_eq!(w.advance_to(o + ms(199)), 0);
+    assert_eq!(w.advance_to(o + ms(200)), 2);
+    assert!(late.is_expired() && far.is_expired());
+    assert_eq!(w.armed(), 0);
+    // Later arms are not clamped by the wheel itself (the deadline set does that).
+    idle.arm_at(o + ms(1_000));
+    assert_eq!(idle.deadline(), Some(o + ms(1_000)));
+}

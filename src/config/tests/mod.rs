@@ -184,6 +184,20 @@ fn busy_poll_is_off_by_default_and_bounded() {
 }
 
 #[test]
+fn drain_defaults_to_30s_may_be_zero_and_is_bounded() {
+    assert_eq!(parse_ok(MINIMAL).server.drain, Duration::from_secs(30));
+    let c = parse_ok(&format!("[server]\ndrain = \"0s\"\n{MINIMAL}"));
+    assert_eq!(c.server.drain, Duration::ZERO);
+    let c = parse_ok(&format!("[server]\ndrain = \"90s\"\n{MINIMAL}"));
+    assert_eq!(c.server.drain, Duration::from_secs(90));
+    let e = parse_err(&format!("[server]\nworkers = 1\ndrain = \"2h\"\n{MINIMAL}"));
+    assert_eq!((e.line, e.key.as_str()), (3, "server.drain"), "{e}");
+    assert!(e.message.contains("at most 1h"), "{e}");
+    let e = parse_err(&format!("[server]\ndrain = \"soon\"\n{MINIMAL}"));
+    assert_eq!((e.line, e.key.as_str()), (2, "server.drain"), "{e}");
+}
+
+#[test]
 fn defaults_apply_when_sections_are_absent() {
     let c = parse_ok(MINIMAL);
     assert_eq!(c.server.listen_text, "127.0.0.1:3000");
