@@ -161,6 +161,27 @@ fn notify_messages_arrive_in_order(driver: Driver, abstract_name: bool) {
             && status.contains("req/s"),
         "{status}"
     );
+    // A reload (SIGHUP) is bracketed by RELOADING=1 (with the monotonic clock) and READY=1.
+    relay.signal(libc::SIGHUP);
+    systemd.wait(Duration::from_secs(10), "RELOADING, READY", |_| {
+        systemd.count("RELOADING") == 1 && systemd.count("READY") == 2
+    });
+    let messages = systemd.messages();
+    let reloading = messages
+        .iter()
+        .position(|(_, m)| m.starts_with("RELOADING=1"))
+        .unwrap();
+    assert!(
+        messages[reloading].1.contains("\nMONOTONIC_USEC="),
+        "{:?}",
+        messages[reloading].1
+    );
+    let second_ready = messages
+        .iter()
+        .rposition(|(_, m)| m.starts_with("READY=1"))
+        .unwrap();
+    assert!(second_ready > reloading, "{:?}", systemd.kinds());
+    assert!(relay.stderr_text().contains("SIGHUP: config reloaded"));
     relay.signal(libc::SIGTERM);
     let exit = relay
         .wait_exit(Duration::from_secs(20))
