@@ -53,6 +53,8 @@ pub struct Relay {
     script: &'static Mutex<Script>,
     /// Requests the upstream has read and answered.
     served: &'static AtomicU64,
+    /// Connections the upstream has finished writing and closed (its write side).
+    closed: &'static AtomicU64,
     iterations: AtomicU64,
 }
 
@@ -80,11 +82,12 @@ fn start() -> Relay {
         pause_at: None,
     })));
     let served: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+    let closed: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fuzz upstream");
     let upstream = listener.local_addr().unwrap();
     std::thread::Builder::new()
         .name("fuzz-upstream".into())
-        .spawn(move || upstream_loop(listener, script, served))
+        .spawn(move || upstream_loop(listener, script, served, closed))
         .unwrap();
 
     let port = TcpListener::bind("127.0.0.1:0")
@@ -130,6 +133,7 @@ models = ["*"]
         monitor,
         script,
         served,
+        closed,
         iterations: AtomicU64::new(0),
     };
     relay.check_health();
@@ -137,7 +141,12 @@ models = ["*"]
 }
 
 /// Accept, read one request (head and Content-Length body), answer with the script, close.
-fn upstream_loop(listener: TcpListener, script: &Mutex<Script>, served: &AtomicU64) {
+fn upstream_loop(
+    listener: TcpListener,
+    script: &Mutex<Script>,
+    served: &AtomicU64,
+    closed: &AtomicU64,
+) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
@@ -159,6 +168,7 @@ fn upstream_loop(listener: TcpListener, script: &Mutex<Script>, served: &AtomicU
         };
         // Everything the relay sent was read, so this is a FIN, not a reset.
         let _ = conn.shutdown(Shutdown::Write);
+        closed.fetch_add(1, SeqCst);
     }
 }
 
@@ -476,6 +486,19 @@ pub fn relay_response(data: &[u8]) {
         "the relay answered without asking the upstream: {:?}",
         String::from_utf8_lossy(&raw[..raw.len().min(600)])
     );
+    // The next input starts only once this one's upstream wrote all of its script and closed.
+    // Otherwise bytes it sends after a pause, behind a whole response the relay already took
+    // (and pooled the connection after), could arrive on that connection once the next input's
+    // request went out on it: an upstream answering a request nobody had sent yet, which
+    // HTTP/1.1 cannot tell from the answer (docs/FUZZING.md, "What the relay cannot tell").
+    let written = Instant::now();
+    while relay.closed.load(SeqCst) < relay.served.load(SeqCst) {
+        assert!(
+            written.elapsed() < CLIENT_DEADLINE,
+            "the fuzz upstream did not finish writing its script"
+        );
+        std::thread::sleep(Duration::from_micros(50));
+    }
     assert_eq!(
         relay.timeouts(),
         timeouts,
