@@ -17,6 +17,14 @@ mod json;
 mod openai;
 mod usage;
 
+// The conversion layer (Anthropic Messages ⇄ OpenAI chat, and the SSE framing under it) is
+// complete and tested on its own; the relay's respond and stream phases call it next, and
+// until then the crate itself uses none of it.
+#[allow(dead_code)]
+pub mod anthropic;
+#[allow(dead_code)]
+pub mod sse;
+
 pub use json::{model_name, peek_model, ModelField};
 pub use usage::{scan_usage, Usage};
 
