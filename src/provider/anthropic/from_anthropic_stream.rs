@@ -16,7 +16,8 @@
 //! | `error` | `Err` with the upstream's error: the relay ends the stream with its SSE error |
 //!
 //! State: the parser's one event, the chunk prefix (id, model, created — from `message_start`),
-//! the open block's kind and tool index, a tool counter and the usage numbers. Nothing of the
+//! the open block's kind and tool index, a tool counter and the usage numbers. A message id or
+//! model name over 512 bytes is refused (502): both are repeated in every chunk. Nothing of the
 //! output is kept; [`state_bytes`](AnthropicToOpenAiStream::state_bytes) is constant once the
 //! stream has begun.
 
@@ -27,6 +28,10 @@ use serde::Deserialize;
 use super::{bad_upstream, errors, finish_reason_for, StreamUsage};
 use crate::error::{json_string, RelayError};
 use crate::provider::sse::{SseEvent, SseParser, DONE};
+
+/// The longest message id or model name accepted from `message_start` (real ones are under
+/// 100 bytes); every chunk repeats both.
+const MAX_ID_BYTES: usize = 512;
 
 #[derive(Deserialize)]
 struct Event<'a> {
@@ -252,14 +257,24 @@ impl Converter {
                 let m = ev
                     .message
                     .ok_or_else(|| bad_upstream("message_start without a message"))?;
+                let (id, model) = (
+                    m.id.as_deref().unwrap_or(""),
+                    m.model.as_deref().unwrap_or(""),
+                );
+                // Both are repeated in every chunk: an absurd one would multiply the output.
+                if id.len() > MAX_ID_BYTES || model.len() > MAX_ID_BYTES {
+                    return Err(bad_upstream(format!(
+                        "the upstream's message id or model name is over {MAX_ID_BYTES} bytes"
+                    )));
+                }
                 self.head.clear();
                 self.head.extend_from_slice(b"{\"id\":");
-                json_string(&mut self.head, m.id.as_deref().unwrap_or(""));
+                json_string(&mut self.head, id);
                 self.head
                     .extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
                 push_u64(&mut self.head, self.created);
                 self.head.extend_from_slice(b",\"model\":");
-                json_string(&mut self.head, m.model.as_deref().unwrap_or(""));
+                json_string(&mut self.head, model);
                 self.head.extend_from_slice(b",\"choices\":");
                 if let Some(u) = &m.usage {
                     self.take_usage(u);
@@ -360,6 +375,9 @@ impl Converter {
             "message_delta" => {
                 if let Some(u) = &ev.usage {
                     self.take_usage(u);
+                }
+                if self.finish_reason.is_some() {
+                    return Ok(()); // one final chunk per stream; later figures still count
                 }
                 let reason = ev
                     .delta

@@ -300,6 +300,8 @@ impl Converter {
                         self.id
                             .iter()
                             .filter(|b| b.is_ascii_alphanumeric())
+                            // Bounded: the id is repeated per tool call.
+                            .take(32)
                             .map(|&b| b as char),
                     );
                     made.push('_');
@@ -335,8 +337,10 @@ impl Converter {
             return;
         }
         self.started = true;
+        // Only the start of the id is kept: it goes into made-up tool ids, at most 32 bytes.
         self.id.clear();
-        self.id.extend_from_slice(id.as_bytes());
+        self.id
+            .extend_from_slice(&id.as_bytes()[..id.len().min(64)]);
         begin(out, "message_start");
         out.extend_from_slice(b"{\"type\":\"message_start\",\"message\":{\"id\":");
         json_string(out, id);
