@@ -483,7 +483,7 @@ fn a_100k_chunk_openai_stream_converts_in_constant_state() {
         let run = i / 100;
         if run % 2 == 1 {
             let tool = run / 2;
-            if i % 100 == 0 {
+            if i.is_multiple_of(100) {
                 format!("data: {{\"id\":\"chatcmpl-big\",\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{{\"index\":{tool},\"id\":\"call_{tool:06}\",\"type\":\"function\",\"function\":{{\"name\":\"f\",\"arguments\":\"\"}}}}]}}}}]}}\n\n")
             } else {
                 format!("data: {{\"id\":\"chatcmpl-big\",\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{{\"index\":{tool},\"function\":{{\"arguments\":\"{i:07}\"}}}}]}}}}]}}\n\n")

@@ -167,11 +167,14 @@ pub fn convert_error(data: &[u8]) {
 
 // ---- streams -----------------------------------------------------------------------------------
 
+/// One read into a stream converter: its output appended, or the error code that ends it.
+type Feed<C> = fn(&mut C, &[u8], &mut Vec<u8>) -> Result<(), String>;
+
 /// The output and the error (code) of a converter over `reads`, the end of stream included.
 fn stream_run<C>(
     mut c: C,
     reads: &[&[u8]],
-    feed: fn(&mut C, &[u8], &mut Vec<u8>) -> Result<(), String>,
+    feed: Feed<C>,
     end: fn(&mut C, &mut Vec<u8>) -> Result<(), String>,
     state: fn(&C) -> usize,
 ) -> (Vec<u8>, Option<String>, usize) {

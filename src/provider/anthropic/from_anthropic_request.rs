@@ -23,7 +23,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{invalid, parse_object, str_of, to_bytes};
+use super::{invalid, parse_object, str_of, to_bytes, Side};
 use crate::error::RelayError;
 
 /// Convert an Anthropic request `body` for an OpenAI-compatible channel serving it as
@@ -32,7 +32,7 @@ pub fn from_anthropic_request(
     body: &[u8],
     upstream_model: &str,
 ) -> Result<(Vec<u8>, bool), RelayError> {
-    let req = parse_object(body, "the request body", |m| invalid(m))?;
+    let req = parse_object(body, "the request body", Side::Client)?;
     let mut out = Map::new();
     out.insert("model".into(), Value::String(upstream_model.to_owned()));
 

@@ -12,7 +12,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{bad_upstream, finish_reason_for, parse_object, str_of, to_bytes, StreamUsage};
+use super::{bad_upstream, finish_reason_for, parse_object, str_of, to_bytes, Side, StreamUsage};
 use crate::error::RelayError;
 
 /// Convert an Anthropic channel's 2xx `body`; `created` is the Unix time to stamp. Returns the
@@ -21,9 +21,7 @@ pub fn from_anthropic_response(
     body: &[u8],
     created: u64,
 ) -> Result<(Vec<u8>, StreamUsage), RelayError> {
-    let msg = parse_object(body, "the upstream's Anthropic response", |m| {
-        bad_upstream(m)
-    })?;
+    let msg = parse_object(body, "the upstream's Anthropic response", Side::Upstream)?;
     let blocks = msg
         .get("content")
         .and_then(Value::as_array)

@@ -151,16 +151,23 @@ impl From<SseError> for RelayError {
     }
 }
 
+/// Whose body a conversion reads: a fault in it is the client's (400) or the upstream's (502).
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Upstream,
+}
+
 /// Parse a JSON object body.
-fn parse_object(
-    body: &[u8],
-    what: &str,
-    err: fn(String) -> RelayError,
-) -> Result<Value, RelayError> {
+fn parse_object(body: &[u8], what: &str, side: Side) -> Result<Value, RelayError> {
+    let fault = |m: String| match side {
+        Side::Client => invalid(m),
+        Side::Upstream => bad_upstream(m),
+    };
     match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(_) => Err(err(format!("{what} must be a JSON object"))),
-        Err(e) => Err(err(format!("{what} is not valid JSON: {e}"))),
+        Ok(_) => Err(fault(format!("{what} must be a JSON object"))),
+        Err(e) => Err(fault(format!("{what} is not valid JSON: {e}"))),
     }
 }
 

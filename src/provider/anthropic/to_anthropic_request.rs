@@ -24,7 +24,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{invalid, parse_object, str_of, to_bytes};
+use super::{invalid, parse_object, str_of, to_bytes, Side};
 use crate::error::RelayError;
 
 /// The converted request and what the answer's conversion needs to know of it.
@@ -43,7 +43,7 @@ pub fn to_anthropic_request(
     upstream_model: &str,
     default_max_tokens: u64,
 ) -> Result<AnthropicRequest, RelayError> {
-    let req = parse_object(body, "the request body", |m| invalid(m))?;
+    let req = parse_object(body, "the request body", Side::Client)?;
     let mut out = Map::new();
     out.insert("model".into(), Value::String(upstream_model.to_owned()));
 

@@ -15,12 +15,12 @@
 
 use serde_json::{json, Value};
 
-use super::{bad_upstream, parse_object, stop_reason_for, str_of, to_bytes, StreamUsage};
+use super::{bad_upstream, parse_object, stop_reason_for, str_of, to_bytes, Side, StreamUsage};
 use crate::error::RelayError;
 
 /// Convert an OpenAI-compatible channel's 2xx `body`. Returns the Anthropic body and the usage.
 pub fn to_anthropic_response(body: &[u8]) -> Result<(Vec<u8>, StreamUsage), RelayError> {
-    let resp = parse_object(body, "the upstream's chat completion", |m| bad_upstream(m))?;
+    let resp = parse_object(body, "the upstream's chat completion", Side::Upstream)?;
     let choice = resp
         .get("choices")
         .and_then(Value::as_array)
