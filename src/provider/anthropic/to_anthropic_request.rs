@@ -14,7 +14,8 @@
 //! stream converter.
 //!
 //! Dropped (no Anthropic equivalent): `n`, `presence_penalty`, `frequency_penalty`,
-//! `logit_bias`, `logprobs`, `top_logprobs`, `seed`, `response_format`, `service_tier`,
+//! `logit_bias`, `logprobs`, `top_logprobs`, `seed`, `response_format`, `service_tier`, an
+//! image part's `detail`, empty text parts (Anthropic refuses empty text blocks),
 //! `store`, `metadata`, `modalities`, `audio`, `prediction`, `reasoning_effort`, an assistant's
 //! `reasoning_content`, a message's `name`, and any other member.
 //!
@@ -215,6 +216,8 @@ fn user_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, RelayErr
             let mut blocks = Vec::with_capacity(parts.len());
             for p in parts {
                 match p.get("type").and_then(Value::as_str) {
+                    // Anthropic refuses empty text blocks; an empty part says nothing.
+                    Some("text") if str_of(p, "text").is_empty() => {}
                     Some("text") => blocks.push(text_block(str_of(p, "text"))),
                     Some("image_url") => {
                         let url = p
@@ -275,6 +278,8 @@ fn assistant_blocks(m: &Value, i: usize) -> Result<Vec<Value>, RelayError> {
         Some(Value::Array(parts)) => {
             for p in parts {
                 match p.get("type").and_then(Value::as_str) {
+                    Some("text") | Some("refusal")
+                        if str_of(p, "text").is_empty() && str_of(p, "refusal").is_empty() => {}
                     Some("text") => blocks.push(text_block(str_of(p, "text"))),
                     // A refusal part is the assistant's words too.
                     Some("refusal") => blocks.push(text_block(str_of(p, "refusal"))),
@@ -423,6 +428,19 @@ mod tests {
             assert_eq!(e.status, 400, "{body}");
         }
         assert_eq!(to_anthropic_request(b"{", "m", 1).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn empty_text_parts_and_messages_are_left_out() {
+        let (v, _) = convert(json!({"messages": [
+            {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": ""},
+            {"role": "assistant", "content": [{"type": "text", "text": ""}]}
+        ]}));
+        assert_eq!(
+            v["messages"],
+            json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+        );
     }
 
     #[test]
