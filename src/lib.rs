@@ -88,6 +88,6 @@ pub mod internals {
     /// tests and the fuzz harness.
     pub mod convert {
         pub use crate::provider::anthropic::*;
-        pub use crate::provider::sse::*;
+        pub use crate::provider::sse_parser::*;
     }
 }

@@ -17,19 +17,19 @@ mod json;
 mod openai;
 mod usage;
 
+pub use json::{model_name, peek_model, ModelField};
+pub use usage::{scan_usage, Usage};
+
+use crate::config::Provider;
+use crate::error::RelayError;
+
 // The conversion layer (Anthropic Messages ⇄ OpenAI chat, and the SSE framing under it) is
 // complete and tested on its own; the relay's respond and stream phases call it next, and
 // until then the crate itself uses none of it.
 #[allow(dead_code)]
 pub mod anthropic;
 #[allow(dead_code)]
-pub mod sse;
-
-pub use json::{model_name, peek_model, ModelField};
-pub use usage::{scan_usage, Usage};
-
-use crate::config::Provider;
-use crate::error::RelayError;
+pub mod sse_parser;
 
 /// How a channel's upstream is spoken to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

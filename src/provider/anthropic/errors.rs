@@ -17,7 +17,7 @@
 use serde_json::Value;
 
 use crate::error::{json_string, RelayError};
-use crate::provider::sse;
+use crate::provider::sse_parser;
 
 /// Anthropic's error `type` for an HTTP status.
 pub fn error_type_for_status(status: u16) -> &'static str {
@@ -66,7 +66,7 @@ pub fn render(error: &RelayError, out: &mut Vec<u8>) {
 pub fn write_sse_error(error: &RelayError, out: &mut Vec<u8>) {
     let mut body = Vec::with_capacity(96 + error.message.len());
     render(error, &mut body);
-    sse::write_event(out, "error", &body);
+    sse_parser::write_event(out, "error", &body);
 }
 
 /// An Anthropic error's `type` and `message` from an error body or an `error` event's data

@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use super::{bad_upstream, errors, finish_reason_for, StreamUsage};
 use crate::error::{json_string, RelayError};
-use crate::provider::sse::{SseEvent, SseParser, DONE};
+use crate::provider::sse_parser::{SseEvent, SseParser, DONE};
 
 /// The longest message id or model name accepted from `message_start` (real ones are under
 /// 100 bytes); every chunk repeats both.

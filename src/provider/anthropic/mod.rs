@@ -10,7 +10,7 @@
 //!   Anthropic channel, and an Anthropic request for an OpenAI-compatible channel.
 //! - [`from_anthropic_response`] / [`to_anthropic_response`]: whole (non-streamed) answers.
 //! - [`AnthropicToOpenAiStream`] / [`OpenAiToAnthropicStream`]: event streams converted event
-//!   by event as reads arrive, on the [`SseParser`](super::sse::SseParser); per-stream state is
+//!   by event as reads arrive, on the [`SseParser`](super::sse_parser::SseParser); per-stream state is
 //!   one event (the parser's, bounded by `max_event_bytes`) plus a few ids and counters —
 //!   nothing of the output is kept.
 //! - [`errors`]: Anthropic's error shape, the status ⇄ error type table, both directions.
@@ -46,7 +46,7 @@ pub use to_anthropic_stream::OpenAiToAnthropicStream;
 use serde_json::Value;
 
 use crate::error::RelayError;
-use crate::provider::sse::SseError;
+use crate::provider::sse_parser::SseError;
 
 /// The `anthropic-version` header value the conversions are written against.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";

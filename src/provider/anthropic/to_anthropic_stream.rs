@@ -23,7 +23,7 @@ use serde::Deserialize;
 use super::from_anthropic_stream::push_u64;
 use super::{bad_upstream, stop_reason_for, StreamUsage};
 use crate::error::{json_string, RelayError};
-use crate::provider::sse::{SseEvent, SseParser};
+use crate::provider::sse_parser::{SseEvent, SseParser};
 
 #[derive(Deserialize)]
 struct Chunk<'a> {
