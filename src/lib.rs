@@ -96,4 +96,11 @@ pub mod internals {
         };
         pub use crate::provider::{model_name, peek_model, scan_usage, ModelField, Usage};
     }
+
+    /// Protocol conversion (Anthropic Messages ⇄ OpenAI chat) and SSE framing, for the golden
+    /// tests and the fuzz harness.
+    pub mod convert {
+        pub use crate::provider::anthropic::*;
+        pub use crate::provider::sse_parser::*;
+    }
 }

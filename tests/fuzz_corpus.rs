@@ -119,3 +119,43 @@ fn relay_response() {
     replay("relay_response");
     harness::relay::relay().check_idle();
 }
+
+#[test]
+fn sse_parse() {
+    replay("sse_parse");
+}
+
+#[test]
+fn convert_request_to_anthropic() {
+    replay("convert_request_to_anthropic");
+}
+
+#[test]
+fn convert_request_from_anthropic() {
+    replay("convert_request_from_anthropic");
+}
+
+#[test]
+fn convert_response_from_anthropic() {
+    replay("convert_response_from_anthropic");
+}
+
+#[test]
+fn convert_response_to_anthropic() {
+    replay("convert_response_to_anthropic");
+}
+
+#[test]
+fn convert_stream_from_anthropic() {
+    replay("convert_stream_from_anthropic");
+}
+
+#[test]
+fn convert_stream_to_anthropic() {
+    replay("convert_stream_to_anthropic");
+}
+
+#[test]
+fn convert_error() {
+    replay("convert_error");
+}

@@ -8,11 +8,17 @@
 #![allow(dead_code)]
 
 pub mod chunked;
+pub mod convert;
 pub mod heads;
 pub mod json;
 pub mod relay;
 
 pub use chunked::{chunked_decode, chunked_encode};
+pub use convert::{
+    convert_error, convert_request_from_anthropic, convert_request_to_anthropic,
+    convert_response_from_anthropic, convert_response_to_anthropic, convert_stream_from_anthropic,
+    convert_stream_to_anthropic, sse_parse,
+};
 pub use heads::{request_head, response_head};
 pub use json::{model_peek, sse_scan, usage_scan};
 pub use relay::relay_response;
@@ -30,6 +36,26 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("sse_scan", sse_scan),
     ("model_peek", model_peek),
     ("relay_response", relay_response),
+    ("sse_parse", sse_parse),
+    ("convert_request_to_anthropic", convert_request_to_anthropic),
+    (
+        "convert_request_from_anthropic",
+        convert_request_from_anthropic,
+    ),
+    (
+        "convert_response_from_anthropic",
+        convert_response_from_anthropic,
+    ),
+    (
+        "convert_response_to_anthropic",
+        convert_response_to_anthropic,
+    ),
+    (
+        "convert_stream_from_anthropic",
+        convert_stream_from_anthropic,
+    ),
+    ("convert_stream_to_anthropic", convert_stream_to_anthropic),
+    ("convert_error", convert_error),
 ];
 
 /// A deterministic stream of split sizes drawn from a few input bytes, so that one input always
