@@ -210,6 +210,7 @@ fn run_relay(path: &Path) -> i32 {
             return 2;
         }
     };
+    crate::log::set_format(config.log.format);
     for w in &config.warnings {
         crate::log::warn(&format!("config: {w}"));
     }

@@ -1,10 +1,40 @@
-//! Minimal leveled logging to stderr.
+//! Leveled logging to stderr.
 //!
-//! Owns: the log line format (UTC timestamp, level, message). Must not be used per request on
-//! the hot path: the relay logs lifecycle events, warnings and the periodic health line only.
+//! Owns: the process log's line formats (`[log] format`): `text` (UTC timestamp, level,
+//! message), `logfmt` (`ts= level= msg=`) and `json` (`{"ts","level","msg"}`), one line each
+//! whatever the message holds; and, when stderr is the journal (`JOURNAL_STREAM` set by
+//! systemd), the `<N>` priority prefix journald reads the level from. The format is one atomic,
+//! set at start and by a reload. Must not be used per request on the hot path: the relay logs
+//! lifecycle events, warnings and the periodic health line only.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::LogFormat;
+
+/// The line format, as a `LogFormat` discriminant.
+static FORMAT: AtomicU8 = AtomicU8::new(0);
+
+/// Write every following line in `format`.
+pub fn set_format(format: LogFormat) {
+    FORMAT.store(format as u8, Relaxed);
+}
+
+fn format() -> LogFormat {
+    match FORMAT.load(Relaxed) {
+        1 => LogFormat::Logfmt,
+        2 => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
+/// True when stderr is connected to the journal (systemd sets `JOURNAL_STREAM` to its
+/// device:inode; checked once).
+fn to_journal() -> bool {
+    static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *JOURNAL.get_or_init(|| std::env::var_os("JOURNAL_STREAM").is_some())
+}
 
 fn timestamp() -> String {
     let now = SystemTime::now()
@@ -63,25 +93,125 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-fn emit(level: &str, msg: &str) {
-    let line = format!("{} {level:5} {msg}\n", timestamp());
+#[derive(Clone, Copy)]
+enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    fn upper(self) -> &'static str {
+        match self {
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        }
+    }
+
+    fn lower(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+
+    /// syslog priority, for journald's `<N>` prefix.
+    fn priority(self) -> u8 {
+        match self {
+            Level::Info => 6,
+            Level::Warn => 4,
+            Level::Error => 3,
+        }
+    }
+}
+
+/// One log line (with its newline) in `format`.
+fn line(format: LogFormat, journal: bool, ts: &str, level: Level, msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len() + 64);
+    if journal {
+        out.push_str(&format!("<{}>", level.priority()));
+    }
+    match format {
+        // A message never spans lines: a newline in it would look like a second entry.
+        LogFormat::Text => {
+            out.push_str(&format!("{ts} {:5} ", level.upper()));
+            out.push_str(&msg.replace('\n', "\\n"));
+        }
+        LogFormat::Logfmt => {
+            out.push_str(&format!("ts={ts} level={} msg=\"", level.lower()));
+            for c in msg.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        LogFormat::Json => {
+            let mut json = Vec::with_capacity(msg.len() + 2);
+            crate::error::json_string(&mut json, msg);
+            out.push_str(&format!(
+                "{{\"ts\":\"{ts}\",\"level\":\"{}\",\"msg\":{}}}",
+                level.lower(),
+                String::from_utf8_lossy(&json)
+            ));
+        }
+    }
+    out.push('\n');
+    out
+}
+
+fn emit(level: Level, msg: &str) {
+    let line = line(format(), to_journal(), &timestamp(), level, msg);
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 pub fn info(msg: &str) {
-    emit("INFO", msg);
+    emit(Level::Info, msg);
 }
 
 pub fn warn(msg: &str) {
-    emit("WARN", msg);
+    emit(Level::Warn, msg);
 }
 
 pub fn error(msg: &str) {
-    emit("ERROR", msg);
+    emit(Level::Error, msg);
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn each_format_is_one_line_whatever_the_message() {
+        let msg = "a \"quoted\" \\ path\nand a second line";
+        let ts = "2026-01-01T00:00:00.000Z";
+        let text = line(LogFormat::Text, false, ts, Level::Warn, msg);
+        assert_eq!(
+            text,
+            "2026-01-01T00:00:00.000Z WARN  a \"quoted\" \\ path\\nand a second line\n"
+        );
+        let logfmt = line(LogFormat::Logfmt, false, ts, Level::Info, msg);
+        assert_eq!(
+            logfmt,
+            "ts=2026-01-01T00:00:00.000Z level=info msg=\"a \\\"quoted\\\" \\\\ path\\nand a second line\"\n"
+        );
+        let json = line(LogFormat::Json, false, ts, Level::Error, msg);
+        assert_eq!(json.matches('\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
+        assert_eq!(v["ts"], ts);
+        assert_eq!(v["level"], "error");
+        assert_eq!(v["msg"], msg);
+        // Under systemd, journald takes the level from the prefix.
+        let journal = line(LogFormat::Json, true, ts, Level::Error, "x");
+        assert!(journal.starts_with("<3>{"), "{journal}");
+        assert!(line(LogFormat::Text, true, ts, Level::Info, "x").starts_with("<6>2026"));
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));

@@ -122,6 +122,7 @@ pub fn reload() -> Result<String, String> {
         &config.tokens,
     )?);
     crate::model_list::spawn(&router, config.server.models_refresh).map_err(|e| e.to_string())?;
+    crate::log::set_format(config.log.format);
     let (channels, tokens) = (config.channels.len(), config.tokens.len());
     let number = old.number + 1;
     drop(old);

@@ -215,7 +215,7 @@ pub fn parse_with_env(
 
 /// `[log]`: `access = "off" | "stderr" | PATH`.
 fn read_log(sec: &Section, base_dir: &Path) -> Result<LogConfig, ConfigError> {
-    sec.check_known(&["access"])?;
+    sec.check_known(&["access", "format"])?;
     let access = match sec.field("access") {
         None => AccessLogTo::Off,
         Some(f) => match f.nonempty_str()? {
@@ -230,7 +230,20 @@ fn read_log(sec: &Section, base_dir: &Path) -> Result<LogConfig, ConfigError> {
             }
         },
     };
-    Ok(LogConfig { access })
+    let format = match sec.field("format") {
+        None => LogFormat::Text,
+        Some(f) => match f.nonempty_str()? {
+            "text" => LogFormat::Text,
+            "logfmt" => LogFormat::Logfmt,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(f.err(&format!(
+                    "unknown format {other:?}: use \"text\", \"logfmt\" or \"json\""
+                )))
+            }
+        },
+    };
+    Ok(LogConfig { access, format })
 }
 
 /// `[retry]`: at most 10 extra attempts (each bounded by the request's total anyway); the

@@ -109,6 +109,20 @@ impl ServerConfig {
 pub struct LogConfig {
     /// Where the access log goes (default: off).
     pub access: AccessLogTo,
+    /// How the process log's lines are written.
+    pub format: LogFormat,
+}
+
+/// The process log's line format (`[log] format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `2026-01-01T00:00:00.000Z INFO  message`, for people.
+    #[default]
+    Text,
+    /// `ts=... level=info msg="..."`.
+    Logfmt,
+    /// `{"ts":"...","level":"info","msg":"..."}`.
+    Json,
 }
 
 /// The access log's destination.

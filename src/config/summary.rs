@@ -99,7 +99,12 @@ impl Config {
             AccessLogTo::Stderr => "stderr".to_string(),
             AccessLogTo::File(p) => p.display().to_string(),
         };
-        let _ = writeln!(out, "log       access {access}");
+        let format = match self.log.format {
+            LogFormat::Text => "text",
+            LogFormat::Logfmt => "logfmt",
+            LogFormat::Json => "json",
+        };
+        let _ = writeln!(out, "log       access {access}, format {format}");
         if !s.cors_origins.is_empty() {
             let _ = writeln!(out, "cors      {}", s.cors_origins.join(", "));
         }

@@ -65,6 +65,8 @@ fn value_errors_report_line_and_key() {
     assert_err(&e, 3, "monitor.warn_inflight", "must not exceed");
     let e = parse_err(&format!("server = 5\n{MINIMAL}"));
     assert_err(&e, 1, "server", "expected a table");
+    let e = parse_err(&format!("[log]\nformat = \"xml\"\n{MINIMAL}"));
+    assert_err(&e, 2, "log.format", "use \"text\", \"logfmt\" or \"json\"");
     let e = parse_err(&format!("[server]\nmodels_refresh = \"soon\"\n{MINIMAL}"));
     assert_err(&e, 2, "server.models_refresh", "duration");
     let e = parse_err(&format!("[server]\nmodels_refresh = \"25h\"\n{MINIMAL}"));
