@@ -160,8 +160,25 @@ fn openai_python_sdk_against_demo() {
         text.contains("EMBEDDINGS:0:[0.125, -0.25]:8;1:[0.125, -0.25]:8:3\n"),
         "{text}"
     );
+    // The demo channel's exact names, and (once its upstream's list was fetched) what the mock
+    // lists that its `mock-*` glob matches; sorted.
+    let models: Vec<&str> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MODELS:"))
+        .unwrap_or_else(|| panic!("no MODELS line: {text}"))
+        .split(',')
+        .collect();
+    let mut sorted = models.clone();
+    sorted.sort();
+    assert_eq!(models, sorted, "{text}");
+    for name in ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"] {
+        assert!(models.contains(&name), "{name} missing: {text}");
+    }
     assert!(
-        text.contains("MODELS:gpt-4o,gpt-4o-mini,text-embedding-3-small"),
+        models.iter().all(
+            |m| ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"].contains(m)
+                || m.starts_with("mock-")
+        ),
         "{text}"
     );
 }
