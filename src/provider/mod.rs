@@ -101,7 +101,8 @@ impl Adapter {
 
     /// The header line (with its CRLF) the channel sends when the client did not send that
     /// header itself, rendered once at start: `anthropic-version` for Anthropic (the channel's
-    /// `anthropic_version`, else the default). The header's name is [`Adapter::default_header_name`].
+    /// `anthropic_version`, else the default). The header's name is
+    /// [`Adapter::default_header_name`].
     pub fn default_header_line(self, anthropic_version: Option<&str>) -> Option<Vec<u8>> {
         match self {
             Adapter::OpenAi => None,

@@ -3,12 +3,13 @@
 //!
 //! Owns: finding `model` in the body without building a JSON tree (the body goes upstream
 //! byte for byte), the token's model allow-list, and the candidate list
-//! ([`Candidates`](crate::route::Candidates), priority tiers then weight).
-//! Channels are those of the provider the endpoint speaks (Anthropic channels for
-//! `/v1/messages*`, OpenAI-compatible ones for the rest).
+//! ([`Candidates`](crate::route::Candidates), priority tiers then weight) among the channels
+//! of the provider the endpoint speaks (Anthropic channels for `/v1/messages*`,
+//! OpenAI-compatible ones for the rest).
 //! Error handling: 400 `missing_model` / `invalid_json`, 403 `model_not_allowed`, 404
-//! `model_not_found` (also when only channels of the other provider serve the model), 503 `no_healthy_channel` (every channel serving the model is cooling
-//! down or out of keys). Must not: allocate on the passthrough path, or contact an upstream.
+//! `model_not_found` (also when only channels of the other provider serve the model), 503
+//! `no_healthy_channel` (every channel serving the model is cooling down or out of keys).
+//! Must not: allocate on the passthrough path, or contact an upstream.
 
 use crate::config::Provider;
 use crate::error::RelayError;
