@@ -4,8 +4,10 @@
 //! Owns: for each error, its status, OpenAI `type` and `code`, the message, `Retry-After`, the
 //! timeout layer it stands for, the `Allow` header of a 405, whether it ends the client
 //! connection, and whether the request may still go to another channel (an error before any
-//! response byte reached the client). [`RelayError::render`] is the one place the body is
-//! written; a second dialect (Anthropic's error shape) is one more renderer beside it.
+//! response byte reached the client). [`RelayError::render_as`] is the one place the body is
+//! written, in the client's [`Dialect`]: OpenAI's shape ([`RelayError::render`]) or, on the
+//! Anthropic Messages endpoints, Anthropic's (`{"type":"error","error":{"type","message"}}`,
+//! the type chosen by status in `provider::anthropic::errors`).
 //!
 //! Must not: do IO or know the connection. The relay decides when and how an error goes out
 //! (a response of its own, or an SSE `error` event once a stream has begun).
@@ -13,6 +15,15 @@
 use std::borrow::Cow;
 
 use crate::deadline::Layer;
+
+/// The error shape a client speaks: chosen by the endpoint it called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// `{"error":{"message","type","param","code"}}`: every endpoint but Anthropic's.
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}`: `/v1/messages` and its `count_tokens`.
+    Anthropic,
+}
 
 /// An error of the relay's own making, ready to render.
 #[derive(Debug, Clone)]
@@ -99,6 +110,24 @@ impl RelayError {
             "invalid_request_error",
             "model_not_found",
             format!("The model '{model}' does not exist or no channel serves it"),
+        )
+    }
+
+    /// 404 `model_not_found`: channels serve the model, but none of the provider the endpoint
+    /// needs (`path` names the endpoint; no conversion between the APIs is made).
+    pub fn model_on_other_provider(model: &str, path: &str, anthropic_needed: bool) -> RelayError {
+        let (served_by, needed) = if anthropic_needed {
+            ("OpenAI-compatible", "an Anthropic")
+        } else {
+            ("Anthropic", "an OpenAI-compatible")
+        };
+        RelayError::new(
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            format!(
+                "The model '{model}' is served only by {served_by} channels; {path} needs {needed} channel"
+            ),
         )
     }
 
@@ -346,6 +375,14 @@ impl RelayError {
         e
     }
 
+    /// The error body in `dialect`'s shape (as a response body or an SSE `error` event's data).
+    pub fn render_as(&self, dialect: Dialect, out: &mut Vec<u8>) {
+        match dialect {
+            Dialect::OpenAi => self.render(out),
+            Dialect::Anthropic => crate::provider::anthropic::errors::render(self, out),
+        }
+    }
+
     /// The OpenAI error body: `{"error":{"message":..,"type":..,"param":null,"code":..}}`.
     pub fn render(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"error\":{\"message\":");
@@ -411,6 +448,13 @@ mod tests {
         assert!(!e.retryable && !e.closes);
         let e = RelayError::rate_limited("over tpm".into(), 42);
         assert_eq!(e.retry_after.as_deref(), Some(&b"42"[..]));
+        let mut anthropic = Vec::new();
+        RelayError::invalid_api_key(true).render_as(Dialect::Anthropic, &mut anthropic);
+        let v: serde_json::Value = serde_json::from_slice(&anthropic).unwrap();
+        assert_eq!(
+            (&v["type"], &v["error"]["type"]),
+            (&"error".into(), &"authentication_error".into())
+        );
         let e = RelayError::token_expired("2020-01-01T00:00:00Z");
         assert_eq!((e.status, &*e.code), (401, "token_expired"));
         assert!(e.message.contains("2020-01-01T00:00:00Z"));

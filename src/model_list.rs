@@ -194,6 +194,9 @@ fn fetch(
     if let Some(auth) = ch.auth_lines.first() {
         req.extend_from_slice(auth);
     }
+    if let Some(line) = &ch.default_header_line {
+        req.extend_from_slice(line);
+    }
     req.extend_from_slice(b"Accept: application/json\r\nConnection: close\r\n\r\n");
 
     let raw = match ch.cfg.scheme {

@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{ChannelConfig, Config, Scheme, Timeouts, TokenConfig};
+use crate::config::{ChannelConfig, Config, Provider, Scheme, Timeouts, TokenConfig};
 use crate::health::Health;
 use crate::model_list::ModelLists;
 use crate::provider::Adapter;
@@ -29,6 +29,9 @@ pub struct Channel {
     /// The header line carrying each key (e.g. `Authorization: Bearer <key>\r\n`), rendered
     /// once.
     pub auth_lines: Vec<Vec<u8>>,
+    /// The header line sent when the client did not send that header (Anthropic's
+    /// `anthropic-version`; see [`Adapter::default_header_line`]), rendered once.
+    pub default_header_line: Option<Vec<u8>>,
     /// The request timeouts with this channel's overrides applied.
     pub timeouts: Timeouts,
     /// One searcher per key long enough to mask (see [`Channel::mask_keys`]).
@@ -119,6 +122,9 @@ impl Iterator for Candidates {
 pub enum RouteError {
     ModelNotAllowed,
     ModelNotFound,
+    /// Only channels of another provider serve the model (e.g. `/v1/messages` for a model
+    /// only OpenAI-compatible channels serve): no conversion between the dialects is made.
+    OtherProviderOnly,
     /// Channels serve the model, but each is cooling down or has no key left; the shortest
     /// wait in whole seconds, if any will end (`None`: every key refused for good).
     NoHealthyChannel {
@@ -157,6 +163,8 @@ impl Router {
                     adapter,
                     host_header: host_header.into_bytes(),
                     auth_lines: c.keys.iter().map(|k| adapter.auth_line(k)).collect(),
+                    default_header_line: adapter
+                        .default_header_line(c.anthropic_version.as_deref()),
                     timeouts,
                     key_finders: c
                         .keys
@@ -271,7 +279,8 @@ impl Router {
         .ok()
     }
 
-    /// The channels that may serve `model` for `token`, in the order to try them: priority
+    /// The channels of `provider` (the one the endpoint speaks) that may serve `model` for
+    /// `token`, in the order to try them: priority
     /// tiers from the highest down; within a tier the first is drawn at random by weight and
     /// the others follow in config order after it. Channels that are cooling down, being
     /// probed, or out of keys are left out (a channel whose cooldown is over is lined up: the
@@ -281,6 +290,7 @@ impl Router {
         &self,
         token: usize,
         model: &str,
+        provider: Provider,
         state: &RouteState,
     ) -> Result<Candidates, RouteError> {
         if !self.token_cfgs[token].allows(model) {
@@ -289,7 +299,8 @@ impl Router {
         let mut out = Candidates::default();
         let mut below: Option<i64> = None;
         let now = self.health.lazy_now();
-        let usable = |i: usize, c: &Channel| c.cfg.serves(model) && self.health.routable(i, &now);
+        let serves = |c: &Channel| c.cfg.provider == provider && c.cfg.serves(model);
+        let usable = |i: usize, c: &Channel| serves(c) && self.health.routable(i, &now);
         while (out.len as usize) < MAX_CANDIDATES {
             // The next tier: the highest priority under the previous one.
             let mut tier: Option<i64> = None;
@@ -336,8 +347,11 @@ impl Router {
             below = Some(tier);
         }
         if out.len == 0 {
-            let serving = (0..self.channels.len()).filter(|&i| self.channels[i].cfg.serves(model));
+            let serving = (0..self.channels.len()).filter(|&i| serves(&self.channels[i]));
             if serving.clone().next().is_none() {
+                if self.channels.iter().any(|c| c.cfg.serves(model)) {
+                    return Err(RouteError::OtherProviderOnly);
+                }
                 return Err(RouteError::ModelNotFound);
             }
             return Err(RouteError::NoHealthyChannel {
@@ -500,7 +514,10 @@ mod tests {
         let state = RouteState::new(42);
         let mut firsts = [0u32; 4];
         for _ in 0..4000 {
-            let order: Vec<usize> = router.candidates(0, "gpt", &state).unwrap().collect();
+            let order: Vec<usize> = router
+                .candidates(0, "gpt", Provider::OpenAi, &state)
+                .unwrap()
+                .collect();
             // Both priority-5 channels first (in some order), then the priority-0 one; the
             // channel that does not serve the model never appears.
             assert_eq!(order.len(), 3, "{order:?}");
@@ -513,7 +530,13 @@ mod tests {
         // Weight 3 against 1: about three quarters of first picks.
         let share = firsts[1] as f64 / 4000.0;
         assert!((0.70..0.80).contains(&share), "{firsts:?}");
-        assert_eq!(router.candidates(0, "x-1", &state).unwrap().next(), Some(2));
+        assert_eq!(
+            router
+                .candidates(0, "x-1", Provider::OpenAi, &state)
+                .unwrap()
+                .next(),
+            Some(2)
+        );
     }
 
     #[test]
@@ -522,13 +545,17 @@ mod tests {
         let router = Router::new(&c);
         let state = RouteState::new(1);
         assert_eq!(
-            router.candidates(0, "gpt-5", &state).err(),
+            router
+                .candidates(0, "gpt-5", Provider::OpenAi, &state)
+                .err(),
             Some(RouteError::ModelNotAllowed)
         );
         let c = config(&[("a", "[\"gpt-*\"]", 0, 1)], "[\"*\"]");
         let router = Router::new(&c);
         assert_eq!(
-            router.candidates(0, "claude", &state).err(),
+            router
+                .candidates(0, "claude", Provider::OpenAi, &state)
+                .err(),
             Some(RouteError::ModelNotFound)
         );
     }

@@ -10,8 +10,9 @@ use std::io;
 use std::time::Duration;
 
 use crate::bodies::{
-    anthropic_message, chat_completion, chunk_event, embeddings, error_kind, huge_error_body,
-    json_str, stream_usage_event, text_completion, with_usage_null,
+    anthropic_error_body, anthropic_message, anthropic_stream_events, chat_completion, chunk_event,
+    count_tokens, embeddings, error_kind, huge_error_body, json_str, stream_usage_event,
+    text_completion, with_usage_null,
 };
 use crate::hostile::{hostile, Hostile};
 use crate::reply::{Framing, Reply};
@@ -54,6 +55,8 @@ pub(crate) enum Endpoint {
     Completions,
     Embeddings,
     Messages,
+    /// `/v1/messages/count_tokens`.
+    CountTokens,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -201,6 +204,7 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
         ("POST", "/v1/completions") => Endpoint::Completions,
         ("POST", "/v1/embeddings") => Endpoint::Embeddings,
         ("POST", "/v1/messages") => Endpoint::Messages,
+        ("POST", "/v1/messages/count_tokens") => Endpoint::CountTokens,
         (method, _) => {
             let message = format!("no route for {method} {path}");
             return reply.error(404, &message, "invalid_request_error", "not_found", &[]);
@@ -236,7 +240,7 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
         Behaviour::StreamNoUsage { events, gap_ms } => {
             stream(reply, endpoint, model, events, gap_ms, false)
         }
-        Behaviour::Status(code) => status_error(reply, code),
+        Behaviour::Status(code) => status_error(reply, endpoint, code),
         Behaviour::HugeError => huge_error(reply),
         Behaviour::ResetBody => reset_body(reply),
         Behaviour::ResetStream => reset_stream(reply, endpoint, model),
@@ -328,6 +332,9 @@ fn fixed(
     model: &str,
     json: &serde_json::Value,
 ) -> io::Result<Outcome> {
+    if endpoint == Endpoint::CountTokens {
+        return reply.json(200, &count_tokens(json));
+    }
     let wants_stream = json.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
     if wants_stream && endpoint != Endpoint::Embeddings {
         return stream(reply, endpoint, model, 5, 0, wants_usage(json));
@@ -342,6 +349,7 @@ fn fixed(
             }
         },
         Endpoint::Messages => anthropic_message(model),
+        Endpoint::CountTokens => count_tokens(json),
     };
     reply.json(200, &body)
 }
@@ -363,6 +371,9 @@ fn stream(
     gap_ms: u64,
     usage: bool,
 ) -> io::Result<Outcome> {
+    if endpoint == Endpoint::Messages {
+        return anthropic_stream(reply, model, events, gap_ms);
+    }
     reply.sse_head()?;
     for index in 0..events {
         if index > 0 && !reply.pause(Duration::from_millis(gap_ms)) {
@@ -381,13 +392,39 @@ fn stream(
     reply.end_stream()
 }
 
-fn status_error(reply: Reply<'_>, code: u16) -> io::Result<Outcome> {
+/// Anthropic's event stream: `deltas` text deltas `gap_ms` apart (the first at once), each
+/// event one HTTP chunk, no `[DONE]` (Anthropic ends with `message_stop`).
+fn anthropic_stream(
+    reply: Reply<'_>,
+    model: &str,
+    deltas: u64,
+    gap_ms: u64,
+) -> io::Result<Outcome> {
+    reply.sse_head()?;
+    for (i, event) in anthropic_stream_events(model, deltas).iter().enumerate() {
+        let delta = (i as u64).checked_sub(3).filter(|&d| d < deltas);
+        if delta.is_some_and(|d| d > 0) && !reply.pause(Duration::from_millis(gap_ms)) {
+            return Ok(Outcome::Close);
+        }
+        reply.chunk(event.as_bytes())?;
+    }
+    reply.send(b"0\r\n\r\n")?;
+    Ok(reply.finished())
+}
+
+fn status_error(reply: Reply<'_>, endpoint: Endpoint, code: u16) -> io::Result<Outcome> {
     let (kind, code_name) = error_kind(code);
     let retry: &[(&str, &str)] = if code == 429 || code == 503 {
         &[("retry-after", "7")]
     } else {
         &[]
     };
+    if matches!(endpoint, Endpoint::Messages | Endpoint::CountTokens) {
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend_from_slice(retry);
+        let body = anthropic_error_body(code, &format!("mock error {code}"));
+        return reply.full(code, &headers, body.as_bytes());
+    }
     reply.error(code, &format!("mock error {code}"), kind, code_name, retry)
 }
 

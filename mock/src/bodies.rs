@@ -180,10 +180,94 @@ pub(crate) fn anthropic_message(model: &str) -> String {
             "{{\"id\":\"msg_mock\",\"type\":\"message\",\"role\":\"assistant\",\"model\":{},",
             "\"content\":[{{\"type\":\"text\",\"text\":\"Hello from the ringway mock upstream.\"}}],",
             "\"stop_reason\":\"end_turn\",\"stop_sequence\":null,",
-            "\"usage\":{{\"input_tokens\":9,\"output_tokens\":7}}}}"
+            "\"usage\":{{\"input_tokens\":9,\"cache_creation_input_tokens\":0,",
+            "\"cache_read_input_tokens\":4,\"output_tokens\":7}}}}"
         ),
         json_str(model)
     )
+}
+
+/// The events of an Anthropic Messages stream with `deltas` text deltas (`tok0`, `tok1`, ...),
+/// each a whole SSE event, in order: `message_start` (usage: [`STREAM_PROMPT_TOKENS`] input
+/// tokens, [`STREAM_CACHED_TOKENS`] of them read from the cache and counted apart as Anthropic
+/// does, 1 output token), `content_block_start`, one `ping`, the deltas, `content_block_stop`,
+/// `message_delta` (`end_turn`, `output_tokens` = `deltas`), `message_stop`. The deltas are the
+/// events from index 3 to 3 + `deltas`.
+pub(crate) fn anthropic_stream_events(model: &str, deltas: u64) -> Vec<String> {
+    let mut events = Vec::with_capacity(deltas as usize + 6);
+    events.push(format!(
+        concat!(
+            "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{",
+            "\"id\":\"msg_mock\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],",
+            "\"model\":{},\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{{",
+            "\"input_tokens\":{},\"cache_creation_input_tokens\":0,",
+            "\"cache_read_input_tokens\":{},\"output_tokens\":1}}}}}}\n\n"
+        ),
+        json_str(model),
+        STREAM_PROMPT_TOKENS - STREAM_CACHED_TOKENS,
+        STREAM_CACHED_TOKENS
+    ));
+    events.push(
+        concat!(
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,",
+            "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+        )
+        .to_string(),
+    );
+    events.push("event: ping\ndata: {\"type\": \"ping\"}\n\n".to_string());
+    for index in 0..deltas {
+        events.push(format!(
+            concat!(
+                "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,",
+                "\"delta\":{{\"type\":\"text_delta\",\"text\":\"tok{}\"}}}}\n\n"
+            ),
+            index
+        ));
+    }
+    events.push(
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+            .to_string(),
+    );
+    events.push(format!(
+        concat!(
+            "event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{",
+            "\"stop_reason\":\"end_turn\",\"stop_sequence\":null}},",
+            "\"usage\":{{\"output_tokens\":{}}}}}\n\n"
+        ),
+        deltas
+    ));
+    events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string());
+    events
+}
+
+/// Anthropic's error body for `status`, with Anthropic's error type for it.
+pub(crate) fn anthropic_error_body(status: u16, message: &str) -> String {
+    let kind = match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    };
+    format!(
+        "{{\"type\":\"error\",\"error\":{{\"type\":\"{kind}\",\"message\":{}}}}}",
+        json_str(message)
+    )
+}
+
+/// `{"input_tokens": N}` for a `count_tokens` request: a quarter of the bytes of its
+/// `messages` (and `system`), at least 1.
+pub(crate) fn count_tokens(json: &serde_json::Value) -> String {
+    let bytes = ["messages", "system"]
+        .iter()
+        .filter_map(|k| json.get(*k))
+        .map(|v| v.to_string().len())
+        .sum::<usize>();
+    format!("{{\"input_tokens\":{}}}", (bytes / 4).max(1))
 }
 
 /// One SSE event of a streamed reply, with content `tok<index>`: a `text_completion` chunk

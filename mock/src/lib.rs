@@ -50,8 +50,10 @@ use crate::server::{accept_loop, bind, tls_server_config, Shared};
 pub const MODELS_DOC: &str = "\
 Mock upstream models (chosen by the request body's JSON \"model\"):
   mock-fixed             200 JSON, Content-Length framed: chat.completion on /v1/chat/completions,
-                         text_completion on /v1/completions, an Anthropic-style message on
-                         /v1/messages; on /v1/embeddings one embedding (8 floats, or base64 with
+                         text_completion on /v1/completions, an Anthropic message on
+                         /v1/messages (usage input_tokens 9, cache_read_input_tokens 4,
+                         output_tokens 7), {\"input_tokens\": N} on /v1/messages/count_tokens
+                         (N: a quarter of the bytes of messages and system); on /v1/embeddings one embedding (8 floats, or base64 with
                          \"encoding_format\": \"base64\") per input: \"input\" a string, an array
                          of strings, an array of token ids or an array of those (else 400);
                          usage counts a string's words and a token array's length.
@@ -66,10 +68,16 @@ Mock upstream models (chosen by the request body's JSON \"model\"):
                          then, before [DONE], one event with \"choices\":[] and usage
                          prompt_tokens 9 (prompt_tokens_details.cached_tokens 4),
                          completion_tokens N, total_tokens 9+N.
+                         On /v1/messages: Anthropic's event stream instead — message_start
+                         (input_tokens 5, cache_read_input_tokens 4, output_tokens 1),
+                         content_block_start, one ping, N text_delta events D ms apart,
+                         content_block_stop, message_delta (end_turn, output_tokens N),
+                         message_stop; no [DONE].
   mock-stream-nousage-N-D  like mock-stream-N-D, but never sends usage (an upstream that ignores
                          include_usage).
-  mock-status-CODE       status CODE (200-599) with an OpenAI error body \"mock error CODE\";
-                         429 and 503 also send Retry-After: 7.
+  mock-status-CODE       status CODE (200-599) with an OpenAI error body \"mock error CODE\"
+                         (Anthropic's error shape on /v1/messages*); 429 and 503 also send
+                         Retry-After: 7.
   mock-huge-error        500 with a 10 MiB (10485760-byte) JSON error body, Content-Length framed.
   mock-reset-body        200 with Content-Length: 100000, 1000 body bytes, then a TCP reset.
   mock-reset-stream      200 SSE head and 2 events, then a TCP reset.

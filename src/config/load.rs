@@ -345,6 +345,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "weight",
     "timeouts",
     "ca_file",
+    "anthropic_version",
 ];
 const TOKEN_KEYS: &[&str] = &[
     "name",
@@ -586,13 +587,7 @@ fn read_channel(
     let provider_field = sec.required("provider")?;
     let provider = match provider_field.str()? {
         "openai" => Provider::OpenAi,
-        // Refused rather than accepted and misused: an Anthropic upstream would get
-        // `Authorization: Bearer` and the client's OpenAI path.
-        "anthropic" => {
-            return Err(provider_field.err(
-                "provider \"anthropic\" is not supported yet: ringway does not speak Anthropic's Messages API to upstreams (use an OpenAI-compatible base_url)",
-            ))
-        }
+        "anthropic" => Provider::Anthropic,
         other => {
             return Err(provider_field.err(&format!(
                 "unknown provider {other:?} (expected \"openai\" or \"anthropic\")"
@@ -687,6 +682,20 @@ fn read_channel(
         None => None,
     };
 
+    let anthropic_version = match sec.field("anthropic_version") {
+        Some(f) if provider != Provider::Anthropic => {
+            return Err(f.err("anthropic_version applies to provider = \"anthropic\" channels only"))
+        }
+        Some(f) => {
+            let v = f.nonempty_str()?;
+            if !v.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(f.err("must be a header-safe version like \"2023-06-01\""));
+            }
+            Some(v.to_string())
+        }
+        None => None,
+    };
+
     Ok(ChannelConfig {
         name,
         provider,
@@ -702,6 +711,7 @@ fn read_channel(
         weight,
         timeouts,
         ca,
+        anthropic_version,
     })
 }
 

@@ -196,6 +196,8 @@ impl MonitorConfig {
 pub enum Provider {
     /// Any OpenAI-compatible API: OpenAI, xAI, DeepSeek, vLLM, ...
     OpenAi,
+    /// Anthropic's Messages API (`x-api-key`, `anthropic-version`).
+    Anthropic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -228,6 +230,9 @@ pub struct ChannelConfig {
     /// Extra trusted roots for this channel's upstream (besides the webpki roots), from the
     /// optional `ca_file` key; https channels only.
     pub ca: Option<CaFile>,
+    /// `anthropic_version` (Anthropic channels only): the `anthropic-version` sent when the
+    /// client sent none; `None` for the default.
+    pub anthropic_version: Option<String>,
 }
 
 /// A channel's `ca_file`, read and checked at load so start-up never reads it again.

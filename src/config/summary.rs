@@ -127,6 +127,7 @@ impl Config {
         for c in &self.channels {
             let provider = match c.provider {
                 Provider::OpenAi => "openai",
+                Provider::Anthropic => "anthropic",
             };
             let _ = write!(
                 out,

@@ -1,7 +1,9 @@
 //! Provider adapters: what the relay must know about an upstream's wire format.
 //!
 //! Key components:
-//! - [`Adapter`]: one per channel, chosen by its `provider`. It says where a request goes (the
+//! - [`Adapter`]: one per channel, chosen by its `provider` (`OpenAi`, or `Anthropic` for
+//!   Anthropic's Messages API: `x-api-key` and `anthropic-version`, serving only the
+//!   Anthropic-dialect endpoints until conversion is wired). It says where a request goes (the
 //!   upstream path), how the channel's key is sent, how the body goes (the [`RequestPlan`]:
 //!   byte for byte, or with the `model` string and `stream_options` spliced; conversion is
 //!   the next plan), how
@@ -18,6 +20,7 @@
 //! (never parsed beyond the cap the relay read). Must not: re-serialise a body on the
 //! OpenAI → OpenAI path, or allocate per request for a rename or the usage splice.
 
+mod anthropic_channel;
 mod json;
 mod openai;
 mod sse;
@@ -28,14 +31,14 @@ pub use json::{
     RequestPeek,
 };
 pub use sse::{is_usage_event, UsageEvents, MAX_USAGE_EVENT};
-pub use usage::{content_bytes, scan_usage, Usage};
+pub use usage::{content_bytes, scan_usage, update_usage, Usage};
 
 use crate::config::Provider;
 use crate::error::RelayError;
 
 // The conversion layer (Anthropic Messages ⇄ OpenAI chat, and the SSE framing under it) is
-// complete and tested on its own; the relay's respond and stream phases call it next, and
-// until then the crate itself uses none of it.
+// complete and tested on its own; the relay uses its error shape (`anthropic::errors`) today,
+// and its respond and stream phases call the conversions next.
 #[allow(dead_code)]
 pub mod anthropic;
 #[allow(dead_code)]
@@ -46,6 +49,8 @@ pub mod sse_parser;
 pub enum Adapter {
     /// Any OpenAI-compatible API.
     OpenAi,
+    /// Anthropic's Messages API, relayed as is.
+    Anthropic,
 }
 
 /// How a request body goes upstream.
@@ -73,6 +78,7 @@ impl Adapter {
     pub fn for_provider(provider: Provider) -> Adapter {
         match provider {
             Provider::OpenAi => Adapter::OpenAi,
+            Provider::Anthropic => Adapter::Anthropic,
         }
     }
 
@@ -81,7 +87,7 @@ impl Adapter {
     #[inline]
     pub fn write_target(self, out: &mut Vec<u8>, prefix: &[u8], client_path: &[u8]) {
         match self {
-            Adapter::OpenAi => openai::write_target(out, prefix, client_path),
+            Adapter::OpenAi | Adapter::Anthropic => openai::write_target(out, prefix, client_path),
         }
     }
 
@@ -89,6 +95,26 @@ impl Adapter {
     pub fn auth_line(self, key: &str) -> Vec<u8> {
         match self {
             Adapter::OpenAi => openai::auth_line(key),
+            Adapter::Anthropic => anthropic_channel::auth_line(key),
+        }
+    }
+
+    /// The header line (with its CRLF) the channel sends when the client did not send that
+    /// header itself, rendered once at start: `anthropic-version` for Anthropic (the channel's
+    /// `anthropic_version`, else the default). The header's name is
+    /// [`Adapter::default_header_name`].
+    pub fn default_header_line(self, anthropic_version: Option<&str>) -> Option<Vec<u8>> {
+        match self {
+            Adapter::OpenAi => None,
+            Adapter::Anthropic => Some(anthropic_channel::version_line(anthropic_version)),
+        }
+    }
+
+    /// The name of the header [`Adapter::default_header_line`] supplies.
+    pub fn default_header_name(self) -> &'static [u8] {
+        match self {
+            Adapter::OpenAi => b"",
+            Adapter::Anthropic => b"anthropic-version",
         }
     }
 
@@ -110,13 +136,23 @@ impl Adapter {
                     RequestPlan::Splice { model, usage }
                 }
             }
+            // Anthropic streams report their usage unasked: only a rename edits the body.
+            Adapter::Anthropic => {
+                match (client_model != upstream_model).then_some(upstream_model) {
+                    Some(model) => RequestPlan::Splice {
+                        model: Some(model),
+                        usage: None,
+                    },
+                    None => RequestPlan::Passthrough,
+                }
+            }
         }
     }
 
     #[inline]
     pub fn response_plan(self) -> ResponsePlan {
         match self {
-            Adapter::OpenAi => ResponsePlan::Passthrough,
+            Adapter::OpenAi | Adapter::Anthropic => ResponsePlan::Passthrough,
         }
     }
 
@@ -131,6 +167,9 @@ impl Adapter {
     ) -> RelayError {
         match self {
             Adapter::OpenAi => openai::normalise_error(status, body, truncated, retry_after),
+            Adapter::Anthropic => {
+                anthropic::errors::normalise_error(status, body, truncated, retry_after)
+            }
         }
     }
 }

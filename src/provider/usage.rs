@@ -44,39 +44,68 @@ impl Usage {
 }
 
 /// Find `"prompt_tokens": N` / `"completion_tokens": N` (OpenAI) or `"input_tokens"` /
-/// `"output_tokens"` (Anthropic), and the cached prompt tokens, in a body slice without parsing
-/// it. Costs one memchr-driven search per slice when the slice carries no usage, so it can run
-/// on every relayed chunk.
+/// `"output_tokens"` (Anthropic, Responses), and the cached prompt tokens, in a body slice without
+/// parsing it. Costs one memchr-driven search per slice when the slice carries no usage, so it
+/// can run on every relayed chunk. Anthropic counts cache writes and reads apart from
+/// `input_tokens`: the prompt is `input_tokens + cache_creation_input_tokens +
+/// cache_read_input_tokens`, the cached part `cache_read_input_tokens`.
 pub fn scan_usage(data: &[u8]) -> Option<Usage> {
+    update_usage(None, data)
+}
+
+/// `previous` with the usage reported in `data` applied: each side (prompt, completion) that
+/// `data` reports replaces the previous reading's, a side it does not report stays. An
+/// Anthropic stream reports its prompt in `message_start` and the final `output_tokens` in
+/// `message_delta`; an OpenAI report carries both sides at once. Within `data` the last value
+/// of each field wins (one read may hold both Anthropic events). `previous` when `data` reports
+/// neither side.
+pub fn update_usage(previous: Option<Usage>, data: &[u8]) -> Option<Usage> {
     // Built once: constructing a searcher per call cost more than the search itself.
     static TOKENS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"_tokens\""));
     let mut prompt = None;
     let mut completion = None;
     let mut cached = None;
+    let mut cache_creation = None;
+    let mut cache_read = None;
     for at in TOKENS.find_iter(data) {
         let key = &data[..at];
-        let value = || number_after_colon(&data[at + 8..]);
-        if key.ends_with(b"\"prompt") || key.ends_with(b"\"input") {
-            prompt = prompt.or_else(value);
+        let value = number_after_colon(&data[at + 8..]);
+        let slot = if key.ends_with(b"\"prompt") || key.ends_with(b"\"input") {
+            &mut prompt
         } else if key.ends_with(b"\"completion") || key.ends_with(b"\"output") {
-            completion = completion.or_else(value);
-        } else if key.ends_with(b"\"cached")
-            || key.ends_with(b"\"prompt_cache_hit")
-            || key.ends_with(b"\"cache_read_input")
-        {
-            cached = cached.or_else(value);
+            &mut completion
+        } else if key.ends_with(b"\"cached") || key.ends_with(b"\"prompt_cache_hit") {
+            &mut cached
+        } else if key.ends_with(b"\"cache_creation_input") {
+            &mut cache_creation
+        } else if key.ends_with(b"\"cache_read_input") {
+            &mut cache_read
+        } else {
+            continue;
+        };
+        if value.is_some() {
+            *slot = value;
         }
     }
     if prompt.is_none() && completion.is_none() {
-        return None;
+        return previous;
     }
-    Some(Usage {
-        prompt: prompt.unwrap_or(0),
-        completion: completion.unwrap_or(0),
-        cached: cached.unwrap_or(0),
+    let mut usage = Usage {
         estimated: false,
-    })
+        ..previous.unwrap_or_default()
+    };
+    if prompt.is_some() || cache_creation.is_some() || cache_read.is_some() {
+        usage.prompt = prompt
+            .unwrap_or(0)
+            .saturating_add(cache_creation.unwrap_or(0))
+            .saturating_add(cache_read.unwrap_or(0));
+        usage.cached = cache_read.or(cached).unwrap_or(0);
+    }
+    if let Some(c) = completion {
+        usage.completion = c;
+    }
+    Some(usage)
 }
 
 /// Bytes of answer text in `data`: the contents of every `"content":"…"` (chat) and
@@ -167,9 +196,27 @@ mod tests {
         assert_eq!(scan_usage(deepseek), reported(50, 5, 32));
         let anthropic =
             br#"{"usage":{"input_tokens":10,"cache_read_input_tokens":7,"output_tokens":3}}"#;
-        assert_eq!(scan_usage(anthropic), reported(10, 3, 7));
+        assert_eq!(scan_usage(anthropic), reported(17, 3, 7));
+        let anthropic = br#"{"usage":{"input_tokens":10,"cache_creation_input_tokens":5,"cache_read_input_tokens":7,"cache_creation":{"ephemeral_5m_input_tokens":5},"output_tokens":3}}"#;
+        assert_eq!(scan_usage(anthropic), reported(22, 3, 7));
         // Cached tokens alone are no report.
         assert_eq!(scan_usage(br#"{"cached_tokens":4}"#), None);
+    }
+
+    #[test]
+    fn an_anthropic_stream_adds_up() {
+        let start = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":4,\"cache_read_input_tokens\":6,\"output_tokens\":1}}}\n\n";
+        let delta = b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n";
+        // Read by read: message_delta replaces the completion only.
+        let u = update_usage(scan_usage(start), b"event: ping\ndata: {}\n\n");
+        assert_eq!(u, reported(35, 1, 6));
+        assert_eq!(update_usage(u, delta), reported(35, 15, 6));
+        // Both events in one read: the last output_tokens wins.
+        let both = [&start[..], &delta[..]].concat();
+        assert_eq!(scan_usage(&both), reported(35, 15, 6));
+        // An OpenAI report replaces both sides.
+        let openai = br#"{"usage":{"prompt_tokens":9,"completion_tokens":7}}"#;
+        assert_eq!(update_usage(reported(1, 2, 3), openai), reported(9, 7, 0));
     }
 
     #[test]

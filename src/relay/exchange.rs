@@ -9,7 +9,8 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use crate::config::Layer;
+use crate::config::{Layer, Provider};
+use crate::error::Dialect;
 use crate::provider::{BodySplice, ModelField, Usage};
 use crate::wire::{Method, RequestHead, ResponseHead};
 
@@ -37,6 +38,21 @@ pub enum RelayKind {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// `POST /v1/messages`: Anthropic's Messages API, relayed to Anthropic channels.
+    Messages,
+    /// `POST /v1/messages/count_tokens`: relayed to Anthropic channels; costs no tokens.
+    CountTokens,
+}
+
+impl RelayKind {
+    /// The provider a channel must speak to serve this endpoint (no conversion between the
+    /// dialects is made yet).
+    pub fn provider(self) -> Provider {
+        match self {
+            RelayKind::Messages | RelayKind::CountTokens => Provider::Anthropic,
+            _ => Provider::OpenAi,
+        }
+    }
 }
 
 impl Endpoint {
@@ -48,6 +64,8 @@ impl Endpoint {
             b"/v1/chat/completions" => (Endpoint::Relay(RelayKind::ChatCompletions), post, "POST"),
             b"/v1/completions" => (Endpoint::Relay(RelayKind::Completions), post, "POST"),
             b"/v1/embeddings" => (Endpoint::Relay(RelayKind::Embeddings), post, "POST"),
+            b"/v1/messages" => (Endpoint::Relay(RelayKind::Messages), post, "POST"),
+            b"/v1/messages/count_tokens" => (Endpoint::Relay(RelayKind::CountTokens), post, "POST"),
             b"/v1/models" => (Endpoint::Models, get, "GET, HEAD"),
             b"/api/monitor/health" => (Endpoint::Health, get, "GET, HEAD"),
             b"/metrics" => (Endpoint::Metrics, get, "GET, HEAD"),
@@ -69,11 +87,21 @@ impl Endpoint {
             Endpoint::Relay(RelayKind::ChatCompletions) => "/v1/chat/completions",
             Endpoint::Relay(RelayKind::Completions) => "/v1/completions",
             Endpoint::Relay(RelayKind::Embeddings) => "/v1/embeddings",
+            Endpoint::Relay(RelayKind::Messages) => "/v1/messages",
+            Endpoint::Relay(RelayKind::CountTokens) => "/v1/messages/count_tokens",
             Endpoint::Models => "/v1/models",
             Endpoint::Health => "/api/monitor/health",
             Endpoint::Metrics => "/metrics",
             _ => return None,
         })
+    }
+
+    /// The error shape the caller speaks: Anthropic's on the Messages endpoints.
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Endpoint::Relay(kind) if kind.provider() == Provider::Anthropic => Dialect::Anthropic,
+            _ => Dialect::OpenAi,
+        }
     }
 
     /// Health and metrics are not traffic, and a refused head is not a request: none of

@@ -508,12 +508,24 @@ fn write_upstream_head(
     out.extend_from_slice(b"Content-Length: ");
     wire::push_u64(out, body_len as u64);
     out.extend_from_slice(b"\r\n");
+    // The adapter's default (Anthropic's `anthropic-version`) goes only when the client sent
+    // none: the client's own version and `anthropic-beta` pass through like any header.
+    let default_name = ch.adapter.default_header_name();
+    let mut client_sent_default = false;
     for h in &ex.head.headers {
         let name = h.name.of(buf);
         if ex.head.is_hop_or_replaced(buf, name) {
             continue;
         }
+        client_sent_default |= !default_name.is_empty() && name.eq_ignore_ascii_case(default_name);
         wire::write_header(out, name, h.value.of(buf));
+    }
+    if let Some(line) = ch
+        .default_header_line
+        .as_ref()
+        .filter(|_| !client_sent_default)
+    {
+        out.extend_from_slice(line);
     }
     // Always exactly one: a refused client value was skipped with the replaced headers.
     wire::write_header(out, b"x-request-id", ex.id);

@@ -20,10 +20,10 @@ use crate::wire::{self, BodyKind, Method};
 use super::exchange::{Exchange, Outcome};
 use super::{Conn, Flow};
 
-/// Answer `error` with the contract's error body.
+/// Answer `error` with the contract's error body, in the shape of the endpoint's dialect.
 pub async fn answer_error(conn: &mut Conn, ex: &mut Exchange<'_>, error: &RelayError) -> Flow {
     let mut body = Vec::with_capacity(error.message.len() + 96);
-    error.render(&mut body);
+    error.render_as(ex.endpoint.dialect(), &mut body);
     ex.outcome = Outcome::of(error);
     if error.closes {
         ex.close = true;

@@ -3,8 +3,9 @@
 //!
 //! Owns: the estimate — the body's top-level `max_tokens` / `max_completion_tokens` (the larger
 //! when both are there), or `server.quota_reserve` when neither is (none for embeddings, which
-//! produce no completion), plus the prompt as body bytes / 4. Read by a one-pass top-level scan
-//! (strings skipped at memchr speed), never a JSON tree, and only for tokens with a quota.
+//! produce no completion, nor for Anthropic's `count_tokens`), plus the prompt as body bytes / 4.
+//! Read by a one-pass top-level scan (strings skipped at memchr speed), never a JSON tree, and
+//! only for tokens with a quota.
 //!
 //! Must not: allocate, panic on any input, or decide anything — a body that is not JSON gets
 //! the default reservation here and its 400 from `route`. The estimate may be wrong either way;
@@ -17,7 +18,7 @@ use super::exchange::{Endpoint, RelayKind};
 pub fn estimate(body: &[u8], endpoint: Endpoint, default_completion: u64) -> u64 {
     let prompt = body.len().div_ceil(4) as u64;
     let completion = match endpoint {
-        Endpoint::Relay(RelayKind::Embeddings) => 0,
+        Endpoint::Relay(RelayKind::Embeddings | RelayKind::CountTokens) => 0,
         _ => peek_max_tokens(body).unwrap_or(default_completion),
     };
     prompt.saturating_add(completion)

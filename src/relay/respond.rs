@@ -22,7 +22,7 @@ use crate::provider::{self, ResponsePlan};
 use crate::upstream::UpConn;
 use crate::wire::{self, BodyKind, ResponseHead};
 
-use super::exchange::{Endpoint, Exchange, Outcome};
+use super::exchange::{Endpoint, Exchange, Outcome, RelayKind};
 use super::forward::Upstream;
 use super::own::{respond, write_client};
 use super::{Conn, Flow, Halt};
@@ -187,13 +187,17 @@ pub fn write_client_head(
     conn.w.router.channels[channel].mask_keys(&mut out[head_start..]);
 }
 
-/// Usage the upstream reported in `data`, if any (the last report wins), and the answer text
-/// bytes in it, which `finish` turns into an estimate if no report ever arrives.
+/// Usage the upstream reported in `data`, if any (each side a report carries replaces the
+/// earlier reading: see [`provider::update_usage`]), and the answer text bytes in it, which
+/// `finish` turns into an estimate if no report ever arrives. A `count_tokens` answer's
+/// `input_tokens` is a count, not usage: that request costs nothing.
 #[inline]
 pub fn note_usage(ex: &mut Exchange<'_>, data: &[u8]) {
-    if let Some(u) = provider::scan_usage(data) {
-        ex.usage = Some(u);
+    if ex.endpoint == Endpoint::Relay(RelayKind::CountTokens) {
+        ex.usage = Some(provider::Usage::default());
+        return;
     }
+    ex.usage = provider::update_usage(ex.usage, data);
     ex.content_bytes += provider::content_bytes(data);
 }
 

@@ -3,16 +3,20 @@
 //!
 //! Owns: finding `model` in the body without building a JSON tree (the body goes upstream
 //! byte for byte), the token's model allow-list, and the candidate list
-//! ([`Candidates`](crate::route::Candidates), priority tiers then weight).
+//! ([`Candidates`](crate::route::Candidates), priority tiers then weight) among the channels
+//! of the provider the endpoint speaks (Anthropic channels for `/v1/messages*`,
+//! OpenAI-compatible ones for the rest).
 //! Error handling: 400 `missing_model` / `invalid_json`, 403 `model_not_allowed`, 404
-//! `model_not_found`, 503 `no_healthy_channel` (every channel serving the model is cooling
-//! down or out of keys). Must not: allocate on the passthrough path, or contact an upstream.
+//! `model_not_found` (also when only channels of the other provider serve the model), 503
+//! `no_healthy_channel` (every channel serving the model is cooling down or out of keys).
+//! Must not: allocate on the passthrough path, or contact an upstream.
 
+use crate::config::Provider;
 use crate::error::RelayError;
 use crate::provider;
 use crate::route::{Candidates, RouteError};
 
-use super::exchange::Exchange;
+use super::exchange::{Endpoint, Exchange};
 use super::{Conn, Halt};
 
 pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt> {
@@ -31,12 +35,21 @@ pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt>
         return Err(RelayError::invalid_json("model is not valid UTF-8").into());
     };
     let token = ex.token.expect("admit authenticated the token");
-    let candidates = match w.router.candidates(token, &model, &w.route_state) {
+    let provider = match ex.endpoint {
+        Endpoint::Relay(kind) => kind.provider(),
+        _ => Provider::OpenAi,
+    };
+    let candidates = match w.router.candidates(token, &model, provider, &w.route_state) {
         Ok(c) => c,
         Err(RouteError::ModelNotAllowed) => {
             return Err(RelayError::model_not_allowed(&model).into())
         }
         Err(RouteError::ModelNotFound) => return Err(RelayError::model_not_found(&model).into()),
+        Err(RouteError::OtherProviderOnly) => {
+            let path = ex.endpoint.path().unwrap_or("this endpoint");
+            let anthropic = provider == Provider::Anthropic;
+            return Err(RelayError::model_on_other_provider(&model, path, anthropic).into());
+        }
         Err(RouteError::NoHealthyChannel { retry_after_secs }) => {
             return Err(RelayError::no_healthy_channel(&model, retry_after_secs).into())
         }
@@ -44,6 +57,7 @@ pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt>
     ex.model_name.clear();
     ex.model_name.push_str(&model);
     ex.model = Some(field);
-    ex.usage_splice = usage_splice;
+    // The splice asks an OpenAI stream for its usage; Anthropic streams report it unasked.
+    ex.usage_splice = usage_splice.filter(|_| provider == Provider::OpenAi);
     Ok(candidates)
 }

@@ -411,7 +411,7 @@ async fn end_with_error(
         buf.extend_from_slice(b"\n\n");
     }
     buf.extend_from_slice(b"event: error\ndata: ");
-    error.render(&mut buf);
+    error.render_as(ex.endpoint.dialect(), &mut buf);
     buf.extend_from_slice(b"\n\n");
     let data_len = buf.len() - CHUNK_HEADROOM;
     let start = wire::write_chunk_header_before(&mut buf, CHUNK_HEADROOM, data_len);

@@ -492,3 +492,33 @@ fn health_table_is_read_and_its_errors_name_line_and_key() {
     let e = parse_err(&format!("[health]\nfailure = 3\n{MINIMAL}"));
     assert_err(&e, 2, "health.failure", "unknown key");
 }
+
+#[test]
+fn anthropic_channels_and_their_version() {
+    let anthropic = MINIMAL.replace("provider = \"openai\"", "provider = \"anthropic\"");
+    let c = parse_ok(&anthropic);
+    assert_eq!(c.channels[0].provider, Provider::Anthropic);
+    assert_eq!(c.channels[0].anthropic_version, None);
+    let pinned = anthropic.replace(
+        "models = [\"*\"]\n\n",
+        "models = [\"*\"]\nanthropic_version = \"2024-01-01\"\n",
+    );
+    assert_eq!(
+        parse_ok(&pinned).channels[0].anthropic_version.as_deref(),
+        Some("2024-01-01")
+    );
+    let e = parse_err(&pinned.replace("2024-01-01", "2024 01 01"));
+    assert_err(&e, 7, "channels[0].anthropic_version", "header-safe");
+    let e = parse_err(&pinned.replace("\"2024-01-01\"", "\"\""));
+    assert_err(&e, 7, "channels[0].anthropic_version", "");
+    let e = parse_err(&MINIMAL.replace(
+        "models = [\"*\"]\n\n",
+        "models = [\"*\"]\nanthropic_version = \"2024-01-01\"\n",
+    ));
+    assert_err(
+        &e,
+        7,
+        "channels[0].anthropic_version",
+        "provider = \"anthropic\" channels only",
+    );
+}
