@@ -130,11 +130,11 @@ fn exhaustion_is_429_quota_exhausted_and_the_upstream_is_untouched(driver: Drive
     }
     // The refused requests never reached the upstream.
     assert_eq!(mock.stats().requests, 5);
-    assert_eq!(quota_of(&relay, "q"), (Some(quota), 5 * PER_REQUEST, 0));
+    assert_quota(&relay, "q", (Some(quota), 5 * PER_REQUEST, 0));
     // Other tokens are not affected; their usage is counted too (no quota: null).
     let resp = relay.roundtrip(&chat("mock-fixed", false));
     assert_eq!(resp.status, 200);
-    assert_eq!(quota_of(&relay, "default"), (None, PER_REQUEST, 0));
+    assert_quota(&relay, "default", (None, PER_REQUEST, 0));
     let health = relay.health();
     assert_eq!(json_u64(&health, "quota_exhausted"), 3, "{health}");
     let metrics = metrics_text(&relay);
@@ -172,7 +172,7 @@ fn reservations_in_flight_refuse_with_retry_after_and_settle_to_the_real_usage(d
         wait_for(Duration::from_secs(10), || quota_of(&relay, "q").2 > 0).is_some(),
         "the slow request's reservation never showed"
     );
-    assert_eq!(quota_of(&relay, "q"), (Some(1000), 0, slow_reservation));
+    assert_quota(&relay, "q", (Some(1000), 0, slow_reservation));
     // Nothing is spent, but the reservation leaves too little: 429 with Retry-After 1.
     let b = body("mock-fixed", 100);
     let resp = relay.roundtrip(&chat_as("sk-q", &b));
@@ -196,7 +196,7 @@ fn reservations_in_flight_refuse_with_retry_after_and_settle_to_the_real_usage(d
     );
     let resp = relay.roundtrip(&chat_as("sk-q", &b));
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(quota_of(&relay, "q"), (Some(1000), 2 * PER_REQUEST, 0));
+    assert_quota(&relay, "q", (Some(1000), 2 * PER_REQUEST, 0));
 }
 
 fn usage_survives_a_clean_restart_and_renamed_tokens_start_at_zero(driver: Driver) {
@@ -209,11 +209,11 @@ fn usage_survives_a_clean_restart_and_renamed_tokens_start_at_zero(driver: Drive
     for _ in 0..3 {
         assert_eq!(relay.roundtrip(&chat_as("sk-q", &b)).status, 200);
     }
-    assert_eq!(quota_of(&relay, "q").1, 3 * PER_REQUEST);
+    assert_used(&relay, "q", 3 * PER_REQUEST);
     stop_cleanly(relay);
 
     let relay = start(driver, &cfg);
-    assert_eq!(quota_of(&relay, "q"), (Some(1_000_000), 3 * PER_REQUEST, 0));
+    assert_quota(&relay, "q", (Some(1_000_000), 3 * PER_REQUEST, 0));
     assert_eq!(relay.roundtrip(&chat_as("sk-q", &b)).status, 200);
     stop_cleanly(relay);
 
@@ -223,11 +223,11 @@ fn usage_survives_a_clean_restart_and_renamed_tokens_start_at_zero(driver: Drive
         .server(&format!("state_dir = {:?}", dir.0.display().to_string()))
         .section(&quota_token("q2", "sk-q", 1_000_000));
     let relay = start(driver, &renamed);
-    assert_eq!(quota_of(&relay, "q2"), (Some(1_000_000), 0, 0));
+    assert_quota(&relay, "q2", (Some(1_000_000), 0, 0));
     assert_eq!(relay.roundtrip(&chat_as("sk-q", &b)).status, 200);
     stop_cleanly(relay);
     let relay = start(driver, &cfg);
-    assert_eq!(quota_of(&relay, "q").1, 4 * PER_REQUEST);
+    assert_used(&relay, "q", 4 * PER_REQUEST);
     stop_cleanly(relay);
 }
 
@@ -338,7 +338,7 @@ fn kill_9_mid_load_loses_nothing_beyond_the_flush_bound_and_counts_nothing_twice
             .status,
         200
     );
-    assert_eq!(quota_of(&relay, "q").1, used + PER_REQUEST);
+    assert_used(&relay, "q", used + PER_REQUEST);
 }
 
 fn a_torn_ledger_tail_is_ignored_with_a_warning(driver: Driver) {
@@ -359,7 +359,7 @@ fn a_torn_ledger_tail_is_ignored_with_a_warning(driver: Driver) {
     std::fs::write(&log, &bytes).unwrap();
 
     let relay = start(driver, &cfg);
-    assert_eq!(quota_of(&relay, "q").1, 2 * PER_REQUEST);
+    assert_used(&relay, "q", 2 * PER_REQUEST);
     let stderr = relay.stderr_text();
     assert!(
         stderr.contains("record ignored, it is torn")
@@ -371,7 +371,7 @@ fn a_torn_ledger_tail_is_ignored_with_a_warning(driver: Driver) {
     assert_eq!(relay.roundtrip(&chat_as("sk-q", &b)).status, 200);
     stop_cleanly(relay);
     let relay = start(driver, &cfg);
-    assert_eq!(quota_of(&relay, "q").1, 3 * PER_REQUEST);
+    assert_used(&relay, "q", 3 * PER_REQUEST);
     assert!(!relay.stderr_text().contains("record ignored"));
 }
 
@@ -480,14 +480,14 @@ fn usage_carries_across_a_reload_that_changes_the_quota(driver: Driver) {
     for _ in 0..3 {
         assert_eq!(relay.roundtrip(&chat_as("sk-q", &b)).status, 200);
     }
-    assert_eq!(quota_of(&relay, "q"), (Some(1000), 3 * PER_REQUEST, 0));
+    assert_quota(&relay, "q", (Some(1000), 3 * PER_REQUEST, 0));
 
     // The quota shrinks to just under what one more request reserves on top of the usage:
     // the usage so far must still count.
     let smaller = 3 * PER_REQUEST + reservation(&b, 10) - 1;
     let line = reload_with(&relay, &config(&mock, &dir.0, "50ms", smaller).render(port));
     assert!(line.contains("config reloaded"), "{line}");
-    assert_eq!(quota_of(&relay, "q"), (Some(smaller), 3 * PER_REQUEST, 0));
+    assert_quota(&relay, "q", (Some(smaller), 3 * PER_REQUEST, 0));
     let r = relay.roundtrip(&chat_as("sk-q", &b));
     assert_error_shape(&r, 429, Some("quota_exhausted"));
 
@@ -499,7 +499,7 @@ fn usage_carries_across_a_reload_that_changes_the_quota(driver: Driver) {
     );
     assert!(line.contains("config reloaded"), "{line}");
     assert_eq!(relay.roundtrip(&chat_as("sk-q", &b)).status, 200);
-    assert_eq!(quota_of(&relay, "q").1, 4 * PER_REQUEST);
+    assert_used(&relay, "q", 4 * PER_REQUEST);
 
     // The ledger cannot move while the process runs.
     let other = StateDir::new("quota-reload-other");
@@ -512,4 +512,26 @@ fn usage_carries_across_a_reload_that_changes_the_quota(driver: Driver) {
         "{line}"
     );
     stop_cleanly(relay);
+}
+
+/// Waits (bounded) until token `name`'s quota figures are `want`, then asserts them: a response
+/// reaches its client a moment before its request settles (usage counted, reservation given
+/// back), so a reading taken right after a response may be one step behind.
+fn assert_quota(relay: &Relay, name: &str, want: (Option<u64>, u64, u64)) {
+    let mut got = quota_of(relay, name);
+    let _ = wait_for(Duration::from_secs(5), || {
+        got = quota_of(relay, name);
+        got == want
+    });
+    assert_eq!(got, want, "token {name}");
+}
+
+/// Like [`assert_quota`], for the settled usage alone.
+fn assert_used(relay: &Relay, name: &str, want: u64) {
+    let mut got = quota_of(relay, name).1;
+    let _ = wait_for(Duration::from_secs(5), || {
+        got = quota_of(relay, name).1;
+        got == want
+    });
+    assert_eq!(got, want, "token {name}");
 }
