@@ -432,15 +432,23 @@ impl Drop for Relay {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- relay stderr ({}) ----\n{}\n---- end relay stderr ----",
-                self.stderr_path.display(),
-                self.stderr_text()
-            );
-        }
+        let stderr = self.stderr_text();
         let _ = std::fs::remove_file(&self.config_path);
         let _ = std::fs::remove_file(&self.stderr_path);
+        if std::thread::panicking() {
+            eprintln!(
+                "---- relay stderr ({}) ----\n{stderr}\n---- end relay stderr ----",
+                self.stderr_path.display(),
+            );
+            return;
+        }
+        // Every relay of every suite: no log line may carry a client token or an upstream key
+        // (masked tails of at most 4 characters are how an operator tells keys apart).
+        for secret in [TOKEN, UPSTREAM_KEY] {
+            if let Some(line) = stderr.lines().find(|l| l.contains(secret)) {
+                panic!("a secret ({secret}) in the relay's log: {line}");
+            }
+        }
     }
 }
 
