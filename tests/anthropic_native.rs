@@ -331,6 +331,16 @@ fn a_bad_client_key_is_an_anthropic_401(driver: Driver) {
     // A body that is not JSON: 400 in the same shape.
     let r = relay.roundtrip(&post_anthropic("/v1/messages", TOKEN, &[], "{not json"));
     assert_anthropic_error(&r, 400, "invalid_request_error");
+    // Under /v1/messages, a wrong method and an unknown path answer in Anthropic's shape too.
+    let r = relay.roundtrip(&get("/v1/messages", &[("x-api-key", TOKEN)]));
+    assert_anthropic_error(&r, 405, "invalid_request_error");
+    assert!(
+        r.header("allow").is_some_and(|a| a.contains("POST")),
+        "{:?}",
+        r.headers
+    );
+    let r = relay.roundtrip(&post_anthropic("/v1/messages/batches", TOKEN, &[], &body));
+    assert_anthropic_error(&r, 404, "not_found_error");
     // The OpenAI endpoints keep OpenAI's shape.
     let r = relay.roundtrip(&post_json(
         "/v1/chat/completions",

@@ -13,17 +13,34 @@ use monoio::buf::IoBuf;
 use monoio::io::AsyncWriteRentExt;
 
 use crate::deadline::Layer;
-use crate::error::RelayError;
+use crate::error::{Dialect, RelayError};
 use crate::monitor::bump;
 use crate::wire::{self, BodyKind, Method};
 
-use super::exchange::{Exchange, Outcome};
+use super::exchange::{Endpoint, Exchange, Outcome};
 use super::{Conn, Flow};
+
+/// The error shape the caller speaks: the endpoint's, and Anthropic's for anything under
+/// `/v1/messages` that matched no endpoint (a wrong method, an unknown sub-path), since only
+/// Anthropic clients call there.
+fn dialect(conn: &Conn, ex: &Exchange<'_>) -> Dialect {
+    match ex.endpoint {
+        Endpoint::WrongMethod(_) | Endpoint::Unknown if conn.rbuf.len() >= ex.head.len => {
+            let path = ex.head.route_path(&conn.rbuf);
+            if path == b"/v1/messages" || path.starts_with(b"/v1/messages/") {
+                Dialect::Anthropic
+            } else {
+                Dialect::OpenAi
+            }
+        }
+        endpoint => endpoint.dialect(),
+    }
+}
 
 /// Answer `error` with the contract's error body, in the shape of the endpoint's dialect.
 pub async fn answer_error(conn: &mut Conn, ex: &mut Exchange<'_>, error: &RelayError) -> Flow {
     let mut body = Vec::with_capacity(error.message.len() + 96);
-    error.render_as(ex.endpoint.dialect(), &mut body);
+    error.render_as(dialect(conn, ex), &mut body);
     ex.outcome = Outcome::of(error);
     if error.closes {
         ex.close = true;
