@@ -94,6 +94,26 @@ impl Config {
             self.retry.attempts,
             statuses.join(", ")
         );
+        let h = &self.health;
+        if h.enabled {
+            let recheck = if h.key_recheck.is_zero() {
+                "never (until a restart)".to_string()
+            } else {
+                format_duration(h.key_recheck)
+            };
+            let _ = writeln!(
+                out,
+                "health    cooldown after {} failure(s), {} doubling to at most {}; refused keys rechecked after {recheck}",
+                h.failures,
+                format_duration(h.cooldown),
+                format_duration(h.max_cooldown)
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "health    off (no cooldown, no key taken out of rotation)"
+            );
+        }
         let access = match &self.log.access {
             AccessLogTo::Off => "off".to_string(),
             AccessLogTo::Stderr => "stderr".to_string(),

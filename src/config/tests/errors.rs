@@ -248,10 +248,12 @@ fn summary_names_everything_but_secrets() {
         "map a->b",
         "timeouts total=1m",
         "  t models *",
+        "health    cooldown after 3 failure(s), 5s doubling to at most 5m; refused keys rechecked after 10m",
+        "log       access off, format text",
     ] {
         assert!(s.contains(needle), "summary lacks {needle:?}:\n{s}");
     }
-    assert!(s.lines().count() <= 24);
+    assert!(s.lines().count() <= 26);
 }
 
 #[test]
