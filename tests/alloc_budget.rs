@@ -102,6 +102,26 @@ fn stream_roundtrip(conn: &mut TcpStream, req: &[u8], buf: &mut [u8]) -> usize {
     }
 }
 
+/// Requests per measured window.
+const N: u64 = 2000;
+
+/// Runs windows of [`N`] requests (at most three) until one makes no allocation; the
+/// allocations of each window run. An allocation per request shows in every window (at least
+/// `N` each); the process also has threads of its own (the ledger's flush, the access-log
+/// writer, the janitor) whose rare one-off allocation is not a request's, and is what a
+/// second window rules out.
+fn clean_window(mut request: impl FnMut()) -> Vec<u64> {
+    let mut windows = Vec::with_capacity(3);
+    while windows.len() < 3 && windows.last() != Some(&0) {
+        let before = ALLOCS.load(Relaxed);
+        for _ in 0..N {
+            request();
+        }
+        windows.push(ALLOCS.load(Relaxed) - before);
+    }
+    windows
+}
+
 /// The ledger's first record of a token name enters it in the store's table (one allocation
 /// per name for the life of the process, not per request): give the flush thread, every 10 ms,
 /// time to make it before the measured window, however loaded the machine.
@@ -194,14 +214,17 @@ quota_tokens = 1000000000000
         assert_eq!(roundtrip(&mut conn, &req, &mut buf), 200);
     }
     settle_ledger();
-    const N: u64 = 2000;
-    let before = ALLOCS.load(Relaxed);
-    for _ in 0..N {
+    let windows = clean_window(|| {
         assert_eq!(roundtrip(&mut conn, &req, &mut buf), 200);
-    }
-    let allocs = ALLOCS.load(Relaxed) - before;
-    eprintln!("allocations: first request {warmup_allocs}, next {N} relayed requests {allocs}");
-    assert_eq!(allocs, 0, "{allocs} heap allocations over {N} requests");
+    });
+    eprintln!(
+        "allocations: first request {warmup_allocs}, windows of {N} relayed requests {windows:?}"
+    );
+    assert_eq!(
+        windows.last(),
+        Some(&0),
+        "heap allocations in every window of {N} requests: {windows:?}"
+    );
 
     // A token with every limit: the checks (expiry, max_inflight, tpm, quota, rpm), the usage
     // spent and settled at the end, and the ledger recording it allocate nothing either.
@@ -209,15 +232,14 @@ quota_tokens = 1000000000000
         assert_eq!(roundtrip(&mut conn, &limited, &mut buf), 200);
     }
     settle_ledger();
-    let before = ALLOCS.load(Relaxed);
-    for _ in 0..N {
+    let windows = clean_window(|| {
         assert_eq!(roundtrip(&mut conn, &limited, &mut buf), 200);
-    }
-    let allocs = ALLOCS.load(Relaxed) - before;
-    eprintln!("allocations: {N} requests with a limited token {allocs}");
+    });
+    eprintln!("allocations: windows of {N} requests with a limited token {windows:?}");
     assert_eq!(
-        allocs, 0,
-        "{allocs} heap allocations over {N} limited requests"
+        windows.last(),
+        Some(&0),
+        "heap allocations in every window of {N} limited requests: {windows:?}"
     );
 
     // Streams: the stream_options splice into the upstream body, the usage-only event read
