@@ -448,20 +448,7 @@ pub(super) fn write_openai_usage(out: &mut Vec<u8>, u: &StreamUsage) {
     out.extend_from_slice(b"}}");
 }
 
-/// Append a number's decimal digits.
-pub(super) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
+use crate::wire::push_u64;
 
 #[cfg(test)]
 mod tests {

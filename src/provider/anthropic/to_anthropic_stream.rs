@@ -20,10 +20,10 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::from_anthropic_stream::push_u64;
 use super::{bad_upstream, stop_reason_for, StreamUsage};
 use crate::error::{json_string, RelayError};
 use crate::provider::sse_parser::{SseEvent, SseParser};
+use crate::wire::push_u64;
 
 #[derive(Deserialize)]
 struct Chunk<'a> {
