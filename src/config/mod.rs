@@ -23,6 +23,7 @@ use rustls::pki_types::pem::PemObject;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+mod channel;
 mod load;
 mod spans;
 mod summary;
@@ -30,6 +31,7 @@ mod summary;
 mod tests;
 mod timeouts;
 mod timestamp;
+mod token;
 
 pub use load::{load, parse};
 pub use timeouts::{format_duration, parse_duration, ChannelTimeouts, Layer, Timeouts};
