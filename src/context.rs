@@ -51,6 +51,8 @@ pub struct Worker {
     pub upstreams: Upstreams,
     /// The process-wide limits (`max_inflight`, the tokens').
     pub limits: Arc<Limits>,
+    /// Which channel, key and token created each Responses API id (process-wide).
+    pub response_ids: Arc<crate::responses_ids::ResponseIds>,
     /// This worker's end of the access log, when it is on.
     pub access_log: Option<Rc<AccessLog>>,
     /// Rate-limited WARN lines for upstream failures.
@@ -128,6 +130,7 @@ impl Worker {
             wheel: self.wheel.clone(),
             upstreams: self.upstreams.renewed(&g.router, g.tls.clone(), seed),
             limits: g.limits.clone(),
+            response_ids: g.response_ids.clone(),
             access_log: self.access_log.clone(),
             upstream_warnings: self.upstream_warnings.clone(),
             max_connections: connection_share(&g.config),
@@ -178,6 +181,7 @@ impl Worker {
                 seed,
             ),
             limits: g.limits.clone(),
+            response_ids: g.response_ids.clone(),
             access_log: access_log.map(Rc::new),
             upstream_warnings: Rc::default(),
             max_connections: connection_share(&config),

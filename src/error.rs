@@ -131,6 +131,33 @@ impl RelayError {
         )
     }
 
+    /// 404 `model_not_found` on `/v1/responses`: OpenAI-compatible channels serve the model,
+    /// but each is configured without the Responses API (`responses = false`).
+    pub fn model_without_responses(model: &str) -> RelayError {
+        RelayError::new(
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            format!(
+                "The model '{model}' is served only by channels without the Responses API (responses = false); /v1/responses needs a channel that has it"
+            ),
+        )
+    }
+
+    /// 404 `response_not_found`: a Responses API id this relay did not create for the calling
+    /// token, or no longer remembers (expired, forgotten when the id map was full, deleted, or
+    /// the process restarted). Never routed on a guess.
+    pub fn response_not_found(id: &str) -> RelayError {
+        RelayError::new(
+            404,
+            "invalid_request_error",
+            "response_not_found",
+            format!(
+                "Response with id '{id}' not found (ids are known only to the token that created them, through this relay, until they expire)"
+            ),
+        )
+    }
+
     pub fn missing_model() -> RelayError {
         RelayError::new(
             400,

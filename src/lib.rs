@@ -25,6 +25,7 @@
 //! | `wheel`    | the per-worker hierarchical timing wheel |
 //! | `route`    | token auth, candidate channels, `/v1/models` |
 //! | `health`   | channel cooldowns, probes and keys out of rotation, shared by all workers |
+//! | `responses_ids` | which channel, key and token created each Responses API id; bounded, expiring |
 //! | `provider` | provider adapters: paths, auth, body plans, error bodies, usage |
 //! | `bufpool`  | per-worker IO buffer pool |
 //! | `monitor`  | counters, health JSON, Prometheus metrics, health log line |
@@ -56,6 +57,7 @@ mod notify;
 mod provider;
 mod relay;
 mod reload;
+mod responses_ids;
 mod route;
 mod server;
 mod signals;

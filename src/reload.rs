@@ -17,7 +17,7 @@
 //! `max_inflight` count and each unchanged token's limit state (`Limits::renewed`), the quota
 //! usage of every token name, and the health of every unchanged channel (`Health::renewed`). What needs a
 //! restart, and is reported as such when it changed: `server.listen`, `server.workers`,
-//! `server.busy_poll`, `[log] access`, `timeouts.pool_idle` and the `[monitor]` thresholds.
+//! `server.busy_poll`, `[log] access`, `timeouts.pool_idle`, `server.responses_ids` and the `[monitor]` thresholds.
 //!
 //! Error handling: a config that does not load, changes `listen`, `workers` or `state_dir`,
 //! adds more new token names than the usage book has room for, or names a
@@ -41,6 +41,8 @@ pub struct Generation {
     pub router: Arc<Router>,
     pub limits: Arc<Limits>,
     pub tls: TlsConnectors,
+    /// The Responses API's id map: made once, carried by every later generation.
+    pub response_ids: Arc<crate::responses_ids::ResponseIds>,
 }
 
 /// The newest generation's number; 0 until the first is published.
@@ -92,12 +94,16 @@ pub fn first(
         .map_err(std::io::Error::other)?;
     let limits = Arc::new(limits);
     crate::model_list::spawn(&router, config.server.models_refresh)?;
+    let response_ids = Arc::new(crate::responses_ids::ResponseIds::new(
+        config.server.responses_ids,
+    ));
     Ok(publish(Generation {
         number: 1,
         config: Arc::new(config),
         router,
         limits,
         tls,
+        response_ids,
     }))
 }
 
@@ -125,6 +131,7 @@ pub fn reload() -> Result<String, String> {
     crate::log::set_format(config.log.format);
     let (channels, tokens) = (config.channels.len(), config.tokens.len());
     let number = old.number + 1;
+    let response_ids = old.response_ids.clone();
     drop(old);
     publish(Generation {
         number,
@@ -132,6 +139,7 @@ pub fn reload() -> Result<String, String> {
         router,
         limits,
         tls,
+        response_ids,
     });
     let mut line = format!(
         "config reloaded from {}: {channels} channel(s), {tokens} token(s) (generation {number})",
@@ -178,6 +186,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.server.state_flush != new.server.state_flush {
         out.push("server.state_flush");
+    }
+    if old.server.responses_ids != new.server.responses_ids {
+        out.push("server.responses_ids");
     }
     if old.timeouts[Layer::PoolIdle] != new.timeouts[Layer::PoolIdle] {
         out.push("timeouts.pool_idle");

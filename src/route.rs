@@ -97,6 +97,13 @@ pub struct Candidates {
 }
 
 impl Candidates {
+    /// Just `channel` (a Responses API id route: only the channel that holds the response).
+    pub fn only(channel: usize) -> Candidates {
+        let mut c = Candidates::default();
+        c.push(channel);
+        c
+    }
+
     fn push(&mut self, channel: usize) -> bool {
         if (self.len as usize) == MAX_CANDIDATES || channel > u16::MAX as usize {
             return false;
@@ -125,6 +132,9 @@ pub enum RouteError {
     /// Only channels of another provider serve the model (e.g. `/v1/messages` for a model
     /// only OpenAI-compatible channels serve): no conversion between the dialects is made.
     OtherProviderOnly,
+    /// `/v1/responses`: channels of the endpoint's provider serve the model, but none of them
+    /// serves the Responses API (`responses = false`).
+    NoResponsesChannel,
     /// Channels serve the model, but each is cooling down or has no key left; the shortest
     /// wait in whole seconds, if any will end (`None`: every key refused for good).
     NoHealthyChannel {
@@ -286,11 +296,25 @@ impl Router {
     /// probed, or out of keys are left out (a channel whose cooldown is over is lined up: the
     /// first request to reach it in `forward` is its probe). Never allocates; reads each
     /// serving channel's health word, and the clock only when one is cooling.
+    #[cfg(test)]
     pub fn candidates(
         &self,
         token: usize,
         model: &str,
         provider: Provider,
+        state: &RouteState,
+    ) -> Result<Candidates, RouteError> {
+        self.candidates_for(token, model, provider, false, state)
+    }
+
+    /// [`Router::candidates`], among only the channels that serve the Responses API when
+    /// `responses` is set (`/v1/responses`).
+    pub fn candidates_for(
+        &self,
+        token: usize,
+        model: &str,
+        provider: Provider,
+        responses: bool,
         state: &RouteState,
     ) -> Result<Candidates, RouteError> {
         if !self.token_cfgs[token].allows(model) {
@@ -299,7 +323,9 @@ impl Router {
         let mut out = Candidates::default();
         let mut below: Option<i64> = None;
         let now = self.health.lazy_now();
-        let serves = |c: &Channel| c.cfg.provider == provider && c.cfg.serves(model);
+        let serves = |c: &Channel| {
+            c.cfg.provider == provider && c.cfg.serves(model) && (!responses || c.cfg.responses)
+        };
         let usable = |i: usize, c: &Channel| serves(c) && self.health.routable(i, &now);
         while (out.len as usize) < MAX_CANDIDATES {
             // The next tier: the highest priority under the previous one.
@@ -349,6 +375,10 @@ impl Router {
         if out.len == 0 {
             let serving = (0..self.channels.len()).filter(|&i| serves(&self.channels[i]));
             if serving.clone().next().is_none() {
+                let same_provider = |c: &Channel| c.cfg.provider == provider && c.cfg.serves(model);
+                if responses && self.channels.iter().any(same_provider) {
+                    return Err(RouteError::NoResponsesChannel);
+                }
                 if self.channels.iter().any(|c| c.cfg.serves(model)) {
                     return Err(RouteError::OtherProviderOnly);
                 }

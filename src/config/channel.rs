@@ -128,6 +128,16 @@ pub(super) fn read_channel(
         None => None,
     };
 
+    let responses = match sec.field("responses") {
+        Some(f) if provider != Provider::OpenAi => {
+            return Err(f.err(
+                "responses applies to provider = \"openai\" channels only (anthropic channels never serve /v1/responses)",
+            ))
+        }
+        Some(f) => f.bool()?,
+        None => provider == Provider::OpenAi,
+    };
+
     Ok(ChannelConfig {
         name,
         provider,
@@ -144,6 +154,7 @@ pub(super) fn read_channel(
         timeouts,
         ca,
         anthropic_version,
+        responses,
     })
 }
 

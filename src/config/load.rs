@@ -332,6 +332,8 @@ const SERVER_KEYS: &[&str] = &[
     "state_flush",
     "quota_reserve",
     "drain",
+    "responses_ids",
+    "responses_ttl",
 ];
 const MONITOR_KEYS: &[&str] = &["log_interval", "warn_inflight", "alert_inflight"];
 pub(super) const CHANNEL_KEYS: &[&str] = &[
@@ -347,6 +349,7 @@ pub(super) const CHANNEL_KEYS: &[&str] = &[
     "timeouts",
     "ca_file",
     "anthropic_version",
+    "responses",
 ];
 pub(super) const TOKEN_KEYS: &[&str] = &[
     "name",
@@ -358,6 +361,12 @@ pub(super) const TOKEN_KEYS: &[&str] = &[
     "max_inflight",
     "quota_tokens",
 ];
+
+/// `responses_ids` bound: about 64 bytes each, so the largest map stays under a gigabyte.
+const MAX_RESPONSES_IDS: usize = 10_000_000;
+/// `responses_ttl` bounds: OpenAI keeps stored responses for 30 days; a year is plenty.
+const MIN_RESPONSES_TTL: Duration = Duration::from_secs(1);
+const MAX_RESPONSES_TTL: Duration = Duration::from_secs(365 * 86_400);
 
 /// A drain longer than an hour would outlast any service manager's stop timeout.
 const MAX_DRAIN: Duration = Duration::from_secs(3600);
@@ -436,6 +445,20 @@ fn read_server(sec: &Section, base_dir: &Path) -> Result<ServerConfig, ConfigErr
         drain: match sec.field("drain") {
             Some(f) => f.duration_at_most(MAX_DRAIN)?,
             None => d.drain,
+        },
+        responses_ids: sec.usize_or("responses_ids", d.responses_ids, 1, MAX_RESPONSES_IDS)?,
+        responses_ttl: match sec.field("responses_ttl") {
+            Some(f) => {
+                let ttl = f.duration_at_most(MAX_RESPONSES_TTL)?;
+                if ttl < MIN_RESPONSES_TTL {
+                    return Err(f.err(&format!(
+                        "must be at least {}",
+                        format_duration(MIN_RESPONSES_TTL)
+                    )));
+                }
+                ttl
+            }
+            None => d.responses_ttl,
         },
     })
 }

@@ -94,6 +94,11 @@ pub struct ServerConfig {
     /// SIGTERM / SIGINT: how long in-flight requests and streams may run on after the
     /// listeners closed before they are ended with `shutting_down` (zero: at once).
     pub drain: Duration,
+    /// Responses API ids remembered (which channel, key and token created each), whole
+    /// process; the oldest is forgotten first when full.
+    pub responses_ids: usize,
+    /// How long a Responses API id stays routable after its response was created.
+    pub responses_ttl: Duration,
 }
 
 impl ServerConfig {
@@ -235,6 +240,10 @@ pub struct ChannelConfig {
     /// `anthropic_version` (Anthropic channels only): the `anthropic-version` sent when the
     /// client sent none; `None` for the default.
     pub anthropic_version: Option<String>,
+    /// Whether the upstream serves OpenAI's Responses API (`/v1/responses`): true by default
+    /// for `openai` channels, `responses = false` for a compatible upstream without it; never
+    /// for `anthropic` channels.
+    pub responses: bool,
 }
 
 /// A channel's `ca_file`, read and checked at load so start-up never reads it again.
@@ -340,6 +349,8 @@ impl Default for ServerConfig {
             state_flush: Duration::from_secs(1),
             quota_reserve: 1024,
             drain: Duration::from_secs(30),
+            responses_ids: 100_000,
+            responses_ttl: Duration::from_secs(30 * 86_400),
         }
     }
 }

@@ -50,6 +50,12 @@ impl Config {
             );
         }
         let _ = writeln!(out, "shutdown  drain {}", format_duration(s.drain));
+        let _ = writeln!(
+            out,
+            "responses responses_ids {}, responses_ttl {} (in memory: lost at restart)",
+            s.responses_ids,
+            format_duration(s.responses_ttl)
+        );
         let first = Layer::PER_CHANNEL.map(|l| format!("{} {}", l.name(), format_duration(t[l])));
         let _ = writeln!(out, "timeouts  {}", first.join(", "));
         let mut rest: Vec<String> = [
@@ -181,6 +187,9 @@ impl Config {
             }
             if let Some(ca) = &c.ca {
                 let _ = write!(out, " ca_file {}", ca.path.display());
+            }
+            if c.provider == Provider::OpenAi && !c.responses {
+                out.push_str(" responses off");
             }
             out.push('\n');
         }

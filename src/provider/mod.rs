@@ -13,6 +13,8 @@
 //!   its usage, without a JSON tree; the [`BodySplice`] that asks for it when it did not.
 //! - [`scan_usage`]: token counts in any relayed bytes; [`content_bytes`] and
 //!   [`Usage::estimate`] for when no count arrives.
+//! - [`ResponsesScan`]: the Responses API's response id and usage, read in passing from a
+//!   body or an event stream with bounded state.
 //! - [`UsageEvents`]: the stream's usage-only event, read and (when the relay asked for it)
 //!   removed without buffering the stream.
 //!
@@ -23,6 +25,7 @@
 mod anthropic_channel;
 mod json;
 mod openai;
+mod responses;
 mod sse;
 mod usage;
 
@@ -30,6 +33,7 @@ pub use json::{
     edited_len, model_name, peek_model, peek_request, write_edited, BodySplice, ModelField,
     RequestPeek,
 };
+pub use responses::ResponsesScan;
 pub use sse::{is_usage_event, UsageEvents, MAX_USAGE_EVENT};
 pub use usage::{content_bytes, scan_usage, update_usage, Usage};
 

@@ -42,6 +42,13 @@ pub enum RelayKind {
     Messages,
     /// `POST /v1/messages/count_tokens`: relayed to Anthropic channels; costs no tokens.
     CountTokens,
+    /// `POST /v1/responses`: OpenAI's Responses API, relayed to the OpenAI channels that serve
+    /// it (`responses`, on by default); the created id is remembered with its channel and key.
+    Responses,
+    /// `GET` / `DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`,
+    /// `GET /v1/responses/{id}/input_items`: no model; the id decides the channel and key.
+    /// Costs no tokens.
+    ResponseById,
 }
 
 impl RelayKind {
@@ -72,6 +79,22 @@ impl Endpoint {
             p if p.len() > 11 && p.starts_with(b"/v1/models/") => {
                 (Endpoint::Model, get, "GET, HEAD")
             }
+            b"/v1/responses" => (Endpoint::Relay(RelayKind::Responses), post, "POST"),
+            p if p.starts_with(b"/v1/responses/") => {
+                let Some((_, action)) = response_route(p) else {
+                    return Endpoint::Unknown;
+                };
+                let by_id = Endpoint::Relay(RelayKind::ResponseById);
+                match action {
+                    b"" => (
+                        by_id,
+                        matches!(method, Method::Get | Method::Delete),
+                        "GET, DELETE",
+                    ),
+                    b"/cancel" => (by_id, post, "POST"),
+                    _ => (by_id, method == Method::Get, "GET"),
+                }
+            }
             _ => return Endpoint::Unknown,
         };
         if allowed {
@@ -89,6 +112,7 @@ impl Endpoint {
             Endpoint::Relay(RelayKind::Embeddings) => "/v1/embeddings",
             Endpoint::Relay(RelayKind::Messages) => "/v1/messages",
             Endpoint::Relay(RelayKind::CountTokens) => "/v1/messages/count_tokens",
+            Endpoint::Relay(RelayKind::Responses) => "/v1/responses",
             Endpoint::Models => "/v1/models",
             Endpoint::Health => "/api/monitor/health",
             Endpoint::Metrics => "/metrics",
@@ -112,6 +136,18 @@ impl Endpoint {
             Endpoint::Health | Endpoint::Metrics | Endpoint::Refused | Endpoint::Preflight
         )
     }
+}
+
+/// The id and the action (`""`, `"/cancel"` or `"/input_items"`) of a path under
+/// `/v1/responses/`; `None` for any other shape (an empty id, more segments, another action).
+pub fn response_route(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = path.strip_prefix(b"/v1/responses/")?;
+    let (id, action) = match memchr::memchr(b'/', rest) {
+        Some(i) => rest.split_at(i),
+        None => (rest, &b""[..]),
+    };
+    let known = matches!(action, b"" | b"/cancel" | b"/input_items");
+    (!id.is_empty() && known).then_some((id, action))
 }
 
 /// Per-connection storage an exchange borrows for its parsed heads and id, so a request costs
@@ -155,6 +191,9 @@ pub struct Exchange<'s> {
     pub model_name: &'s mut String,
     /// The channel the answer came from.
     pub channel: Option<usize>,
+    /// The key every attempt must use (a Responses API id route: the key that created the
+    /// response); `None`: the channel's rotation.
+    pub pinned_key: Option<usize>,
     /// Upstream attempts made.
     pub attempts: u32,
     /// Usage the upstream reported, if any (`finish` estimates it when none arrived).
@@ -162,6 +201,9 @@ pub struct Exchange<'s> {
     /// A stream whose client did not ask for its usage: the body edit that asks the upstream
     /// for it (its usage-only event is then kept from the client).
     pub usage_splice: Option<BodySplice>,
+    /// A `POST /v1/responses` answer's id and usage reader (boxed: other requests pay
+    /// nothing for it).
+    pub responses: Option<Box<super::responses::ResponsesTrack>>,
     /// Bytes of answer text relayed (see `provider::content_bytes`): the estimate's basis.
     pub content_bytes: u64,
     /// The status of the answer, once its head went out (0 before).
@@ -228,9 +270,11 @@ impl<'s> Exchange<'s> {
             consumed: 0,
             model: None,
             channel: None,
+            pinned_key: None,
             attempts: 0,
             usage: None,
             usage_splice: None,
+            responses: None,
             content_bytes: 0,
             status_sent: 0,
             first_byte_at: None,

@@ -61,6 +61,8 @@ pub struct Upstream {
     /// Holds the response head and whatever body bytes came with it.
     pub ubuf: Vec<u8>,
     pub channel: usize,
+    /// The index of the channel's key the request carried.
+    pub key: usize,
 }
 
 /// How one attempt ended before a response head.
@@ -119,7 +121,9 @@ pub async fn forward(
             }
             Verdict::KeyRefused(reason) => {
                 let keys_left = health.disable_key(channel, key, reason);
-                if keys_left && key_retries < MAX_KEY_RETRIES {
+                // A pinned key (a Responses API id route) is the only key that holds the
+                // response: another key of the channel is another account.
+                if keys_left && key_retries < MAX_KEY_RETRIES && ex.pinned_key.is_none() {
                     key_retries += 1;
                     Some((channel, std::mem::replace(&mut pass, Pass::Open)))
                 } else {
@@ -230,6 +234,16 @@ fn admitted_candidate(health: &Health, candidates: &mut Candidates) -> Option<(u
 
 fn no_healthy_channel(conn: &Conn, ex: &Exchange<'_>) -> RelayError {
     let w = &conn.w;
+    if let (Some(_), Some(channel)) = (ex.pinned_key, ex.channel) {
+        // A Responses API id route: the one channel that holds the response is cooling down.
+        let mut e = RelayError::no_healthy_channel("", w.router.health.wait_secs(std::iter::once(channel)));
+        e.message = format!(
+            "the channel '{}' that holds this response is cooling down after failures; try again later",
+            w.router.channels[channel].cfg.name
+        )
+        .into();
+        return e;
+    }
     let serving =
         (0..w.router.channels.len()).filter(|&i| w.router.channels[i].cfg.serves(ex.model_name));
     RelayError::no_healthy_channel(ex.model_name, w.router.health.wait_secs(serving))
@@ -293,11 +307,14 @@ async fn attempt(
     let w = conn.w.clone();
     let (req, separate_body) = build_request(conn, ex, channel);
     // Read before the first await: other requests of this worker pick keys meanwhile.
-    let key = w.upstreams.channel(channel).last_key();
-    (
-        send_attempt(conn, ex, channel, req, separate_body).await,
-        key,
-    )
+    let key = ex
+        .pinned_key
+        .unwrap_or_else(|| w.upstreams.channel(channel).last_key());
+    let mut result = send_attempt(conn, ex, channel, req, separate_body).await;
+    if let Ok(up) = &mut result {
+        up.key = key;
+    }
+    (result, key)
 }
 
 async fn send_attempt(
@@ -334,6 +351,7 @@ async fn send_attempt(
                     conn: upconn,
                     ubuf,
                     channel,
+                    key: 0,
                 });
             }
             Err(Failure::Stale) if reused && !stale_retried && req_back.is_some() => {
@@ -373,11 +391,18 @@ fn build_request(conn: &Conn, ex: &Exchange<'_>, channel: usize) -> (Vec<u8>, bo
     let ch = &w.router.channels[channel];
     let mut req = w.bufs.take();
     let body = &conn.rbuf[ex.body.clone()];
-    let field = ex.model.clone().expect("route found the model");
-    let model = provider::model_name(body, &field).expect("route read the model");
-    let plan = ch
-        .adapter
-        .request_plan(&model, ch.cfg.upstream_model(&model), ex.usage_splice);
+    // A request without a model (a Responses API id route) goes byte for byte.
+    let field = ex.model.clone();
+    let model = match &ex.model {
+        Some(field) => provider::model_name(body, field).expect("route read the model"),
+        None => std::borrow::Cow::Borrowed(""),
+    };
+    let plan = match ex.model {
+        Some(_) => ch
+            .adapter
+            .request_plan(&model, ch.cfg.upstream_model(&model), ex.usage_splice),
+        None => RequestPlan::Passthrough,
+    };
     let separate_body = match plan {
         RequestPlan::Passthrough => {
             let inline = body.len() <= INLINE_BODY;
@@ -403,7 +428,7 @@ fn build_request(conn: &Conn, ex: &Exchange<'_>, channel: usize) -> (Vec<u8>, bo
             };
             let mut edits: [(std::ops::Range<usize>, &[u8]); 2] = [(0..0, b""), (0..0, b"")];
             let mut n = 0;
-            if let Some(name) = name {
+            if let (Some(name), Some(field)) = (name, &field) {
                 edits[n] = (field.span.clone(), name);
                 n += 1;
             }
@@ -497,17 +522,26 @@ fn write_upstream_head(
     let w = &conn.w;
     let ch = &w.router.channels[channel];
     let buf = &conn.rbuf;
-    out.extend_from_slice(b"POST ");
+    // Every relayed endpoint is a POST but the Responses API's id routes (GET, DELETE).
+    let method = ex.head.method;
+    out.extend_from_slice(super::exchange::method_name(method).as_bytes());
+    out.push(b' ');
     ch.adapter
         .write_target(out, ch.cfg.path_prefix.as_bytes(), ex.head.path.of(buf));
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(&ch.host_header);
     out.extend_from_slice(b"\r\n");
-    let key = w.upstreams.channel(channel).next_key(ch.auth_lines.len());
+    let key = match ex.pinned_key {
+        Some(key) if key < ch.auth_lines.len() => key,
+        _ => w.upstreams.channel(channel).next_key(ch.auth_lines.len()),
+    };
     out.extend_from_slice(&ch.auth_lines[key]);
-    out.extend_from_slice(b"Content-Length: ");
-    wire::push_u64(out, body_len as u64);
-    out.extend_from_slice(b"\r\n");
+    // A GET or DELETE without a body says nothing of one (RFC 9110 8.6).
+    if method == wire::Method::Post || body_len > 0 {
+        out.extend_from_slice(b"Content-Length: ");
+        wire::push_u64(out, body_len as u64);
+        out.extend_from_slice(b"\r\n");
+    }
     // The adapter's default (Anthropic's `anthropic-version`) goes only when the client sent
     // none: the client's own version and `anthropic-beta` pass through like any header.
     let default_name = ch.adapter.default_header_name();

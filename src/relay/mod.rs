@@ -40,6 +40,7 @@ mod own;
 mod read_request;
 mod reserve;
 mod respond;
+mod responses;
 mod route;
 mod stream;
 mod watch;

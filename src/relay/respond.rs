@@ -115,6 +115,7 @@ pub async fn relay(
         conn: mut upconn,
         ubuf,
         channel,
+        key,
     } = upstream;
     let w = conn.w.clone();
     let t = w.router.channels[channel].timeouts;
@@ -124,6 +125,13 @@ pub async fn relay(
     if ex.resp.status >= 400 {
         return upstream_error(conn, ex, upconn, ubuf, channel, &t).await;
     }
+    if super::responses::creates_response(ex) {
+        let events = ex.resp.event_stream;
+        ex.responses = Some(Box::new(super::responses::ResponsesTrack::new(
+            &w, ex, channel, key, events,
+        )));
+    }
+    super::responses::forget_if_deleted(&w, ex, &conn.rbuf);
     let (flow, clean) = match ex.resp.body {
         BodyKind::None => relay_fixed(conn, ex, &mut upconn, ubuf, 0, channel, &t).await?,
         BodyKind::Length(n) => relay_fixed(conn, ex, &mut upconn, ubuf, n, channel, &t).await?,
@@ -190,11 +198,23 @@ pub fn write_client_head(
 /// Usage the upstream reported in `data`, if any (each side a report carries replaces the
 /// earlier reading: see [`provider::update_usage`]), and the answer text bytes in it, which
 /// `finish` turns into an estimate if no report ever arrives. A `count_tokens` answer's
-/// `input_tokens` is a count, not usage: that request costs nothing.
+/// `input_tokens` is a count, not usage: that request costs nothing; nor does reading,
+/// deleting or cancelling a stored response (the Responses API's id routes). A
+/// `/v1/responses` answer is read by its [`ResponsesTrack`](super::responses::ResponsesTrack),
+/// which also learns the response's id.
 #[inline]
-pub fn note_usage(ex: &mut Exchange<'_>, data: &[u8]) {
-    if ex.endpoint == Endpoint::Relay(RelayKind::CountTokens) {
+pub fn note_usage(w: &crate::context::Worker, ex: &mut Exchange<'_>, data: &[u8]) {
+    if matches!(
+        ex.endpoint,
+        Endpoint::Relay(RelayKind::CountTokens | RelayKind::ResponseById)
+    ) {
         ex.usage = Some(provider::Usage::default());
+        return;
+    }
+    if let Some(track) = ex.responses.as_mut() {
+        track.feed(w, data);
+        ex.usage = track.usage();
+        ex.content_bytes += provider::content_bytes(data);
         return;
     }
     ex.usage = provider::update_usage(ex.usage, data);
@@ -231,7 +251,7 @@ async fn relay_fixed(
     // Shutdown has begun: the answer says so, and the connection ends after it.
     ex.close |= conn.w.drain.is_draining();
     let close = !ex.keeps_alive();
-    note_usage(ex, &ubuf[hl..hl + first]);
+    note_usage(&conn.w, ex, &ubuf[hl..hl + first]);
     let mut out = conn.w.bufs.take();
     write_client_head(
         conn,
@@ -293,7 +313,7 @@ async fn relay_fixed(
                 return Err(Halt::Close);
             }
         }
-        note_usage(ex, &ubuf);
+        note_usage(&conn.w, ex, &ubuf);
         conn.deadline.arm(Layer::ClientIdle, t[Layer::ClientIdle]);
         let len = ubuf.len();
         ubuf = write_client(conn, ubuf, 0..len).await.map_err(halt)?;

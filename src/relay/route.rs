@@ -6,8 +6,12 @@
 //! ([`Candidates`](crate::route::Candidates), priority tiers then weight) among the channels
 //! of the provider the endpoint speaks (Anthropic channels for `/v1/messages*`,
 //! OpenAI-compatible ones for the rest).
+//! A Responses API id route (`/v1/responses/{id}…`) has no model: the id map
+//! ([`crate::responses_ids`]) decides its one channel and key, for the token that created the
+//! response only (404 `response_not_found` otherwise).
 //! Error handling: 400 `missing_model` / `invalid_json`, 403 `model_not_allowed`, 404
-//! `model_not_found` (also when only channels of the other provider serve the model), 503
+//! `model_not_found` (also when only channels of the other provider serve the model, or, on
+//! `/v1/responses`, only channels with `responses = false`), 503
 //! `no_healthy_channel` (every channel serving the model is cooling down or out of keys).
 //! Must not: allocate on the passthrough path, or contact an upstream.
 
@@ -16,10 +20,15 @@ use crate::error::RelayError;
 use crate::provider;
 use crate::route::{Candidates, RouteError};
 
-use super::exchange::{Endpoint, Exchange};
+use crate::responses_ids::Lookup;
+
+use super::exchange::{response_route, Endpoint, Exchange, RelayKind};
 use super::{Conn, Halt};
 
 pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt> {
+    if ex.endpoint == Endpoint::Relay(RelayKind::ResponseById) {
+        return by_response_id(conn, ex);
+    }
     let w = &conn.w;
     let body = &conn.rbuf[ex.body.clone()];
     let (field, usage_splice) = match provider::peek_request(body) {
@@ -39,12 +48,19 @@ pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt>
         Endpoint::Relay(kind) => kind.provider(),
         _ => Provider::OpenAi,
     };
-    let candidates = match w.router.candidates(token, &model, provider, &w.route_state) {
+    let responses = ex.endpoint == Endpoint::Relay(RelayKind::Responses);
+    let found = w
+        .router
+        .candidates_for(token, &model, provider, responses, &w.route_state);
+    let candidates = match found {
         Ok(c) => c,
         Err(RouteError::ModelNotAllowed) => {
             return Err(RelayError::model_not_allowed(&model).into())
         }
         Err(RouteError::ModelNotFound) => return Err(RelayError::model_not_found(&model).into()),
+        Err(RouteError::NoResponsesChannel) => {
+            return Err(RelayError::model_without_responses(&model).into())
+        }
         Err(RouteError::OtherProviderOnly) => {
             let path = ex.endpoint.path().unwrap_or("this endpoint");
             let anthropic = provider == Provider::Anthropic;
@@ -57,7 +73,32 @@ pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt>
     ex.model_name.clear();
     ex.model_name.push_str(&model);
     ex.model = Some(field);
-    // The splice asks an OpenAI stream for its usage; Anthropic streams report it unasked.
-    ex.usage_splice = usage_splice.filter(|_| provider == Provider::OpenAi);
+    // The splice asks an OpenAI chat or completions stream for its usage; Anthropic streams
+    // and the Responses API's report it unasked.
+    ex.usage_splice = usage_splice.filter(|_| provider == Provider::OpenAi && !responses);
     Ok(candidates)
+}
+
+/// A Responses API id route: the id map names the one channel and key that created the
+/// response, for the token that created it; anything else is a 404 (never a guess, which could
+/// reach another tenant's response).
+fn by_response_id(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt> {
+    let w = &conn.w;
+    let path = ex.head.route_path(&conn.rbuf);
+    let (id, _) = response_route(path).expect("read_request matched the path");
+    let token = ex.token.expect("admit authenticated the token");
+    let token_key = &w.router.token_cfgs[token].key;
+    let channels = w.router.channels.iter().map(|c| &c.cfg);
+    let ttl = w.config.server.responses_ttl;
+    let now = conn.deadline.recent();
+    match w.response_ids.find(id, token_key, channels, now, ttl) {
+        Lookup::Found { channel, key } => {
+            ex.pinned_key = Some(key);
+            Ok(Candidates::only(channel))
+        }
+        Lookup::NotFound => {
+            let shown: String = String::from_utf8_lossy(id).chars().take(200).collect();
+            Err(RelayError::response_not_found(&shown).into())
+        }
+    }
 }

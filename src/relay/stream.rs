@@ -26,7 +26,7 @@ use crate::provider::UsageEvents;
 use crate::upstream::{Stream, UpConn};
 use crate::wire::{self, BodyKind, CHUNK_HEADROOM};
 
-use super::exchange::{Exchange, Outcome};
+use super::exchange::{Endpoint, Exchange, Outcome, RelayKind};
 use super::own::write_client;
 use super::respond::{ended_clean, halt, note_usage, write_client_head, ClientFraming};
 use super::watch::{is_cancelled, upstream_wait, Waited, WATCH_GRACE};
@@ -104,7 +104,13 @@ pub async fn relay_stream(
     // An event stream's usage-only event: read always, kept from the client when the relay
     // asked for it on the client's behalf. `held` bytes of a possible one wait at
     // `ubuf[CHUNK_HEADROOM..]` for the next read.
-    let mut usage_events = event_stream.then(|| UsageEvents::new(ex.usage_splice.is_some()));
+    // (The Responses API's events carry no such event: its usage is read in `note_usage`.)
+    let chat_like = !matches!(
+        ex.endpoint,
+        Endpoint::Relay(RelayKind::Responses | RelayKind::ResponseById)
+    );
+    let mut usage_events =
+        (event_stream && chat_like).then(|| UsageEvents::new(ex.usage_splice.is_some()));
     let mut held = 0usize;
     // One per stream: monoio's canceller allocates, so it is not made per chunk.
     let mut canceller = Canceller::new();
@@ -147,7 +153,7 @@ pub async fn relay_stream(
         }
         let data_len = write_at - CHUNK_HEADROOM;
         if data_len > 0 {
-            note_usage(ex, &ubuf[CHUNK_HEADROOM..write_at]);
+            note_usage(&conn.w, ex, &ubuf[CHUNK_HEADROOM..write_at]);
         }
         if data_len > 0 || upstream_done {
             let mut start = CHUNK_HEADROOM;
@@ -404,7 +410,7 @@ async fn end_with_error(
         _ => tail = [buf[buf.len() - 2], buf[buf.len() - 1]],
     }
     if held > 0 {
-        note_usage(ex, &buf[CHUNK_HEADROOM..]);
+        note_usage(&conn.w, ex, &buf[CHUNK_HEADROOM..]);
     }
     if tail != [b'\n', b'\n'] {
         // Terminate a half-sent event so the error event parses on its own.
