@@ -132,7 +132,11 @@ impl ResponseIds {
                 break;
             }
             shard.order.pop_front();
-            if shard.entries.get(&old).is_some_and(|e| e.created == created) {
+            if shard
+                .entries
+                .get(&old)
+                .is_some_and(|e| e.created == created)
+            {
                 shard.entries.remove(&old);
             }
         }

@@ -57,6 +57,8 @@ pub(crate) enum Endpoint {
     Messages,
     /// `/v1/messages/count_tokens`.
     CountTokens,
+    /// `POST /v1/responses` (the id routes are answered by `responses::by_id`).
+    Responses,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -205,6 +207,10 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
         ("POST", "/v1/embeddings") => Endpoint::Embeddings,
         ("POST", "/v1/messages") => Endpoint::Messages,
         ("POST", "/v1/messages/count_tokens") => Endpoint::CountTokens,
+        ("POST", "/v1/responses") => Endpoint::Responses,
+        (_, p) if p.starts_with("/v1/responses/") => {
+            return crate::responses::by_id(reply, request, p)
+        }
         (method, _) => {
             let message = format!("no route for {method} {path}");
             return reply.error(404, &message, "invalid_request_error", "not_found", &[]);
@@ -232,7 +238,14 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
         );
     };
     match behaviour(model) {
-        Behaviour::Fixed => fixed(reply, endpoint, model, &json),
+        Behaviour::Fixed => fixed(reply, request, endpoint, model, &json),
+        // The Responses API reports usage unasked (in its last event).
+        Behaviour::Stream { events, gap_ms } if endpoint == Endpoint::Responses => {
+            crate::responses::stream(reply, request, model, &json, events, gap_ms, true)
+        }
+        Behaviour::StreamNoUsage { events, gap_ms } if endpoint == Endpoint::Responses => {
+            crate::responses::stream(reply, request, model, &json, events, gap_ms, false)
+        }
         Behaviour::Stream { events, gap_ms } => {
             let usage = wants_usage(&json);
             stream(reply, endpoint, model, events, gap_ms, usage)
@@ -246,7 +259,7 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
         Behaviour::ResetStream => reset_stream(reply, endpoint, model),
         Behaviour::StallHead(ms) => {
             if reply.pause(Duration::from_millis(ms)) {
-                fixed(reply, endpoint, model, &json)
+                fixed(reply, request, endpoint, model, &json)
             } else {
                 Ok(Outcome::Close)
             }
@@ -259,6 +272,7 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
                 close: true,
                 ..reply
             },
+            request,
             endpoint,
             model,
             &json,
@@ -278,7 +292,9 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
             "insufficient_quota",
             &[],
         ),
-        Behaviour::RefuseKey(_) | Behaviour::NoQuotaKey(_) => fixed(reply, endpoint, model, &json),
+        Behaviour::RefuseKey(_) | Behaviour::NoQuotaKey(_) => {
+            fixed(reply, request, endpoint, model, &json)
+        }
         Behaviour::FailFirst {
             count,
             status,
@@ -300,7 +316,7 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
                     extra,
                 )
             }
-            _ => fixed(reply, endpoint, model, &json),
+            _ => fixed(reply, request, endpoint, model, &json),
         },
         Behaviour::Hostile(h) => hostile(reply, request, endpoint, model, h),
     }
@@ -328,6 +344,7 @@ fn models_list() -> String {
 
 fn fixed(
     reply: Reply<'_>,
+    request: &Request,
     endpoint: Endpoint,
     model: &str,
     json: &serde_json::Value,
@@ -336,6 +353,13 @@ fn fixed(
         return reply.json(200, &count_tokens(json));
     }
     let wants_stream = json.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
+    if endpoint == Endpoint::Responses {
+        return if wants_stream {
+            crate::responses::stream(reply, request, model, json, 5, 0, true)
+        } else {
+            crate::responses::create(reply, request, model, json)
+        };
+    }
     if wants_stream && endpoint != Endpoint::Embeddings {
         return stream(reply, endpoint, model, 5, 0, wants_usage(json));
     }
@@ -350,6 +374,7 @@ fn fixed(
         },
         Endpoint::Messages => anthropic_message(model),
         Endpoint::CountTokens => count_tokens(json),
+        Endpoint::Responses => unreachable!("answered above"),
     };
     reply.json(200, &body)
 }

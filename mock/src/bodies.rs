@@ -275,6 +275,9 @@ pub(crate) fn count_tokens(json: &serde_json::Value) -> String {
 /// everywhere else.
 pub(crate) fn chunk_event(endpoint: Endpoint, model: &str, index: u64, last: bool) -> String {
     let finish = if last { "\"stop\"" } else { "null" };
+    if endpoint == Endpoint::Responses {
+        return crate::responses::delta_event(index);
+    }
     if endpoint == Endpoint::Completions {
         return format!(
             concat!(

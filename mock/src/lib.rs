@@ -22,13 +22,15 @@
 //! Modules: `server` (listener, accept loop, connections and their counters), `request`
 //! (reading and framing requests), `reply` (writing responses), `behaviours` (the model-name
 //! table and the ordinary behaviours), `hostile` (the behaviours that break HTTP on purpose),
-//! `bodies` (the canned JSON bodies).
+//! `bodies` (the canned JSON bodies), `responses` (OpenAI's Responses API: create, its event
+//! stream, and the id routes over a bounded store).
 
 mod behaviours;
 mod bodies;
 mod hostile;
 mod reply;
 mod request;
+mod responses;
 mod server;
 
 #[cfg(test)]
@@ -95,6 +97,31 @@ Mock upstream models (chosen by the request body's JSON \"model\"):
   mock-fail-N-STATUS-RA  the first N requests with this exact model name (counted per mock
                          instance) get STATUS (400-599) with an OpenAI error body and, unless RA
                          is 0, Retry-After: RA; later ones are served like mock-fixed.
+On POST /v1/responses (OpenAI's Responses API) the same names apply, with Responses shapes:
+  mock-fixed (any name)  a Response object (id resp_..., object \"response\", status completed,
+                         output: a message with one output_text, or, when \"tools\" names a
+                         function, one function_call item; usage input_tokens 9
+                         (input_tokens_details.cached_tokens 4), output_tokens 7). \"stream\":
+                         true streams like mock-stream-5-0; \"background\": true answers status
+                         queued with no output; \"store\": false keeps nothing for the id routes.
+  mock-stream-N-D        events: response.created, response.in_progress,
+                         response.output_item.added, response.content_part.added, N
+                         response.output_text.delta D ms apart (with a function tool: N+2
+                         response.function_call_arguments.delta), the .done events,
+                         response.output_item.done, then response.completed with usage
+                         (output_tokens N); one HTTP chunk each, no [DONE].
+                         mock-stream-nousage-N-D: the same with \"usage\": null at the end.
+  mock-incomplete        status incomplete (incomplete_details.reason max_output_tokens); a
+                         stream ends with response.incomplete, usage included.
+  mock-failed            status failed (error.code server_error), no output; a stream ends with
+                         response.failed, usage included.
+  The fault models (mock-status-*, mock-reset-*, mock-stall-*, mock-broken-chunked, mock-fail-*,
+  mock-refuse-key-*, ...) behave as above, their stream events shaped as output_text deltas.
+  GET /v1/responses/{id}, DELETE /v1/responses/{id}, POST /v1/responses/{id}/cancel (only for
+  background responses: status cancelled; else 400) and GET /v1/responses/{id}/input_items
+  answer for the last 10000 responses created with the same Authorization header; any other
+  id or key gets 404. Every Responses answer carries x-mock-key: the last 4 characters of the
+  Authorization header the mock saw.
 Hostile upstreams (bytes written raw; for the relay's hostile-peer tests):
   mock-no-reason         200 with no reason phrase (\"HTTP/1.1 200\\r\\n\"); -stream: the same as SSE.
   mock-binary-reason     200 with a reason phrase of bytes 0x80-0xFF.

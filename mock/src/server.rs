@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     /// `mock-fail-N-...`: requests seen so far per model name (at most
     /// [`MAX_COUNTED_MODELS`] names; further names are not counted and never fail).
     pub(crate) fail_counts: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// The Responses API's stored responses (bounded: `responses::MAX_STORED`).
+    pub(crate) responses: std::sync::Mutex<crate::responses::ResponseStore>,
 }
 
 /// Bounds the per-model counters of `mock-fail-N-...`, whatever names a client sends.

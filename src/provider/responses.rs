@@ -267,9 +267,8 @@ impl ResponsesScan {
             }
             b':' => self.expect_key = false,
             b',' => {
-                self.expect_key = self.depth > 0
-                    && self.depth <= TRACKED
-                    && self.objects[self.depth - 1];
+                self.expect_key =
+                    self.depth > 0 && self.depth <= TRACKED && self.objects[self.depth - 1];
                 self.target = Key::Other;
             }
             _ => {}
@@ -349,7 +348,11 @@ mod tests {
             let ids = feed_in(&mut scan, BODY.as_bytes(), size);
             assert_eq!(ids, vec![b"resp_abc".to_vec()], "reads of {size}");
             let u = scan.usage().expect("usage");
-            assert_eq!((u.prompt, u.completion, u.cached), (12, 7, 5), "reads of {size}");
+            assert_eq!(
+                (u.prompt, u.completion, u.cached),
+                (12, 7, 5),
+                "reads of {size}"
+            );
         }
     }
 
@@ -361,7 +364,11 @@ mod tests {
 
     #[test]
     fn a_stream_gives_the_first_id_and_the_usage_of_any_ending() {
-        for ending in ["response.completed", "response.incomplete", "response.failed"] {
+        for ending in [
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+        ] {
             let stream = [
                 event(
                     "response.created",
@@ -378,17 +385,31 @@ mod tests {
             for size in [1, 5, 13, 100, 100_000] {
                 let mut scan = ResponsesScan::new(true);
                 let ids = feed_in(&mut scan, stream.as_bytes(), size);
-                assert_eq!(ids, vec![b"resp_s1".to_vec()], "{ending} in reads of {size}");
+                assert_eq!(
+                    ids,
+                    vec![b"resp_s1".to_vec()],
+                    "{ending} in reads of {size}"
+                );
                 let u = scan.usage().expect("usage");
-                assert_eq!((u.prompt, u.completion), (20, 3), "{ending} reads of {size}");
+                assert_eq!(
+                    (u.prompt, u.completion),
+                    (20, 3),
+                    "{ending} reads of {size}"
+                );
             }
         }
         // CRLF line ends, no event lines.
-        let stream = event("response.completed", r#"{"id":"resp_x","usage":{"input_tokens":4,"output_tokens":2}}"#)
-            .replace("event: response.completed\n", "")
-            .replace('\n', "\r\n");
+        let stream = event(
+            "response.completed",
+            r#"{"id":"resp_x","usage":{"input_tokens":4,"output_tokens":2}}"#,
+        )
+        .replace("event: response.completed\n", "")
+        .replace('\n', "\r\n");
         let mut scan = ResponsesScan::new(true);
-        assert_eq!(feed_in(&mut scan, stream.as_bytes(), 3), vec![b"resp_x".to_vec()]);
+        assert_eq!(
+            feed_in(&mut scan, stream.as_bytes(), 3),
+            vec![b"resp_x".to_vec()]
+        );
         assert_eq!(scan.usage().map(|u| (u.prompt, u.completion)), Some((4, 2)));
     }
 
@@ -404,7 +425,10 @@ mod tests {
         scan.feed(long.as_bytes());
         assert!(scan.take_id().is_none());
         // A usage object too large to be one is not read; garbage does not panic.
-        let big = format!("{{\"usage\":{{\"input_tokens\":1,\"pad\":\"{}\"}}}}", "p".repeat(MAX_USAGE));
+        let big = format!(
+            "{{\"usage\":{{\"input_tokens\":1,\"pad\":\"{}\"}}}}",
+            "p".repeat(MAX_USAGE)
+        );
         let mut scan = ResponsesScan::new(false);
         scan.feed(big.as_bytes());
         assert_eq!(scan.usage(), None);

@@ -236,7 +236,8 @@ fn no_healthy_channel(conn: &Conn, ex: &Exchange<'_>) -> RelayError {
     let w = &conn.w;
     if let (Some(_), Some(channel)) = (ex.pinned_key, ex.channel) {
         // A Responses API id route: the one channel that holds the response is cooling down.
-        let mut e = RelayError::no_healthy_channel("", w.router.health.wait_secs(std::iter::once(channel)));
+        let mut e =
+            RelayError::no_healthy_channel("", w.router.health.wait_secs(std::iter::once(channel)));
         e.message = format!(
             "the channel '{}' that holds this response is cooling down after failures; try again later",
             w.router.channels[channel].cfg.name

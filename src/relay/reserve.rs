@@ -1,9 +1,10 @@
 //! The quota reservation of a request: what it may cost, estimated from its body before it
 //! goes upstream.
 //!
-//! Owns: the estimate — the body's top-level `max_tokens` / `max_completion_tokens` (the larger
-//! when both are there), or `server.quota_reserve` when neither is (none for embeddings, which
-//! produce no completion, nor for Anthropic's `count_tokens`), plus the prompt as body bytes / 4.
+//! Owns: the estimate — the body's top-level `max_tokens` / `max_completion_tokens` /
+//! `max_output_tokens` (the largest when several are there), or `server.quota_reserve` when
+//! none is (none for embeddings, which produce no completion, nor for Anthropic's
+//! `count_tokens` or the Responses API's id routes), plus the prompt as body bytes / 4.
 //! Read by a one-pass top-level scan (strings skipped at memchr speed), never a JSON tree, and
 //! only for tokens with a quota.
 //!
@@ -18,13 +19,16 @@ use super::exchange::{Endpoint, RelayKind};
 pub fn estimate(body: &[u8], endpoint: Endpoint, default_completion: u64) -> u64 {
     let prompt = body.len().div_ceil(4) as u64;
     let completion = match endpoint {
-        Endpoint::Relay(RelayKind::Embeddings | RelayKind::CountTokens) => 0,
+        Endpoint::Relay(
+            RelayKind::Embeddings | RelayKind::CountTokens | RelayKind::ResponseById,
+        ) => 0,
         _ => peek_max_tokens(body).unwrap_or(default_completion),
     };
     prompt.saturating_add(completion)
 }
 
-/// The larger of the top-level `max_tokens` and `max_completion_tokens`, when at least one is
+/// The larger of the top-level `max_tokens`, `max_completion_tokens` and `max_output_tokens`
+/// (the Responses API's), when at least one is
 /// a non-negative integer. Keys written with escapes are not recognised (the default applies).
 pub fn peek_max_tokens(body: &[u8]) -> Option<u64> {
     let mut i = skip_ws(body, 0);
@@ -46,7 +50,7 @@ pub fn peek_max_tokens(body: &[u8]) -> Option<u64> {
         }
         i = skip_ws(body, i + 1);
         let key = body.get(key_start..key_end)?;
-        if key == b"max_tokens" || key == b"max_completion_tokens" {
+        if key == b"max_tokens" || key == b"max_completion_tokens" || key == b"max_output_tokens" {
             if let Some(n) = integer(body, i) {
                 found = Some(found.map_or(n, |f| f.max(n)));
             }
