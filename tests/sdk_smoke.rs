@@ -10,10 +10,10 @@
 
 mod common;
 
+use common::sdk::{python, sdk_available, sdk_required};
 use common::{free_port, KillOnDrop};
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,45 +44,6 @@ print("EMBEDDINGS:" + ";".join(f"{d.index}:{d.embedding[:2]}:{len(d.embedding)}"
 m = client.models.list()
 print("MODELS:" + ",".join(sorted(x.id for x in m.data)))
 "#;
-
-/// The interpreter to run the SDK with, and where that choice came from.
-fn python() -> (PathBuf, &'static str) {
-    if let Some(p) = std::env::var_os("RINGWAY_PYTHON").filter(|p| !p.is_empty()) {
-        return (PathBuf::from(p), "RINGWAY_PYTHON");
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/bin/python");
-    if venv.exists() {
-        return (venv, ".ci/venv (made by .ci/run)");
-    }
-    (PathBuf::from("python3"), "PATH")
-}
-
-/// Whether `CI` or `RINGWAY_REQUIRE_SDK` asks for a failure instead of a skip (set, and not
-/// empty, `0` or `false`).
-fn sdk_required() -> Option<&'static str> {
-    ["RINGWAY_REQUIRE_SDK", "CI"].into_iter().find(|var| {
-        std::env::var(var)
-            .map(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
-            .unwrap_or(false)
-    })
-}
-
-/// `Err` with the reason when `python -c 'import openai'` does not succeed.
-fn sdk_available(python: &Path) -> Result<(), String> {
-    match Command::new(python)
-        .args(["-c", "import openai"])
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .last()
-            .unwrap_or("import openai failed")
-            .to_string()),
-        Err(e) => Err(format!("cannot run it: {e}")),
-    }
-}
 
 #[test]
 #[cfg_attr(

@@ -10,8 +10,11 @@
 //! - [`Client`] / [`Response`]: a raw HTTP/1.1 client over `std::net::TcpStream` that records
 //!   when each body chunk arrived.
 //! - [`mock_direct`]: the mock's own answer to a request, for byte-exact comparisons.
+//! - [`sdk`]: the Python interpreter with the official openai package, for the SDK tests.
 
 #![allow(dead_code)]
+
+pub mod sdk;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,74 @@
+//! The official openai Python package for the SDK tests (`sdk_smoke`, `sdk_responses`).
+//!
+//! The interpreter: `$RINGWAY_PYTHON` if set, else `.ci/venv/bin/python` if `.ci/run` made that
+//! venv, else `python3`. Without the `openai` package a test FAILS when `CI` or
+//! `RINGWAY_REQUIRE_SDK` is set, and otherwise skips, saying so on the real stderr in a banner
+//! that shows even though cargo test hides a passing test's output.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The interpreter to run the SDK with, and where that choice came from.
+pub fn python() -> (PathBuf, &'static str) {
+    if let Some(p) = std::env::var_os("RINGWAY_PYTHON").filter(|p| !p.is_empty()) {
+        return (PathBuf::from(p), "RINGWAY_PYTHON");
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/bin/python");
+    if venv.exists() {
+        return (venv, ".ci/venv (made by .ci/run)");
+    }
+    (PathBuf::from("python3"), "PATH")
+}
+
+/// Whether `CI` or `RINGWAY_REQUIRE_SDK` asks for a failure instead of a skip (set, and not
+/// empty, `0` or `false`).
+pub fn sdk_required() -> Option<&'static str> {
+    ["RINGWAY_REQUIRE_SDK", "CI"].into_iter().find(|var| {
+        std::env::var(var)
+            .map(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
+            .unwrap_or(false)
+    })
+}
+
+/// `Err` with the reason when `python -c 'import openai'` does not succeed.
+pub fn sdk_available(python: &Path) -> Result<(), String> {
+    match Command::new(python)
+        .args(["-c", "import openai"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or("import openai failed")
+            .to_string()),
+        Err(e) => Err(format!("cannot run it: {e}")),
+    }
+}
+
+/// The interpreter with the SDK, or `None` after printing the skip banner for `test`; panics
+/// instead when the SDK is required.
+pub fn python_with_sdk(test: &str) -> Option<PathBuf> {
+    let (python, from) = python();
+    let Err(why) = sdk_available(&python) else {
+        return Some(python);
+    };
+    let what = format!(
+        "the openai Python package is not importable by {} (from {from}): {why}",
+        python.display()
+    );
+    if let Some(var) = sdk_required() {
+        panic!("{var} is set, so the SDK test may not skip: {what}. `bash .ci/run` installs it into .ci/venv; or set RINGWAY_PYTHON to an interpreter that has it");
+    }
+    // Straight to fd 2: eprintln! would be captured, and a passing test's output hidden.
+    let banner = "=".repeat(78);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{banner}\nSKIPPED {test} (reported as ok): {what}\n\
+         To run it: python3 -m venv .ci/venv && .ci/venv/bin/pip install openai\n\
+         (or set RINGWAY_PYTHON). With CI or RINGWAY_REQUIRE_SDK set this is a failure.\n{banner}"
+    );
+    None
+}
