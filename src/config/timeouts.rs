@@ -213,7 +213,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => 1_000_000,
         "m" => 60_000_000,
         "h" => 3_600_000_000,
-        "d" => 86_400_000_000,
         _ => return Err(invalid()),
     };
     n.checked_mul(micros_per_unit)

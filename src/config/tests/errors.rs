@@ -524,3 +524,66 @@ fn anthropic_channels_and_their_version() {
         "provider = \"anthropic\" channels only",
     );
 }
+
+#[test]
+fn the_responses_api_keys() {
+    let c = parse_ok(MINIMAL);
+    assert!(
+        c.channels[0].responses,
+        "openai channels serve it by default"
+    );
+    assert_eq!(c.server.responses_ids, 100_000);
+    assert_eq!(c.server.responses_ttl, Duration::from_secs(30 * 86_400));
+    let s = c.summary();
+    assert!(
+        s.contains(
+            "responses responses_ids 100000, responses_ttl 720h (in memory: lost at restart)"
+        ),
+        "{s}"
+    );
+    let off = MINIMAL.replace(
+        "models = [\"*\"]\n\n",
+        "models = [\"*\"]\nresponses = false\n\n",
+    );
+    let c = parse_ok(&off);
+    assert!(!c.channels[0].responses);
+    assert!(c.summary().contains(" responses off"), "{}", c.summary());
+    let e = parse_err(&off.replace("responses = false", "responses = \"no\""));
+    assert_err(&e, 7, "channels[0].responses", "");
+    let anthropic = MINIMAL.replace("provider = \"openai\"", "provider = \"anthropic\"");
+    assert!(!parse_ok(&anthropic).channels[0].responses);
+    let e = parse_err(&anthropic.replace(
+        "models = [\"*\"]\n\n",
+        "models = [\"*\"]\nresponses = true\n\n",
+    ));
+    assert_err(
+        &e,
+        7,
+        "channels[0].responses",
+        "provider = \"openai\" channels only",
+    );
+
+    let c = parse_ok(&format!(
+        "[server]\nresponses_ids = 5\nresponses_ttl = \"48h\"\n{MINIMAL}"
+    ));
+    assert_eq!(c.server.responses_ids, 5);
+    assert_eq!(c.server.responses_ttl, Duration::from_secs(2 * 86_400));
+    for (line, key, needle) in [
+        ("responses_ids = 0", "server.responses_ids", ""),
+        ("responses_ids = 99999999999", "server.responses_ids", ""),
+        (
+            "responses_ttl = \"500ms\"",
+            "server.responses_ttl",
+            "at least 1s",
+        ),
+        ("responses_ttl = \"9000h\"", "server.responses_ttl", ""),
+        (
+            "responses_ttl = \"soon\"",
+            "server.responses_ttl",
+            "invalid duration",
+        ),
+    ] {
+        let e = parse_err(&format!("[server]\nworkers = 1\n{line}\n{MINIMAL}"));
+        assert_err(&e, 3, key, needle);
+    }
+}
