@@ -2,8 +2,9 @@
 //! or new), the upstream request (head, then the body as the adapter plans it), and the
 //! upstream's response head.
 //!
-//! Owns: building the upstream request per channel (target, `Host`, the channel's key in
-//! rotation, the client's end-to-end headers, one `x-request-id`), sending it under
+//! Owns: building the upstream request per channel (the client's method — POST, or GET /
+//! DELETE for the Responses API's id routes —, target, `Host`, the channel's key in rotation or
+//! the key an id route is pinned to, the client's end-to-end headers, one `x-request-id`), sending it under
 //! `response_header`, and reading the response head — interim 1xx heads skipped (at most
 //! [`MAX_INTERIM_RESPONSES`], parsed from what is already buffered before reading again),
 //! ambiguous or malformed heads refused. A parked connection that turns out closed before any
@@ -21,7 +22,8 @@
 //! the upstream's `Retry-After`), and a refused key (401/403, or `invalid_api_key`,
 //! `insufficient_quota`, `account_deactivated` in the first [`ERROR_PEEK`] bytes of a 4xx
 //! body, read under the deadline already running and left in the buffer for `respond`) is
-//! taken out of rotation. A refused key is retried with the channel's next key without
+//! taken out of rotation. A refused key is retried with the channel's next key (never for a
+//! pinned key: another key is another account) without
 //! counting against `attempts` (at most one retry per key, [`MAX_KEY_RETRIES`] at most); a
 //! candidate that went into cooldown since routing, or whose probe another request holds, is
 //! passed over.

@@ -13,7 +13,8 @@
 //! `respond`; every error of the relay's own ends the phases early with one
 //! [`RelayError`](crate::error::RelayError), answered in one place. Where each feature lives:
 //! token limits and the quota reservation in `admit` (its estimate in `reserve`, settled in
-//! `finish`), failover across channels in `forward`,
+//! `finish`), failover across channels in `forward`, the Responses API's ids learned in
+//! `respond` (`responses`) and looked up in `route`,
 //! protocol conversion (to come) in `respond`, the access log in `finish`
 //! (docs/ARCHITECTURE.md has the chart).
 //!

@@ -5,7 +5,8 @@
 //!
 //! Owns: the client response head for an upstream answer (hop-by-hop headers dropped, the
 //! upstream's `x-request-id` renamed, channel keys masked), reading the upstream body under
-//! `stream_idle`, usage scanning, and deciding whether the upstream connection ended clean
+//! `stream_idle`, usage scanning (for `/v1/responses` with the id learning of
+//! [`super::responses`]), and deciding whether the upstream connection ended clean
 //! enough to be pooled (`finish` pools it). Conversion between dialects will plug in here,
 //! as a response plan of the channel's adapter.
 //!
