@@ -151,7 +151,7 @@ fn a_stream_passes_event_by_event_and_its_usage_is_counted() {
     let mock = Mock::start();
     let (cfg, log) = with_access_log(ConfigBuilder::new(mock.addr), "responses-stream");
     let relay = cfg.start(&[]);
-    let r = create(&relay, "mock-stream-4-20", true, "");
+    let r = create(&relay, "mock-stream-4-100", true, "");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     let evs = events(&r.body);
@@ -193,8 +193,17 @@ fn a_stream_passes_event_by_event_and_its_usage_is_counted() {
     assert_eq!(done["output"][0]["content"][0]["text"], "tok0tok1tok2tok3");
     assert_eq!(done["usage"]["input_tokens"], 9);
     assert_eq!(done["usage"]["output_tokens"], 4);
-    // The deltas came as they were sent (20 ms apart), not gathered at the end.
-    assert!(r.chunks.len() >= 4, "{} body pieces", r.chunks.len());
+    // The deltas came as they were sent (100 ms apart), not gathered at the end: the piece
+    // with the first delta arrived well before the one with the last.
+    let at = |needle: &str| {
+        r.chunks
+            .iter()
+            .find(|(_, piece)| String::from_utf8_lossy(piece).contains(needle))
+            .unwrap_or_else(|| panic!("{needle} in no piece"))
+            .0
+    };
+    let spread = at("\"delta\":\"tok3\"") - at("\"delta\":\"tok0\"");
+    assert!(spread >= Duration::from_millis(200), "{spread:?}");
     let lines = log_lines(&log, 1);
     assert_eq!(tokens(&lines[0]), (9, 4, 4, false), "{}", lines[0]);
     // The stream's id is routable.
@@ -285,7 +294,10 @@ fn id_routes_reach_the_channel_and_key_that_created_the_response() {
     // Channel a gets two keys in rotation (the builder writes one).
     let text = cfg.render(0);
     assert!(text.contains("keys = [\"unused\"]"));
-    let relay = start_rendered(&cfg, |t| t.replace("keys = [\"unused\"]", keys_a));
+    // Two workers: the id map is shared; each request comes on a new connection.
+    let relay = start_rendered(&cfg.workers(2), |t| {
+        t.replace("keys = [\"unused\"]", keys_a)
+    });
     // Created through both channels and all three keys (weights are equal, keys rotate).
     let mut created: HashMap<String, String> = HashMap::new();
     for i in 0..24 {
@@ -534,4 +546,76 @@ fn upstream_errors_come_back_in_openai_shape() {
     let (name, data) = evs.last().unwrap();
     assert_eq!(name, "error");
     assert_eq!(data["error"]["code"], "upstream_reset", "{data}");
+}
+
+#[test]
+fn the_token_allow_list_and_anthropic_channels() {
+    let mock = Mock::start();
+    let cfg = ConfigBuilder::new(mock.addr)
+        .default_channel(mock.addr, &["gpt-*"], "")
+        .channel(
+            "claude",
+            &mock.base_url(),
+            "sk-anthropic-key-7777",
+            &["claude-*"],
+            "",
+        )
+        .token("narrow", OTHER_TOKEN, &["gpt-4o-mini", "claude-*"]);
+    let relay = start_rendered(&cfg, |t| {
+        t.replace(
+            "name = \"claude\"\nprovider = \"openai\"",
+            "name = \"claude\"\nprovider = \"anthropic\"",
+        )
+    });
+    let narrow = |model: &str| {
+        relay.roundtrip(&post_json(
+            "/v1/responses",
+            Some(OTHER_TOKEN),
+            &[],
+            &responses_body(model, false, ""),
+        ))
+    };
+    assert_eq!(narrow("gpt-4o-mini").status, 200);
+    assert_error_shape(&narrow("gpt-4o"), 403, Some("model_not_allowed"));
+    // Only an Anthropic channel serves it: a 404 that says so, no upstream asked.
+    let before = mock.stats().requests;
+    let e = assert_error_shape(&narrow("claude-3"), 404, Some("model_not_found"));
+    assert!(e["message"].as_str().unwrap().contains("Anthropic"), "{e}");
+    assert_eq!(mock.stats().requests, before);
+    let r = relay.roundtrip(&post_json(
+        "/v1/responses",
+        Some("sk-unknown"),
+        &[],
+        &responses_body("gpt-4o", false, ""),
+    ));
+    assert_error_shape(&r, 401, Some("invalid_api_key"));
+}
+
+#[test]
+fn a_long_stream_is_relayed_without_keeping_its_output() {
+    let mock = Mock::start();
+    let (cfg, log) = with_access_log(ConfigBuilder::new(mock.addr), "responses-long");
+    let relay = cfg.start(&[]);
+    let warm = create(&relay, "mock-stream-100-0", true, "");
+    assert_eq!(warm.status, 200);
+    let rss = |relay: &Relay| relay.health()["rss_bytes"].as_u64().unwrap();
+    let before = rss(&relay);
+    const DELTAS: u64 = 30_000;
+    let r = create(&relay, &format!("mock-stream-{DELTAS}-0"), true, "");
+    assert_eq!(r.status, 200);
+    // Every delta, then the whole text twice more (output_text.done, response.completed).
+    assert!(r.body.len() > 6_000_000, "{} bytes", r.body.len());
+    let evs = events(&r.body);
+    assert_eq!(evs.len() as u64, DELTAS + 8);
+    let (name, last) = evs.last().unwrap();
+    assert_eq!(name, "response.completed");
+    assert_eq!(last["response"]["usage"]["output_tokens"], DELTAS);
+    let after = rss(&relay);
+    assert!(
+        after < before + 4_000_000,
+        "RSS grew from {before} to {after} for a {} byte stream",
+        r.body.len()
+    );
+    let lines = log_lines(&log, 2);
+    assert_eq!(tokens(&lines[1]), (9, DELTAS, 4, false), "{}", lines[1]);
 }
