@@ -486,3 +486,43 @@ pub(crate) fn by_id(reply: Reply<'_>, request: &Request, path: &str) -> io::Resu
     let headers = [("content-type", "application/json"), ("x-mock-key", &tail)];
     reply.full(200, &headers, body.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_keeps_at_most_max_stored_oldest_out_first() {
+        let mut store = ResponseStore::default();
+        for i in 0..MAX_STORED + 5 {
+            let stored = Stored {
+                key: b"Bearer k".to_vec(),
+                response: json!({"n": i}),
+                input_items: Vec::new(),
+            };
+            store.put(format!("resp_{i}"), stored);
+        }
+        assert_eq!(store.by_id.len(), MAX_STORED);
+        assert_eq!(store.order.len(), MAX_STORED);
+        assert!(!store.by_id.contains_key("resp_4"));
+        assert!(store.by_id.contains_key("resp_5"));
+        assert!(store
+            .by_id
+            .contains_key(&format!("resp_{}", MAX_STORED + 4)));
+    }
+
+    #[test]
+    fn endings_and_input_items() {
+        assert_eq!(Ending::of("mock-incomplete"), Ending::Incomplete);
+        assert_eq!(Ending::of("mock-failed"), Ending::Failed);
+        assert_eq!(Ending::of("gpt-4o"), Ending::Completed);
+        let items = input_items(&json!({"input": [
+            {"role": "user", "content": "hi"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "42"}
+        ]}));
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0]["content"][0]["text"], "hi");
+        assert_eq!(items[1]["type"], "function_call_output");
+        assert!(items[1]["id"].as_str().unwrap().starts_with("item_"));
+    }
+}

@@ -191,9 +191,9 @@ pub struct Exchange<'s> {
     pub model_name: &'s mut String,
     /// The channel the answer came from.
     pub channel: Option<usize>,
-    /// The key every attempt must use (a Responses API id route: the key that created the
-    /// response); `None`: the channel's rotation.
-    pub pinned_key: Option<usize>,
+    /// The one channel and key every attempt must use (a Responses API id route: those that
+    /// created the response); `None`: routing and the channel's key rotation decide.
+    pub pinned: Option<(usize, usize)>,
     /// Upstream attempts made.
     pub attempts: u32,
     /// Usage the upstream reported, if any (`finish` estimates it when none arrived).
@@ -270,7 +270,7 @@ impl<'s> Exchange<'s> {
             consumed: 0,
             model: None,
             channel: None,
-            pinned_key: None,
+            pinned: None,
             attempts: 0,
             usage: None,
             usage_splice: None,

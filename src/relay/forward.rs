@@ -125,7 +125,7 @@ pub async fn forward(
                 let keys_left = health.disable_key(channel, key, reason);
                 // A pinned key (a Responses API id route) is the only key that holds the
                 // response: another key of the channel is another account.
-                if keys_left && key_retries < MAX_KEY_RETRIES && ex.pinned_key.is_none() {
+                if keys_left && key_retries < MAX_KEY_RETRIES && ex.pinned.is_none() {
                     key_retries += 1;
                     Some((channel, std::mem::replace(&mut pass, Pass::Open)))
                 } else {
@@ -236,7 +236,7 @@ fn admitted_candidate(health: &Health, candidates: &mut Candidates) -> Option<(u
 
 fn no_healthy_channel(conn: &Conn, ex: &Exchange<'_>) -> RelayError {
     let w = &conn.w;
-    if let (Some(_), Some(channel)) = (ex.pinned_key, ex.channel) {
+    if let Some((channel, _)) = ex.pinned {
         // A Responses API id route: the one channel that holds the response is cooling down.
         let mut e =
             RelayError::no_healthy_channel("", w.router.health.wait_secs(std::iter::once(channel)));
@@ -310,9 +310,10 @@ async fn attempt(
     let w = conn.w.clone();
     let (req, separate_body) = build_request(conn, ex, channel);
     // Read before the first await: other requests of this worker pick keys meanwhile.
-    let key = ex
-        .pinned_key
-        .unwrap_or_else(|| w.upstreams.channel(channel).last_key());
+    let key = match ex.pinned {
+        Some((_, key)) => key,
+        None => w.upstreams.channel(channel).last_key(),
+    };
     let mut result = send_attempt(conn, ex, channel, req, separate_body).await;
     if let Ok(up) = &mut result {
         up.key = key;
@@ -534,8 +535,8 @@ fn write_upstream_head(
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(&ch.host_header);
     out.extend_from_slice(b"\r\n");
-    let key = match ex.pinned_key {
-        Some(key) if key < ch.auth_lines.len() => key,
+    let key = match ex.pinned {
+        Some((_, key)) if key < ch.auth_lines.len() => key,
         _ => w.upstreams.channel(channel).next_key(ch.auth_lines.len()),
     };
     out.extend_from_slice(&ch.auth_lines[key]);

@@ -93,7 +93,7 @@ fn by_response_id(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, 
     let now = conn.deadline.recent();
     match w.response_ids.find(id, token_key, channels, now, ttl) {
         Lookup::Found { channel, key } => {
-            ex.pinned_key = Some(key);
+            ex.pinned = Some((channel, key));
             Ok(Candidates::only(channel))
         }
         Lookup::NotFound => {
