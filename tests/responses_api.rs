@@ -619,3 +619,60 @@ fn a_long_stream_is_relayed_without_keeping_its_output() {
     let lines = log_lines(&log, 2);
     assert_eq!(tokens(&lines[1]), (9, DELTAS, 4, false), "{}", lines[1]);
 }
+
+#[test]
+fn the_quota_is_charged_the_reported_usage_of_every_ending_and_nothing_for_the_id_routes() {
+    let mock = Mock::start();
+    let dir = temp_path("responses-quota", "state");
+    let relay = ConfigBuilder::new(mock.addr)
+        .server(&format!("state_dir = {:?}", dir.display().to_string()))
+        .section(
+            "[[tokens]]\nname = \"q\"\nkey = \"sk-q\"\nmodels = [\"*\"]\nquota_tokens = 1000000\n",
+        )
+        .start(&[]);
+    let used = || {
+        let health = relay.health();
+        let t = health["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "q")
+            .unwrap_or_else(|| panic!("no token q: {health}"))
+            .clone();
+        (
+            t["quota_used"].as_u64().unwrap(),
+            t["quota_reserved"].as_u64().unwrap(),
+        )
+    };
+    let as_q = |model: &str, stream: bool, extra: &str| {
+        relay.roundtrip(&post_json(
+            "/v1/responses",
+            Some("sk-q"),
+            &[],
+            &responses_body(model, stream, extra),
+        ))
+    };
+    // 9 input + 7 output whole; 9 + 5 for each streamed ending.
+    let r = as_q("mock-fixed", false, ",\"max_output_tokens\":64");
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    as_q("mock-incomplete", true, "");
+    as_q("mock-failed", true, "");
+    as_q("mock-fixed", true, "");
+    let expected = 16 + 3 * 14;
+    // (A request is settled just after its last byte went out: allow for that moment.)
+    wait_for(Duration::from_secs(5), || used() == (expected, 0));
+    assert_eq!(used(), (expected, 0));
+    // Reading, listing and deleting the stored response cost nothing.
+    for (method, path) in [
+        ("GET", format!("/v1/responses/{id}")),
+        ("GET", format!("/v1/responses/{id}/input_items")),
+        ("DELETE", format!("/v1/responses/{id}")),
+    ] {
+        let r = by_id(&relay, method, &path, "sk-q");
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+    }
+    wait_for(Duration::from_secs(1), || used().1 == 0);
+    assert_eq!(used(), (expected, 0));
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
