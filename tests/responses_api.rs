@@ -611,6 +611,10 @@ fn a_long_stream_is_relayed_without_keeping_its_output() {
     assert_eq!(name, "response.completed");
     assert_eq!(last["response"]["usage"]["output_tokens"], DELTAS);
     let after = rss(&relay);
+    eprintln!(
+        "relay RSS {before} -> {after} bytes over a {} byte stream",
+        r.body.len()
+    );
     assert!(
         after < before + 4_000_000,
         "RSS grew from {before} to {after} for a {} byte stream",
