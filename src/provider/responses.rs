@@ -438,4 +438,34 @@ mod tests {
         scan.feed(&[b'{'; 10_000]);
         assert_eq!(scan.usage(), None);
     }
+
+    #[test]
+    fn random_bytes_in_random_reads_never_panic() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Bytes drawn mostly from JSON's and SSE's punctuation, so structure is exercised.
+        const ALPHABET: &[u8] = b"{}[]\":,\\ \n\rdata:eventidusageresponse0123456789x";
+        for round in 0..2000 {
+            let mut scan = ResponsesScan::new(round % 2 == 0);
+            let len = (next() % 3000) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            let mut at = 0;
+            while at < bytes.len() {
+                let n = 1 + (next() % 200) as usize;
+                let end = (at + n).min(bytes.len());
+                scan.feed(&bytes[at..end]);
+                if let Some(id) = scan.take_id() {
+                    assert!(!id.is_empty() && id.len() <= MAX_ID);
+                }
+                at = end;
+            }
+        }
+    }
 }
