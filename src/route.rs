@@ -8,16 +8,15 @@
 //! immutable and shared by all workers through an `Arc`; everything that changes per request
 //! lives in [`RouteState`], which each worker owns. The shared state it reads is channel health
 //! (`crate::health`: atomics, read with plain loads here); the `/v1/models` answer also reads
-//! the fetched upstream model lists ([`crate::model_list`]).
+//! the fetched upstream model lists ([`ModelLists`], filled by the `model_list` thread).
 
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::config::{ChannelConfig, Config, Provider, Scheme, Timeouts, TokenConfig};
 use crate::health::Health;
-use crate::model_list::ModelLists;
 use crate::provider::Adapter;
 
 pub struct Channel {
@@ -456,6 +455,49 @@ impl ChannelConfig {
 impl TokenConfig {
     pub fn allows(&self, model: &str) -> bool {
         self.models.iter().any(|p| glob_match(p, model))
+    }
+}
+
+/// The fetched lists, one slot per channel (empty for channels without a glob).
+pub struct ModelLists {
+    slots: Vec<Option<RwLock<Arc<Vec<String>>>>>,
+}
+
+impl ModelLists {
+    pub fn for_channels(channels: &[Channel]) -> ModelLists {
+        ModelLists {
+            slots: channels
+                .iter()
+                .map(|c| c.has_glob().then(|| RwLock::new(Arc::new(Vec::new()))))
+                .collect(),
+        }
+    }
+
+    /// True when `channel`'s list is fetched from its upstream (it has a glob).
+    pub fn fetched(&self, channel: usize) -> bool {
+        matches!(self.slots.get(channel), Some(Some(_)))
+    }
+
+    /// True when some channel's list is fetched from its upstream.
+    pub fn any(&self) -> bool {
+        self.slots.iter().any(Option::is_some)
+    }
+
+    /// The ids `channel`'s upstream listed last (empty until a fetch succeeds).
+    pub fn get(&self, channel: usize) -> Arc<Vec<String>> {
+        match self.slots.get(channel) {
+            Some(Some(slot)) => slot.read().map(|l| l.clone()).unwrap_or_default(),
+            _ => Arc::default(),
+        }
+    }
+
+    /// Replaces `channel`'s list (the `model-lists` thread, after a fetch).
+    pub fn set(&self, channel: usize, ids: Vec<String>) {
+        if let Some(Some(slot)) = self.slots.get(channel) {
+            if let Ok(mut l) = slot.write() {
+                *l = Arc::new(ids);
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use crate::deadline::Layer;
 use crate::error::RelayError;
 use crate::monitor::bump;
 use crate::provider::{self, ResponsePlan};
+use crate::reload::Generation;
 use crate::upstream::UpConn;
 use crate::wire::{self, BodyKind, ResponseHead};
 
@@ -36,12 +37,16 @@ pub async fn operations(conn: &mut Conn, ex: &mut Exchange<'_>) -> Flow {
         Endpoint::Health => {
             // 503 until the whole process is up, so a health check never passes a relay
             // whose other workers are still starting.
-            let (ready, body) = w.monitor.health();
+            let newest = crate::reload::newest_published();
+            let serving = newest.as_deref().map(Generation::serving);
+            let (ready, body) = w.monitor.health(serving.as_ref());
             let status = if ready { 200 } else { 503 };
             respond(conn, ex, status, b"application/json", &body, &[]).await
         }
         Endpoint::Metrics => {
-            let body = w.monitor.metrics_text();
+            let newest = crate::reload::newest_published();
+            let serving = newest.as_deref().map(Generation::serving);
+            let body = w.monitor.metrics_text(serving.as_ref());
             let ct = b"text/plain; version=0.0.4";
             respond(conn, ex, 200, ct, &body, &[]).await
         }
