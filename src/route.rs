@@ -122,8 +122,9 @@ impl Iterator for Candidates {
 pub enum RouteError {
     ModelNotAllowed,
     ModelNotFound,
-    /// Only channels of another provider serve the model (e.g. `/v1/messages` for a model
-    /// only OpenAI-compatible channels serve): no conversion between the dialects is made.
+    /// Only channels of a provider the endpoint cannot use serve the model (e.g.
+    /// `/v1/messages/count_tokens` for a model only OpenAI-compatible channels serve: there is
+    /// no conversion for it).
     OtherProviderOnly,
     /// Channels serve the model, but each is cooling down or has no key left; the shortest
     /// wait in whole seconds, if any will end (`None`: every key refused for good).
@@ -279,8 +280,9 @@ impl Router {
         .ok()
     }
 
-    /// The channels of `provider` (the one the endpoint speaks) that may serve `model` for
-    /// `token`, in the order to try them: priority
+    /// The channels of a provider the endpoint can use (`served_by`: its own dialect's, and
+    /// the other one's where a conversion exists) that may serve `model` for `token`, in the
+    /// order to try them: priority
     /// tiers from the highest down; within a tier the first is drawn at random by weight and
     /// the others follow in config order after it. Channels that are cooling down, being
     /// probed, or out of keys are left out (a channel whose cooldown is over is lined up: the
@@ -290,7 +292,7 @@ impl Router {
         &self,
         token: usize,
         model: &str,
-        provider: Provider,
+        served_by: impl Fn(Provider) -> bool,
         state: &RouteState,
     ) -> Result<Candidates, RouteError> {
         if !self.token_cfgs[token].allows(model) {
@@ -299,7 +301,7 @@ impl Router {
         let mut out = Candidates::default();
         let mut below: Option<i64> = None;
         let now = self.health.lazy_now();
-        let serves = |c: &Channel| c.cfg.provider == provider && c.cfg.serves(model);
+        let serves = |c: &Channel| served_by(c.cfg.provider) && c.cfg.serves(model);
         let usable = |i: usize, c: &Channel| serves(c) && self.health.routable(i, &now);
         while (out.len as usize) < MAX_CANDIDATES {
             // The next tier: the highest priority under the previous one.
@@ -515,7 +517,7 @@ mod tests {
         let mut firsts = [0u32; 4];
         for _ in 0..4000 {
             let order: Vec<usize> = router
-                .candidates(0, "gpt", Provider::OpenAi, &state)
+                .candidates(0, "gpt", |p| p == Provider::OpenAi, &state)
                 .unwrap()
                 .collect();
             // Both priority-5 channels first (in some order), then the priority-0 one; the
@@ -532,7 +534,7 @@ mod tests {
         assert!((0.70..0.80).contains(&share), "{firsts:?}");
         assert_eq!(
             router
-                .candidates(0, "x-1", Provider::OpenAi, &state)
+                .candidates(0, "x-1", |p| p == Provider::OpenAi, &state)
                 .unwrap()
                 .next(),
             Some(2)
@@ -546,7 +548,7 @@ mod tests {
         let state = RouteState::new(1);
         assert_eq!(
             router
-                .candidates(0, "gpt-5", Provider::OpenAi, &state)
+                .candidates(0, "gpt-5", |p| p == Provider::OpenAi, &state)
                 .err(),
             Some(RouteError::ModelNotAllowed)
         );
@@ -554,7 +556,7 @@ mod tests {
         let router = Router::new(&c);
         assert_eq!(
             router
-                .candidates(0, "claude", Provider::OpenAi, &state)
+                .candidates(0, "claude", |p| p == Provider::OpenAi, &state)
                 .err(),
             Some(RouteError::ModelNotFound)
         );

@@ -33,11 +33,11 @@ use super::watch::{is_cancelled, upstream_wait, Waited, WATCH_GRACE};
 use super::{Conn, Flow, Halt};
 
 /// Bytes reserved at the end of a stream buffer for `\r\n` plus the last chunk.
-const STREAM_TAILROOM: usize = 2 + wire::LAST_CHUNK.len();
+pub(super) const STREAM_TAILROOM: usize = 2 + wire::LAST_CHUNK.len();
 
 /// What one wait for upstream body bytes came to.
 /// Each buffer comes back with the bytes held back by the usage-event filter still in front.
-enum StreamRead {
+pub(super) enum StreamRead {
     Data(Vec<u8>),
     Eof(Vec<u8>),
     Failed(Vec<u8>, std::io::Error),
@@ -282,7 +282,7 @@ pub async fn relay_stream(
 /// gather in the socket first: a token stream then costs one read and one write per few
 /// chunks instead of per chunk, and streams whose holds end in the same wheel tick are served
 /// in one wake-up. Chunks further apart than `hold` are not delayed at all.
-async fn read_stream(
+pub(super) async fn read_stream(
     conn: &mut Conn,
     upconn: &mut UpConn,
     mut ubuf: Vec<u8>,
