@@ -130,7 +130,9 @@ pub(super) fn read_channel(
 
     let default_max_tokens = match sec.field("default_max_tokens") {
         Some(f) if provider != Provider::Anthropic => {
-            return Err(f.err("default_max_tokens applies to provider = \"anthropic\" channels only"))
+            return Err(
+                f.err("default_max_tokens applies to provider = \"anthropic\" channels only")
+            )
         }
         Some(f) => f.usize_in(1, 10_000_000)? as u64,
         None => super::DEFAULT_MAX_TOKENS,

@@ -126,7 +126,9 @@ mod tests {
     #[test]
     fn a_messages_request_becomes_a_chat_request_asking_for_usage() {
         let body = br#"{"model":"a","max_tokens":9,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-        let (out, c) = Conversion::MessagesToChat.request(body, "gpt-x", 1).unwrap();
+        let (out, c) = Conversion::MessagesToChat
+            .request(body, "gpt-x", 1)
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "gpt-x");
         assert_eq!(v["stream_options"]["include_usage"], true);

@@ -51,8 +51,8 @@ pub async fn relay_converted(
     t: &Timeouts,
     how: Converted,
 ) -> Result<(Flow, bool), Halt> {
-    let streamed = ex.resp.event_stream
-        && matches!(ex.resp.body, BodyKind::Chunked | BodyKind::UntilClose);
+    let streamed =
+        ex.resp.event_stream && matches!(ex.resp.body, BodyKind::Chunked | BodyKind::UntilClose);
     if streamed {
         relay_stream(conn, ex, upconn, ubuf, t, how).await
     } else {
@@ -292,9 +292,8 @@ async fn relay_whole(
     ex.bytes_out += len as u64;
     ex.completed = true;
     let flow = if close { Flow::Close } else { Flow::Keep };
-    let clean = ex.resp.keep_alive
-        && kind != BodyKind::UntilClose
-        && ended_clean(extra, last_read_filled);
+    let clean =
+        ex.resp.keep_alive && kind != BodyKind::UntilClose && ended_clean(extra, last_read_filled);
     Ok((flow, clean))
 }
 

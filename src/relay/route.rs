@@ -43,7 +43,10 @@ pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt>
     };
     let provider = kind.provider();
     let served_by = |p: Provider| kind.served_by(p);
-    let candidates = match w.router.candidates(token, &model, served_by, &w.route_state) {
+    let candidates = match w
+        .router
+        .candidates(token, &model, served_by, &w.route_state)
+    {
         Ok(c) => c,
         Err(RouteError::ModelNotAllowed) => {
             return Err(RelayError::model_not_allowed(&model).into())
