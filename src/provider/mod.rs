@@ -14,6 +14,8 @@
 //! - [`Conversion`]: a request for a channel of the other dialect (OpenAI chat ⇄ Anthropic
 //!   Messages), converted by [`anthropic`], with [`Converted`] telling the answer's conversion
 //!   what it needs.
+//! - [`UsageCarry`]: a passed-through Anthropic stream's usage, read whole event by whole
+//!   event across reads.
 //! - [`UsageEvents`]: the stream's usage-only event, read and (when the relay asked for it)
 //!   removed without buffering the stream.
 //!
@@ -27,6 +29,7 @@ mod json;
 mod openai;
 mod sse;
 mod usage;
+mod usage_carry;
 
 pub use conversion::{Conversion, Converted};
 pub use json::{
@@ -35,6 +38,7 @@ pub use json::{
 };
 pub use sse::{is_usage_event, UsageEvents, MAX_USAGE_EVENT};
 pub use usage::{content_bytes, scan_usage, update_usage, Usage};
+pub use usage_carry::UsageCarry;
 
 use crate::config::Provider;
 use crate::error::RelayError;

@@ -6,7 +6,9 @@
 //! without a copy, the `sse_coalesce` hold (never before the first event, never after a read
 //! that filled the buffer, off for good once a hold gathered a whole buffer — a bulk stream),
 //! the quiet-stream handling (no buffer held while an SSE stream is idle; the client watched),
-//! and the end of a stream: the last chunk, or an SSE `error` event then the last chunk.
+//! and the end of a stream: the last chunk, or an SSE `error` event then the last chunk. Usage
+//! is read from every read (an Anthropic stream's whole events at a time, so a report a read
+//! boundary cuts is not misread: `provider::UsageCarry`).
 //!
 //! Error handling: after the head, an upstream failure or timeout becomes an SSE `error`
 //! event (`upstream_reset`, `upstream_closed`, `bad_upstream_response`, `<layer>_timeout`)
@@ -106,6 +108,10 @@ pub async fn relay_stream(
     // `ubuf[CHUNK_HEADROOM..]` for the next read.
     let mut usage_events = event_stream.then(|| UsageEvents::new(ex.usage_splice.is_some()));
     let mut held = 0usize;
+    // An Anthropic stream reports usage inside events a read may split: read whole events.
+    let mut usage_carry = (event_stream
+        && ex.endpoint.dialect() == crate::error::Dialect::Anthropic)
+        .then(crate::provider::UsageCarry::new);
     // One per stream: monoio's canceller allocates, so it is not made per chunk.
     let mut canceller = Canceller::new();
     let mut tail: [u8; 2] = [b'\n', b'\n'];
@@ -147,7 +153,14 @@ pub async fn relay_stream(
         }
         let data_len = write_at - CHUNK_HEADROOM;
         if data_len > 0 {
-            note_usage(ex, &ubuf[CHUNK_HEADROOM..write_at]);
+            let data = &ubuf[CHUNK_HEADROOM..write_at];
+            match usage_carry.as_mut() {
+                Some(carry) => {
+                    ex.usage = carry.scan(ex.usage, data);
+                    ex.content_bytes += crate::provider::content_bytes(data);
+                }
+                None => note_usage(ex, data),
+            }
         }
         if data_len > 0 || upstream_done {
             let mut start = CHUNK_HEADROOM;
