@@ -153,7 +153,7 @@ mod tests {
         // The end of the long event carries a usage-like fragment that must not be read.
         u = c.scan(u, b"\"output_tokens\":99}\n\n");
         assert_eq!(u, None);
-        u = c.scan(u, &STREAM[..]);
+        u = c.scan(u, STREAM);
         assert_eq!(u, expected());
     }
 }
