@@ -541,6 +541,51 @@ mod tests {
         );
     }
 
+    /// A model served by an OpenAI-compatible and an Anthropic channel: an endpoint both can
+    /// serve (converted) lines up both; one only Anthropic channels can serve (`count_tokens`)
+    /// only the Anthropic one — and, when every usable one cools, its Retry-After is theirs,
+    /// not that of a channel the request could never use.
+    #[test]
+    fn candidates_mix_providers_only_where_the_endpoint_can_use_them() {
+        use crate::health::{Pass, Reason};
+        let text = "[health]\nfailures = 1\ncooldown = \"5s\"\nmax_cooldown = \"10m\"\n\n\
+            [[channels]]\nname = \"o\"\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\nkeys = [\"k\"]\nmodels = [\"m\", \"only-o\"]\n\n\
+            [[channels]]\nname = \"a\"\nprovider = \"anthropic\"\nbase_url = \"http://127.0.0.1:9\"\nkeys = [\"k\"]\nmodels = [\"m\"]\n\n\
+            [[tokens]]\nname = \"t\"\nkey = \"tk\"\nmodels = [\"*\"]\n";
+        let c = crate::config::parse(text, std::path::Path::new("<test>")).expect("valid");
+        let router = Router::new(&c);
+        let state = RouteState::new(7);
+        let both = |_: Provider| true;
+        let anthropic_only = |p: Provider| p == Provider::Anthropic;
+        let mut all: Vec<usize> = router.candidates(0, "m", both, &state).unwrap().collect();
+        all.sort();
+        assert_eq!(all, vec![0, 1]);
+        let only: Vec<usize> = router
+            .candidates(0, "m", anthropic_only, &state)
+            .unwrap()
+            .collect();
+        assert_eq!(only, vec![1]);
+        assert_eq!(
+            router.candidates(0, "only-o", anthropic_only, &state).err(),
+            Some(RouteError::OtherProviderOnly)
+        );
+        // The OpenAI channel cools for 10 s, the Anthropic one for 100 s.
+        router
+            .health
+            .failure(0, Reason::ConnectFailed, Some(10), &mut Pass::Open);
+        router
+            .health
+            .failure(1, Reason::ConnectFailed, Some(100), &mut Pass::Open);
+        let wait = |e: Option<RouteError>| match e {
+            Some(RouteError::NoHealthyChannel { retry_after_secs }) => retry_after_secs,
+            other => panic!("{other:?}"),
+        };
+        let w = wait(router.candidates(0, "m", anthropic_only, &state).err());
+        assert!(w.is_some_and(|s| (90..=100).contains(&s)), "{w:?}");
+        let w = wait(router.candidates(0, "m", both, &state).err());
+        assert!(w.is_some_and(|s| s <= 10), "{w:?}");
+    }
+
     #[test]
     fn candidates_errors() {
         let c = config(&[("a", "[\"gpt-*\"]", 0, 1)], "[\"gpt-4o\"]");
