@@ -590,6 +590,14 @@ mod tests {
             Behaviour::StallHead(MAX_WAIT_MS)
         );
         assert_eq!(behaviour("gpt-4o"), Behaviour::Fixed);
+        assert_eq!(behaviour("mock-tools"), Behaviour::Tools);
+        assert_eq!(behaviour("mock-mirror"), Behaviour::Mirror);
+        assert_eq!(behaviour("mock-stream-error"), Behaviour::StreamError);
+        assert_eq!(behaviour("mock-big-event-100"), Behaviour::BigEvent(100));
+        assert_eq!(
+            behaviour("mock-big-event-99999999999"),
+            Behaviour::BigEvent(MAX_BIG_EVENT as usize)
+        );
         assert_eq!(parse_chunk_size(b"1f;x=y"), Some(31));
         assert_eq!(parse_chunk_size(b"+1"), None);
         assert_eq!(parse_chunk_size(b"zz"), None);
