@@ -435,7 +435,11 @@ async fn relay_stream(
 
         let wait = std::mem::take(&mut hold);
         ubuf.truncate(CHUNK_HEADROOM);
+        // The output buffer is empty between reads: a quiet stream holds none.
+        w.bufs.give(out);
         let read = read_stream(conn, upconn, ubuf, t, true, wait, &mut canceller).await;
+        out = w.bufs.take();
+        out.resize(CHUNK_HEADROOM, 0);
         let error = match read {
             StreamRead::Data(b) => {
                 last_read_filled = b.len() == b.capacity() - STREAM_TAILROOM;
