@@ -25,6 +25,7 @@ both_drivers! {
     a_bad_client_key_is_an_anthropic_401,
     upstream_errors_reach_the_client_in_anthropic_shape,
     a_stream_cut_by_a_timeout_ends_with_an_anthropic_error_event,
+    a_usage_report_split_across_reads_is_read_whole,
 }
 
 const ANTHROPIC_KEY: &str = "sk-ant-upstream-key-0123456789";
@@ -406,5 +407,24 @@ fn a_stream_cut_by_a_timeout_ends_with_an_anthropic_error_event(driver: Driver) 
     assert!(v["error"]["message"]
         .as_str()
         .is_some_and(|m| m.contains("stream_idle")));
+    let _ = std::fs::remove_file(&path);
+}
+
+/// `mock-split-usage` writes its `message_delta` in two pieces 50 ms apart, cut inside
+/// `"output_tokens":1234`: the relay reads them apart, and must still account 1234, not 12.
+fn a_usage_report_split_across_reads_is_read_whole(driver: Driver) {
+    let mock = Mock::start();
+    let (relay, path) = relay(driver, &mock, "anthropic-split-usage");
+    let r = relay.roundtrip(&post_anthropic(
+        "/v1/messages",
+        TOKEN,
+        &[],
+        &messages_body("mock-split-usage", true),
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"output_tokens\":1234"), "{}", r.text());
+    let line = &log_lines(&path, 1)[0];
+    // 5 input + 4 cache reads; 1234 output.
+    assert_eq!(tokens(line), (9, 1234, 4, 1243, false), "{line}");
     let _ = std::fs::remove_file(&path);
 }

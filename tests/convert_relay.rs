@@ -42,6 +42,7 @@ const MAPPED: &[&str] = &[
     "big-event-100000",
     "big-event-1000",
     "stream-100000-0",
+    "split-usage",
 ];
 
 fn model_map(prefix: &str) -> String {
@@ -701,6 +702,21 @@ fn an_error_inside_an_upstream_stream_ends_the_converted_stream_with_the_relays_
         lines.iter().all(|l| l["outcome"] == "upstream_error"),
         "{lines:#?}"
     );
+}
+
+#[test]
+fn a_usage_report_split_across_reads_is_converted_whole() {
+    let mock = Mock::start();
+    let (relay, log) = relay(Driver::IoUring, &mock, "convert-split-usage", &[]);
+    let r = relay.roundtrip(&post_chat(&chat_request("claude-split-usage", true)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("\"completion_tokens\":1234"),
+        "{}",
+        r.text()
+    );
+    let line = &log_lines(&log, 1)[0];
+    assert_eq!(logged_usage(line), (9, 1234, 4, false), "{line}");
 }
 
 #[test]

@@ -44,6 +44,7 @@ const MODEL_NAMES: &[&str] = &[
     "mock-mirror",
     "mock-stream-error",
     "mock-big-event-65536",
+    "mock-split-usage",
 ];
 
 /// Caps every scripted wait so a silly model name cannot overflow `Instant` arithmetic.
@@ -107,6 +108,8 @@ enum Behaviour {
     StreamError,
     /// A stream with one content event of this many bytes.
     BigEvent(usize),
+    /// An Anthropic stream whose usage report is split across two writes.
+    SplitUsage,
 }
 
 fn behaviour(model: &str) -> Behaviour {
@@ -128,6 +131,7 @@ fn behaviour(model: &str) -> Behaviour {
         "mock-tools" => Some(Behaviour::Tools),
         "mock-mirror" => Some(Behaviour::Mirror),
         "mock-stream-error" => Some(Behaviour::StreamError),
+        "mock-split-usage" => Some(Behaviour::SplitUsage),
         "mock-close" => Some(Behaviour::Close),
         "mock-no-reason" => Some(Behaviour::Hostile(Hostile::NoReason { stream: false })),
         "mock-no-reason-stream" => Some(Behaviour::Hostile(Hostile::NoReason { stream: true })),
@@ -335,6 +339,7 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
         }
         Behaviour::StreamError => crate::rich::stream_error(reply, endpoint, model),
         Behaviour::BigEvent(bytes) => crate::rich::big_event(reply, endpoint, model, bytes),
+        Behaviour::SplitUsage => crate::rich::split_usage(reply, endpoint, model),
     }
 }
 

@@ -115,6 +115,9 @@ Mock upstream models (chosen by the request body's JSON \"model\"):
                          {\"error\":{...}} elsewhere; then the body ends.
   mock-big-event-BYTES   a stream whose one content delta carries BYTES (at most 64 MiB) bytes of
                          text, in the endpoint's dialect, then a normal end.
+  mock-split-usage       on /v1/messages: an Anthropic stream whose message_delta (1234
+                         output_tokens) is written in two chunks 50 ms apart, split inside the
+                         number; elsewhere one chat chunk and [DONE].
 Hostile upstreams (bytes written raw; for the relay's hostile-peer tests):
   mock-no-reason         200 with no reason phrase (\"HTTP/1.1 200\\r\\n\"); -stream: the same as SSE.
   mock-binary-reason     200 with a reason phrase of bytes 0x80-0xFF.

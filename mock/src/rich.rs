@@ -417,3 +417,37 @@ pub(crate) fn big_event(
         reply.end_stream()
     }
 }
+
+/// `mock-split-usage`: an Anthropic stream (on `/v1/messages`; a chat stream elsewhere) whose
+/// `message_delta` reports 1234 output tokens, written in two HTTP chunks 50 ms apart that
+/// split the number (`…"output_tokens":12` | `34}}…`), so a reader that scans each read on its
+/// own reads 12.
+pub(crate) fn split_usage(
+    reply: Reply<'_>,
+    endpoint: Endpoint,
+    model: &str,
+) -> io::Result<Outcome> {
+    reply.sse_head()?;
+    if endpoint != Endpoint::Messages {
+        reply.chunk(chat_chunk(model, "{\"content\":\"tok0\"}", "\"stop\"", false).as_bytes())?;
+        return reply.end_stream();
+    }
+    for e in [
+        message_start(model),
+        block_start(0, "{\"type\":\"text\",\"text\":\"\"}"),
+        block_delta(0, "{\"type\":\"text_delta\",\"text\":\"tok0\"}"),
+        block_stop(0),
+    ] {
+        reply.chunk(e.as_bytes())?;
+    }
+    let [delta, stop] = message_end("end_turn", 1234);
+    let cut = delta.find("1234").map_or(delta.len() / 2, |at| at + 2);
+    reply.chunk(&delta.as_bytes()[..cut])?;
+    if !reply.pause(std::time::Duration::from_millis(50)) {
+        return Ok(Outcome::Close);
+    }
+    reply.chunk(&delta.as_bytes()[cut..])?;
+    reply.chunk(stop.as_bytes())?;
+    reply.send(b"0\r\n\r\n")?;
+    Ok(reply.finished())
+}
