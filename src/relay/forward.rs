@@ -3,7 +3,9 @@
 //! upstream's response head.
 //!
 //! Owns: building the upstream request per channel (target, `Host`, the channel's key in
-//! rotation, the client's end-to-end headers, one `x-request-id`), sending it under
+//! rotation, the client's end-to-end headers, one `x-request-id`; for a channel of the other
+//! dialect the body converted, to that dialect's path, decided anew for each attempt and
+//! recorded in `Exchange::converted`), sending it under
 //! `response_header`, and reading the response head — interim 1xx heads skipped (at most
 //! [`MAX_INTERIM_RESPONSES`], parsed from what is already buffered before reading again),
 //! ambiguous or malformed heads refused. A parked connection that turns out closed before any
