@@ -828,6 +828,46 @@ fn failover_across_providers_converts_for_each_channel_tried() {
 
 // ---- memory ----------------------------------------------------------------------------------
 
+/// What a long stream brought: how often `needle` occurred, whether an `event: error` did,
+/// and the stream's last bytes. Read raw until the relay closes (the request says
+/// `Connection: close`), counting as it goes, under an overall deadline generous enough for
+/// a debug build on a loaded machine.
+fn count_stream(relay: &Relay, mut request: Vec<u8>, needle: &[u8]) -> (usize, bool, Vec<u8>) {
+    use std::io::{Read, Write};
+    let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 2;
+    request.splice(head_end..head_end, b"connection: close\r\n".iter().copied());
+    let mut s = std::net::TcpStream::connect(relay.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&request).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let mut window: Vec<u8> = Vec::new();
+    let mut count = 0;
+    let mut error = false;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream took over 240 s"
+        );
+        let n = s.read(&mut chunk).expect("read the stream");
+        if n == 0 {
+            break;
+        }
+        // Keep the tail of the previous read so a needle split across reads is counted once.
+        let keep = window.len().min(256);
+        window.drain(..window.len() - keep);
+        let old = window.len();
+        window.extend_from_slice(&chunk[..n]);
+        count += window
+            .windows(needle.len())
+            .enumerate()
+            .filter(|(i, w)| *w == needle && i + needle.len() > old)
+            .count();
+        error |= window.windows(12).any(|w| w == b"event: error");
+    }
+    (count, error, window)
+}
+
 /// A stream of 100,000 events through each conversion: the relay's RSS stays flat.
 #[test]
 fn a_stream_of_100000_events_through_each_conversion_keeps_rss_flat() {
@@ -835,18 +875,27 @@ fn a_stream_of_100000_events_through_each_conversion_keeps_rss_flat() {
     let (relay, log) = relay(Driver::IoUring, &mock, "convert-rss", &[]);
     let rss = |relay: &Relay| relay.health()["rss_bytes"].as_u64().unwrap();
     let run = |n: usize| {
-        let r = relay.roundtrip(&post_chat(&chat_request("claude-stream-100000-0", true)));
-        assert_eq!(r.status, 200);
-        assert!(sse_error_event(&r.body).is_none(), "{}", &r.text()[..200]);
-        let chat_chunks = r.text().matches("chat.completion.chunk").count();
-        assert!(chat_chunks >= 100_000, "{chat_chunks} chunks");
-        let r = relay.roundtrip(&post_messages(
-            "/v1/messages",
-            &messages_request("gpt-stream-100000-0", true),
-        ));
-        assert_eq!(r.status, 200);
-        let deltas = r.text().matches("event: content_block_delta").count();
-        assert_eq!(deltas, 100_000, "{}", &r.text()[..200]);
+        let (chunks, error, tail) = count_stream(
+            &relay,
+            post_chat(&chat_request("claude-stream-100000-0", true)),
+            b"chat.completion.chunk",
+        );
+        assert!(!error, "{}", String::from_utf8_lossy(&tail));
+        // 100,000 deltas, the first and the final chunk, the usage chunk.
+        assert!(chunks >= 100_002, "{chunks} chunks");
+        assert!(tail.ends_with(b"data: [DONE]\n\n\r\n0\r\n\r\n"));
+        let (deltas, error, tail) = count_stream(
+            &relay,
+            post_messages(
+                "/v1/messages",
+                &messages_request("gpt-stream-100000-0", true),
+            ),
+            b"event: content_block_delta",
+        );
+        assert!(!error, "{}", String::from_utf8_lossy(&tail));
+        assert_eq!(deltas, 100_000);
+        assert!(tail
+            .ends_with(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n\r\n0\r\n\r\n"));
         log_lines(&log, n);
     };
     // One round first, so the allocator's pools and the buffer pool are warm.
