@@ -42,7 +42,8 @@ for kind, model in (("NATIVE", native), ("CONVERTED", converted)):
             if event.type == "message_delta":
                 delta_usage = event.usage
         final = s.get_final_message()
-    print(f"{kind} STREAM {describe(final)}|{final.usage.output_tokens}|{delta_usage.output_tokens}")
+    fu = final.usage
+    print(f"{kind} STREAM {describe(final)}|{fu.input_tokens}|{fu.output_tokens}|{fu.cache_read_input_tokens}|{delta_usage.output_tokens}")
 
 for kind, model in (("NATIVE", "claude-status-429"), ("CONVERTED", "gpt-status-429")):
     try:
@@ -212,7 +213,9 @@ fn anthropic_sdk_on_messages_native_and_converted() {
     let whole = "tool_use|Let me check.|get_weather|{\"city\": \"Paris\"}|5|7|4";
     assert_eq!(line(&text, "NATIVE WHOLE "), whole, "{text}");
     assert_eq!(line(&text, "CONVERTED WHOLE "), whole, "{text}");
-    let stream = "tool_use|Let me check.|get_weather|{\"city\": \"Paris\"}|7|7";
+    // The SDK's final message: input and cache reads from message_start (native) or from
+    // message_delta (converted: an OpenAI stream reports usage only at its end).
+    let stream = "tool_use|Let me check.|get_weather|{\"city\": \"Paris\"}|5|7|4|7";
     assert_eq!(line(&text, "NATIVE STREAM "), stream, "{text}");
     assert_eq!(line(&text, "CONVERTED STREAM "), stream, "{text}");
     assert_eq!(
