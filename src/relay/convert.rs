@@ -123,12 +123,25 @@ fn note_usage(ex: &mut Exchange<'_>, usage: StreamUsage) {
     }
 }
 
-/// The head of a converted answer (`ubuf` holds the upstream's head).
+/// The upstream's request id (`x-request-id`, or Anthropic's `request-id`), copied while
+/// `ubuf` still holds the upstream's head (reading the body reuses that buffer).
+fn upstream_request_id(ex: &Exchange<'_>, ubuf: &[u8]) -> Option<Vec<u8>> {
+    if ubuf.len() < ex.resp.len {
+        return None;
+    }
+    ex.resp.headers.iter().find_map(|h| {
+        let name = h.name.of(ubuf);
+        (name.eq_ignore_ascii_case(b"x-request-id") || name.eq_ignore_ascii_case(b"request-id"))
+            .then(|| h.value.of(ubuf).to_vec())
+    })
+}
+
+/// The head of a converted answer.
 fn write_head(
     conn: &Conn,
     ex: &Exchange<'_>,
     out: &mut Vec<u8>,
-    ubuf: &[u8],
+    upstream_id: Option<&[u8]>,
     content_type: &[u8],
     framing: ClientFraming,
     close: bool,
@@ -138,12 +151,8 @@ fn write_head(
     if matches!(framing, ClientFraming::Chunked | ClientFraming::UntilClose) {
         out.extend_from_slice(b"cache-control: no-cache\r\n");
     }
-    for h in &ex.resp.headers {
-        let name = h.name.of(ubuf);
-        if name.eq_ignore_ascii_case(b"x-request-id") || name.eq_ignore_ascii_case(b"request-id") {
-            wire::write_header(out, b"x-upstream-request-id", h.value.of(ubuf));
-            break;
-        }
+    if let Some(id) = upstream_id {
+        wire::write_header(out, b"x-upstream-request-id", id);
     }
     wire::write_header(out, b"x-request-id", ex.id);
     write_cors(conn, ex, out);
@@ -189,6 +198,7 @@ async fn relay_whole(
     let mut complete = false;
     let mut extra = false;
     let mut last_read_filled = ubuf.len() == ubuf.capacity();
+    let upstream_id = upstream_request_id(ex, &ubuf);
     let mut input = ex.resp.len..ubuf.len();
     loop {
         let chunk = &ubuf[input.clone()];
@@ -275,7 +285,7 @@ async fn relay_whole(
         conn,
         ex,
         &mut out,
-        &ubuf,
+        upstream_id.as_deref(),
         b"application/json",
         ClientFraming::Length(converted.len() as u64),
         close,
@@ -321,11 +331,12 @@ async fn relay_stream(
     };
     let mut conv = StreamConverter::new(how, w.config.server.max_sse_event_bytes);
     let mut out = w.bufs.take();
+    let upstream_id = upstream_request_id(ex, &ubuf);
     write_head(
         conn,
         ex,
         &mut out,
-        &ubuf,
+        upstream_id.as_deref(),
         b"text/event-stream",
         framing,
         close,
