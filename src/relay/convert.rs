@@ -102,6 +102,14 @@ impl StreamConverter {
             StreamConverter::ToAnthropic(c) => c.usage(),
         }
     }
+
+    /// The client's stream is complete (`[DONE]` / `message_stop` written).
+    fn is_done(&self) -> bool {
+        match self {
+            StreamConverter::ToOpenAi(c) => c.is_done(),
+            StreamConverter::ToAnthropic(c) => c.is_done(),
+        }
+    }
 }
 
 fn unix_now() -> u64 {
@@ -410,7 +418,8 @@ async fn relay_stream(
         ex.content_bytes += provider::content_bytes(&out[CHUNK_HEADROOM..]);
         if let Some(error) = failure {
             w.bufs.give(ubuf);
-            return end_with_error(conn, ex, out, &error, chunked_out).await;
+            let done = conv.is_done();
+            return end_with_error(conn, ex, out, &error, chunked_out, done).await;
         }
         let data_len = out.len() - CHUNK_HEADROOM;
         if data_len > 0 || upstream_done {
@@ -494,34 +503,59 @@ async fn relay_stream(
                 return Err(Halt::Close);
             }
         };
-        return end_with_error(conn, ex, out, &error, chunked_out).await;
+        let done = conv.is_done();
+        return end_with_error(conn, ex, out, &error, chunked_out, done).await;
     }
 }
 
 /// End a converted stream with the relay's SSE `error` event in the client's dialect, after
 /// whatever `out[CHUNK_HEADROOM..]` holds (events converted before the failure). A client
 /// without chunked framing (HTTP/1.0) is cut instead, so a truncated body never looks whole.
+///
+/// When the client's stream is already `complete` (`[DONE]` / `message_stop` went out, and the
+/// upstream failed only after its answer), it ends as a whole stream, with no error event
+/// after its end; the upstream connection is not reused.
 async fn end_with_error(
     conn: &mut Conn,
     ex: &mut Exchange<'_>,
     mut out: Vec<u8>,
     error: &RelayError,
     chunked_out: bool,
+    complete: bool,
 ) -> Result<(Flow, bool), Halt> {
-    ex.outcome = Outcome::of(error);
+    if !complete {
+        ex.outcome = Outcome::of(error);
+    }
+    let data_len = out.len() - CHUNK_HEADROOM;
     if !chunked_out {
+        if complete && data_len > 0 {
+            let end = out.len();
+            out = write_client(conn, out, CHUNK_HEADROOM..end)
+                .await
+                .map_err(halt)?;
+            ex.bytes_out += data_len as u64;
+        }
         conn.w.bufs.give(out);
+        if complete {
+            ex.completed = true;
+            return Ok((Flow::Close, false));
+        }
         return Err(Halt::Close);
     }
-    if out.len() > CHUNK_HEADROOM && !out.ends_with(b"\n\n") {
+    if !complete {
+        if data_len > 0 && !out.ends_with(b"\n\n") {
+            out.extend_from_slice(b"\n\n");
+        }
+        out.extend_from_slice(b"event: error\ndata: ");
+        error.render_as(ex.endpoint.dialect(), &mut out);
         out.extend_from_slice(b"\n\n");
     }
-    out.extend_from_slice(b"event: error\ndata: ");
-    error.render_as(ex.endpoint.dialect(), &mut out);
-    out.extend_from_slice(b"\n\n");
     let data_len = out.len() - CHUNK_HEADROOM;
-    let start = wire::write_chunk_header_before(&mut out, CHUNK_HEADROOM, data_len);
-    out.extend_from_slice(b"\r\n");
+    let mut start = CHUNK_HEADROOM;
+    if data_len > 0 {
+        start = wire::write_chunk_header_before(&mut out, CHUNK_HEADROOM, data_len);
+        out.extend_from_slice(b"\r\n");
+    }
     out.extend_from_slice(wire::LAST_CHUNK);
     conn.deadline
         .arm_unclamped(Layer::ClientIdle, conn.w.config.timeouts[Layer::ClientIdle]);
