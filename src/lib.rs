@@ -25,7 +25,7 @@
 //! | `wheel`    | the per-worker hierarchical timing wheel |
 //! | `route`    | token auth, candidate channels, `/v1/models` |
 //! | `health`   | channel cooldowns, probes and keys out of rotation, shared by all workers |
-//! | `provider` | provider adapters: paths, auth, body plans, error bodies, usage |
+//! | `provider` | provider adapters: paths, auth, body plans, error bodies, usage; the conversion between the OpenAI and Anthropic dialects |
 //! | `bufpool`  | per-worker IO buffer pool |
 //! | `monitor`  | counters, health JSON, Prometheus metrics, health log line |
 //! | `busy`     | opt-in busy polling |

@@ -14,7 +14,8 @@
 //! [`RelayError`](crate::error::RelayError), answered in one place. Where each feature lives:
 //! token limits and the quota reservation in `admit` (its estimate in `reserve`, settled in
 //! `finish`), failover across channels in `forward`,
-//! protocol conversion (to come) in `respond`, the access log in `finish`
+//! protocol conversion in `forward` (the request, per attempt) and `respond` (the answer,
+//! `convert`), the access log in `finish`
 //! (docs/ARCHITECTURE.md has the chart).
 //!
 //! Key components:
@@ -33,6 +34,7 @@
 //! upstream connection with them. Every phase is bounded by the request's `total`.
 
 mod admit;
+mod convert;
 mod exchange;
 mod finish;
 mod forward;

@@ -6,8 +6,9 @@
 //! Owns: the client response head for an upstream answer (hop-by-hop headers dropped, the
 //! upstream's `x-request-id` renamed, channel keys masked), reading the upstream body under
 //! `stream_idle`, usage scanning, and deciding whether the upstream connection ended clean
-//! enough to be pooled (`finish` pools it). Conversion between dialects will plug in here,
-//! as a response plan of the channel's adapter.
+//! enough to be pooled (`finish` pools it). The 2xx answer of a channel of the other dialect
+//! is converted back ([`super::convert`]); an upstream error is read by the channel's adapter
+//! and answered in the client's dialect, whichever the channel spoke.
 //!
 //! Error handling: after the head went out an error can only cut the answer (`Halt::Close`)
 //! or, for a stream, end it with an SSE `error` event. Must not: retry or pick channels.
@@ -128,6 +129,11 @@ pub async fn relay(
     }
     if ex.resp.status >= 400 {
         return upstream_error(conn, ex, upconn, ubuf, channel, &t).await;
+    }
+    if let Some(how) = ex.converted {
+        let (flow, clean) =
+            super::convert::relay_converted(conn, ex, &mut upconn, ubuf, &t, how).await?;
+        return Ok((flow, clean.then_some(upconn)));
     }
     let (flow, clean) = match ex.resp.body {
         BodyKind::None => relay_fixed(conn, ex, &mut upconn, ubuf, 0, channel, &t).await?,
