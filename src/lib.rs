@@ -60,6 +60,7 @@ mod route;
 mod server;
 mod signals;
 mod state;
+mod takeover;
 mod top;
 mod upstream;
 mod wheel;
