@@ -1,0 +1,313 @@
+//! Binary upgrade under load, end to end against the real binary: relay A serves a steady load
+//! of new connections, keep-alive requests and keep-alive streams; relay B starts on the same
+//! address with `--takeover` (it takes A's listening sockets over, see docs/upgrade.md); A gets
+//! SIGTERM and drains; the load goes on against B. No connection attempt may fail, and every
+//! request must get its whole, correct answer (no stream cut). Runs on io_uring and epoll, and
+//! across the two (A on one driver, B on the other).
+//!
+//! Without `--takeover` a second relay still refuses a port in use: tests/hostile_ops.rs.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+both_drivers! {
+    upgrade_under_load_refuses_no_connection,
+}
+
+#[test]
+fn upgrade_from_epoll_to_io_uring_refuses_no_connection() {
+    upgrade_under_load(Driver::Epoll, Driver::IoUring);
+}
+
+#[test]
+fn upgrade_from_io_uring_to_epoll_refuses_no_connection() {
+    upgrade_under_load(Driver::IoUring, Driver::Epoll);
+}
+
+fn upgrade_under_load_refuses_no_connection(driver: Driver) {
+    upgrade_under_load(driver, driver);
+}
+
+/// Client threads of each kind.
+const FRESH_THREADS: usize = 4;
+const KEEPALIVE_THREADS: usize = 2;
+const STREAM_THREADS: usize = 2;
+/// The streamed model: 6 events 40 ms apart, so streams are in flight at every step.
+const STREAM_MODEL: &str = "mock-stream-6-40";
+/// Load before B starts, between B and the SIGTERM, and after A exited.
+const PHASE: Duration = Duration::from_millis(700);
+/// Upper bound on requests per client thread (the load stops at whichever comes first).
+const MAX_PER_THREAD: u64 = 20_000;
+
+/// What the client threads saw.
+struct Tally {
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
+    answers: AtomicU64,
+    streams: AtomicU64,
+    /// A reused keep-alive connection the relay closed before any byte of the next answer
+    /// (an idle close: HTTP/1.1 lets a client retry that request on a new connection, and the
+    /// threads do). Counted, and printed.
+    idle_closes: AtomicU64,
+    failures: AtomicU64,
+    /// The first few failures, described, with when they happened.
+    failed: Mutex<Vec<String>>,
+    started: Instant,
+}
+
+impl Tally {
+    fn fail(&self, what: String) {
+        self.failures.fetch_add(1, Relaxed);
+        let mut f = self.failed.lock().unwrap();
+        if f.len() < 20 {
+            f.push(format!("{what} (at {:?})", self.started.elapsed()));
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// A new connection per request.
+    Fresh,
+    /// Sequential plain requests on one connection, a new one when the relay closes it.
+    KeepAlive,
+    /// Sequential streams on one connection, likewise.
+    Streams,
+}
+
+fn upgrade_under_load(driver_a: Driver, driver_b: Driver) {
+    let mock = Mock::start();
+    let cfg = ConfigBuilder::new(mock.addr)
+        .workers(2)
+        .server("drain = \"10s\"");
+    let mut a = start(driver_a, &cfg);
+    let addr = a.addr;
+    // The answer every plain request must get (mock-fixed's content).
+    let expected = content_of(&a.roundtrip(&chat("mock-fixed", false)));
+
+    let tally = Arc::new(Tally {
+        connects: AtomicU64::new(0),
+        connect_failures: AtomicU64::new(0),
+        answers: AtomicU64::new(0),
+        streams: AtomicU64::new(0),
+        idle_closes: AtomicU64::new(0),
+        failures: AtomicU64::new(0),
+        failed: Mutex::new(Vec::new()),
+        started: Instant::now(),
+    });
+    let steps = |what: &str| println!("{what} at {:?}", tally.started.elapsed());
+    let stop = Arc::new(AtomicBool::new(false));
+    let kinds = std::iter::repeat_n(Kind::Fresh, FRESH_THREADS)
+        .chain(std::iter::repeat_n(Kind::KeepAlive, KEEPALIVE_THREADS))
+        .chain(std::iter::repeat_n(Kind::Streams, STREAM_THREADS));
+    let threads: Vec<_> = kinds
+        .map(|kind| {
+            let (tally, stop, expected) = (tally.clone(), stop.clone(), expected.clone());
+            std::thread::spawn(move || load(addr, kind, &expected, &tally, &stop))
+        })
+        .collect();
+
+    std::thread::sleep(PHASE);
+    let before_b = tally.answers.load(Relaxed) + tally.streams.load(Relaxed);
+
+    steps("B starts");
+    // B takes over: the same config, on the same address.
+    let b_config = write_temp("relay-b", "toml", &cfg.render(addr.port()));
+    let b = Relay::try_start_file(b_config, driver_b.env(), &|cmd| {
+        cmd.arg("--takeover");
+    })
+    .unwrap_or_else(|e| panic!("relay B: {e}"));
+    let b_listening = wait_for(Duration::from_secs(10), || {
+        b.stderr_text().contains("listening on")
+    });
+    assert!(b_listening.is_some(), "relay B:\n{}", b.stderr_text());
+    let b_pid = b.pid();
+    let handed = wait_for(Duration::from_secs(5), || {
+        a.stderr_text()
+            .contains(&format!("handed to ringway pid {b_pid}"))
+    });
+    assert!(handed.is_some(), "relay A:\n{}", a.stderr_text());
+    std::thread::sleep(PHASE);
+    let before_term = tally.answers.load(Relaxed) + tally.streams.load(Relaxed);
+
+    // A drains and exits while the load goes on.
+    steps("SIGTERM");
+    a.signal(libc::SIGTERM);
+    let status = a.wait_exit(Duration::from_secs(20));
+    let a_log = a.stderr_text();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "relay A's exit: {status:?}\n{a_log}"
+    );
+    let at_exit = tally.answers.load(Relaxed) + tally.streams.load(Relaxed);
+    steps("A exited");
+    std::thread::sleep(PHASE);
+    stop.store(true, Relaxed);
+    for t in threads {
+        t.join().expect("a load thread panicked");
+    }
+    let total = tally.answers.load(Relaxed) + tally.streams.load(Relaxed);
+
+    let failures = tally.failures.load(Relaxed);
+    println!(
+        "upgrade {:?} -> {:?}: {} connections ({} failed), {} plain answers, {} streams, \
+         {} idle keep-alive closes retried, {failures} failures; answered before B {before_b}, \
+         before SIGTERM {before_term}, at A's exit {at_exit}, in all {total}",
+        driver_a,
+        driver_b,
+        tally.connects.load(Relaxed),
+        tally.connect_failures.load(Relaxed),
+        tally.answers.load(Relaxed),
+        tally.streams.load(Relaxed),
+        tally.idle_closes.load(Relaxed),
+    );
+    let failed = tally.failed.lock().unwrap().clone();
+    assert_eq!(
+        tally.connect_failures.load(Relaxed),
+        0,
+        "refused or failed connections: {failed:#?}"
+    );
+    assert_eq!(failures, 0, "failed requests: {failed:#?}");
+    // The load really ran through every step.
+    assert!(before_b > 20, "load before B: {before_b}");
+    assert!(
+        before_term > before_b && at_exit > before_term && total > at_exit,
+        "answers at each step: {before_b} {before_term} {at_exit} {total}"
+    );
+    assert!(
+        a_log.contains("drain: done"),
+        "relay A did not drain:\n{a_log}"
+    );
+    assert!(
+        !a_log.contains("ended at the drain deadline with shutting_down")
+            || a_log.contains(", 0 ended at the drain deadline"),
+        "relay A cut requests at its drain deadline:\n{a_log}"
+    );
+
+    // B serves alone now, and counted requests of its own.
+    let r = b.roundtrip(&chat("mock-fixed", false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = b.health();
+    assert_eq!(h["io_driver"], driver_b.health_name(), "{h}");
+    assert!(json_u64(&h, "requests_total") > 1, "relay B's health: {h}");
+    // B can itself be taken over later: it offers the listeners in turn.
+    assert!(
+        !b.stderr_text().contains("cannot open the takeover socket"),
+        "relay B:\n{}",
+        b.stderr_text()
+    );
+}
+
+/// One client thread: requests of `kind` until `stop`, each checked whole.
+fn load(addr: std::net::SocketAddr, kind: Kind, expected: &str, tally: &Tally, stop: &AtomicBool) {
+    let stream = kind == Kind::Streams;
+    let request = if stream {
+        chat(STREAM_MODEL, true)
+    } else {
+        chat("mock-fixed", false)
+    };
+    let mut conn: Option<Client> = None;
+    let mut sent = 0u64;
+    while !stop.load(Relaxed) && sent < MAX_PER_THREAD {
+        let reused = conn.is_some() && kind != Kind::Fresh;
+        let mut c = match conn.take().filter(|_| kind != Kind::Fresh) {
+            Some(c) => c,
+            None => match Client::try_connect(addr) {
+                Ok(c) => {
+                    tally.connects.fetch_add(1, Relaxed);
+                    c
+                }
+                Err(e) => {
+                    tally.connect_failures.fetch_add(1, Relaxed);
+                    tally.fail(format!("connect: {e}"));
+                    continue;
+                }
+            },
+        };
+        sent += 1;
+        if let Err(e) = c.try_send(&request) {
+            if reused {
+                tally.idle_closes.fetch_add(1, Relaxed);
+            } else {
+                tally.fail(format!("{kind:?}: sending on a new connection: {e}"));
+            }
+            continue;
+        }
+        let r = match c.read_response_eof_aware() {
+            Ok(r) => r,
+            Err(ReadError::Eof(bytes)) if reused && bytes.is_empty() => {
+                tally.idle_closes.fetch_add(1, Relaxed);
+                continue;
+            }
+            Err(ReadError::Io(e)) if reused && idle_reset(&e) && c.pending().is_empty() => {
+                tally.idle_closes.fetch_add(1, Relaxed);
+                continue;
+            }
+            Err(e) => {
+                tally.fail(format!(
+                    "{kind:?}: reading the answer ({} connection): {e:?}",
+                    if reused { "reused" } else { "new" }
+                ));
+                continue;
+            }
+        };
+        if r.status != 200 {
+            tally.fail(format!("{kind:?}: status {}: {}", r.status, r.text()));
+            continue;
+        }
+        if stream {
+            let events = stream_contents(&r.text());
+            let want: Vec<String> = (0..6).map(|i| format!("tok{i}")).collect();
+            if events != want || !r.text().contains("data: [DONE]") {
+                tally.fail(format!("a stream cut or altered: {:?}", r.text()));
+                continue;
+            }
+            tally.streams.fetch_add(1, Relaxed);
+        } else {
+            let content = content_of(&r);
+            if content != expected {
+                tally.fail(format!("a wrong answer: {content:?}"));
+                continue;
+            }
+            tally.answers.fetch_add(1, Relaxed);
+        }
+        if !r.closes() {
+            conn = Some(c);
+        }
+    }
+}
+
+/// A reset seen when writing to or reading from a connection the peer closed while idle.
+fn idle_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
+}
+
+fn content_of(r: &Response) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no content: {}", r.text()))
+        .to_string()
+}
+
+/// The `delta.content` of each chat chunk event, in order.
+fn stream_contents(sse: &str) -> Vec<String> {
+    sse.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect()
+}
