@@ -219,6 +219,7 @@ fn run_relay(path: &Path, takeover: bool) -> i32 {
         }
     };
     crate::log::set_format(config.log.format);
+    crate::takeover::remember_config_path(path);
     for w in &config.warnings {
         crate::log::warn(&format!("config: {w}"));
     }

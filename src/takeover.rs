@@ -26,6 +26,12 @@
 //! new → old   ready                            (its workers listen on them)
 //! old → new   released                         (the name is free)
 //! ```
+//! SIGUSR2 does the whole upgrade from inside the running relay ([`start_successor`]): it
+//! starts its own binary (the file now at the path it was started from, so an upgraded one)
+//! as `--config PATH --takeover`, and when that child has taken over it tells the service
+//! manager the child is the main process now (`MAINPID=`) and drains itself. That is the way
+//! under systemd, where the new process must be in the unit's cgroup (docs/upgrade.md).
+//!
 //! Both sides check `SO_PEERCRED`: the peer runs as the same user (effective uid), or nothing is
 //! handed over. A peer that closes, answers anything else, or stays silent past the timeout ends
 //! the exchange; the running relay keeps serving and keeps offering.
@@ -38,6 +44,9 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::lifecycle::Lifecycle;
@@ -127,14 +136,28 @@ fn run_offer(
         match hand_over(&peer, &listeners, lifecycle) {
             Ok(pid) => {
                 drop(socket);
+                let ours = SUCCESSOR.load(Relaxed) == pid;
+                if ours {
+                    // Before `released`: the successor's READY=1 must reach the service
+                    // manager after it learned the successor is the main process.
+                    crate::notify::Notifier::from_env().main_pid(pid);
+                }
                 let _ = peer.set_write_timeout(Some(LINE_TIMEOUT));
                 let _ = (&peer).write_all(b"released\n");
-                crate::log::info(&format!(
-                    "takeover: the listeners of {listen} were handed to ringway pid {pid}, which \
-                     accepts on them now; SIGTERM this process (pid {}) to drain it and finish the \
-                     upgrade",
-                    std::process::id()
-                ));
+                if ours {
+                    crate::log::info(&format!(
+                        "takeover: the listeners of {listen} were handed to ringway pid {pid} \
+                         (started on SIGUSR2), which accepts on them now; draining this process"
+                    ));
+                    lifecycle.request_drain("SIGUSR2");
+                } else {
+                    crate::log::info(&format!(
+                        "takeover: the listeners of {listen} were handed to ringway pid {pid}, \
+                         which accepts on them now; SIGTERM this process (pid {}) to drain it \
+                         and finish the upgrade",
+                        std::process::id()
+                    ));
+                }
                 return;
             }
             Err(e) => crate::log::warn(&format!(
@@ -183,6 +206,140 @@ fn hand_over(
             cred.pid
         ))),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGUSR2: the running relay starts its successor
+
+/// The config path this process was started with, for its successor's command line.
+static CONFIG_PATH: OnceLock<PathBuf> = OnceLock::new();
+/// The pid of the successor SIGUSR2 started, while it runs (0: none).
+static SUCCESSOR: AtomicU32 = AtomicU32::new(0);
+
+/// Remember the config path for [`start_successor`] (called once at start).
+pub fn remember_config_path(path: &std::path::Path) {
+    let _ = CONFIG_PATH.set(path.to_path_buf());
+}
+
+/// SIGUSR2: start `<this binary's path> --config <same path> --takeover` as a child (same
+/// environment and working directory, output to the same stderr). One at a time, and not while
+/// draining. The child's takeover (see [`offer`]) then makes this process hand over and drain.
+pub fn start_successor(lifecycle: &'static Lifecycle) {
+    if lifecycle.drain_until().is_some() {
+        crate::log::info("SIGUSR2: already shutting down; no successor started");
+        return;
+    }
+    if SUCCESSOR.load(Relaxed) != 0 {
+        crate::log::info(&format!(
+            "SIGUSR2: successor pid {} is already starting; ignored",
+            SUCCESSOR.load(Relaxed)
+        ));
+        return;
+    }
+    let Some(config) = CONFIG_PATH.get() else {
+        return;
+    };
+    let exe = match binary_path() {
+        Ok(p) => p,
+        Err(e) => {
+            crate::log::error(&format!(
+                "SIGUSR2: cannot tell this binary's path ({e}); no successor started"
+            ));
+            return;
+        }
+    };
+    let mut command = std::process::Command::new(&exe);
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("--takeover")
+        .stdin(std::process::Stdio::null())
+        // systemd names the process its watchdog expects pings from; the successor becomes
+        // that process (MAINPID=), so it keeps WATCHDOG_USEC and drops the old pid.
+        .env_remove("WATCHDOG_PID");
+    // SAFETY: the closure runs in the forked child before exec and makes only
+    // async-signal-safe system calls (close_range, getrlimit, fcntl).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            close_on_exec_from(3);
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            crate::log::error(&format!(
+                "SIGUSR2: cannot start {} ({e}); still serving",
+                exe.display()
+            ));
+            return;
+        }
+    };
+    let pid = child.id();
+    SUCCESSOR.store(pid, Relaxed);
+    crate::log::info(&format!(
+        "SIGUSR2: started {} --config {} --takeover as pid {pid}",
+        exe.display(),
+        config.display()
+    ));
+    // Reaps the child if it ends while this process still runs (a failed start: this process
+    // keeps serving, and a later SIGUSR2 may try again).
+    let _ = std::thread::Builder::new()
+        .name("ringway-successor".into())
+        .spawn(move || {
+            let status = child.wait();
+            SUCCESSOR.store(0, Relaxed);
+            if lifecycle.drain_until().is_none() {
+                crate::log::warn(&format!(
+                    "SIGUSR2: successor pid {pid} exited ({}) before taking over; still serving",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string())
+                ));
+            }
+        });
+}
+
+/// Marks every descriptor from `first` on close-on-exec, in a forked child before exec: the
+/// io_uring driver accepts client connections without `SOCK_CLOEXEC`, and a successor that
+/// inherited them would hold those connections open after this process closed them.
+/// `close_range(CLOSE_RANGE_CLOEXEC)` (Linux 5.11), else one `fcntl` per possible descriptor.
+fn close_on_exec_from(first: libc::c_uint) {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: plain system calls on descriptor numbers; EBADF for unused ones is ignored.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return;
+        }
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur.min(1 << 20) as libc::c_int
+        } else {
+            1024
+        };
+        for fd in first as libc::c_int..top {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
+/// The path this binary was started from: `/proc/self/exe`, which after an upgrade that
+/// replaced the file names the old, deleted one ("... (deleted)"): the path itself is wanted,
+/// where the new binary now is.
+fn binary_path() -> io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.as_os_str().as_encoded_bytes();
+    let path = match text.strip_suffix(b" (deleted)") {
+        // SAFETY: a prefix of an OsStr's encoded bytes that ends before an ASCII space.
+        Some(p) => PathBuf::from(unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(p) }),
+        None => exe,
+    };
+    Ok(path)
 }
 
 // ---------------------------------------------------------------------------------------------
