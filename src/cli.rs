@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use crate::config;
-use crate::server::start;
+use crate::server::start_with;
 
 const USAGE_HEAD: &str = "\
 ringway — OpenAI-compatible LLM API relay (monoio/io_uring, thread-per-core)
@@ -223,7 +223,7 @@ fn run_relay(path: &Path, takeover: bool) -> i32 {
     for w in &config.warnings {
         crate::log::warn(&format!("config: {w}"));
     }
-    match start(config, takeover) {
+    match start_with(config, takeover) {
         Ok(running) => {
             if let Err(e) = crate::signals::spawn(running.lifecycle) {
                 crate::log::error(&format!("cannot start the signal thread: {e}"));

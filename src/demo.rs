@@ -55,7 +55,7 @@ pub fn run(port: u16) -> i32 {
             return 1;
         }
     };
-    let running = match crate::server::start(config, false) {
+    let running = match crate::server::start(config) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("demo: cannot start the relay on 127.0.0.1:{port}: {e} (try --port N)");

@@ -202,10 +202,14 @@ fn supervise(monitor: &'static Monitor, lifecycle: &'static Lifecycle, notify: &
     }
 }
 
-/// Start workers for a validated config; returns once every listener is bound. With
-/// `takeover` (`--takeover`), the listeners of a ringway already on `server.listen` are taken
-/// over instead of refusing the address (`takeover`).
-pub fn start(mut config: Config, takeover: bool) -> std::io::Result<Running> {
+/// Start workers for a validated config; returns once every listener is bound.
+pub fn start(config: Config) -> std::io::Result<Running> {
+    start_with(config, false)
+}
+
+/// [`start`]; with `takeover` (`--takeover`), the listeners of a ringway already on
+/// `server.listen` are taken over instead of refusing the address (`takeover`).
+pub fn start_with(mut config: Config, takeover: bool) -> std::io::Result<Running> {
     let listen = config.server.listen;
     // The ledger first: the usage book starts from what it recorded. Before a takeover, so
     // that a ledger this process cannot have leaves the running relay untouched.

@@ -701,6 +701,28 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_of_another_user_gets_nothing() {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let peer = |uid| libc::ucred {
+            pid: 7,
+            uid,
+            gid: 0,
+        };
+        check_same_user(&peer(me)).unwrap();
+        let e = check_same_user(&peer(me.wrapping_add(1))).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("pid 7"), "{e}");
+    }
+
+    #[test]
+    fn the_binary_path_drops_the_deleted_mark() {
+        let exe = binary_path().unwrap();
+        assert!(!exe.to_string_lossy().ends_with(" (deleted)"));
+        assert!(exe.is_absolute(), "{}", exe.display());
+    }
+
+    #[test]
     fn offers_that_do_not_parse_are_refused() {
         for line in [
             "",

@@ -251,7 +251,7 @@ fn upgrade_under_load(driver_a: Driver, driver_b: Driver, how: How) {
     );
     if let Some(systemd) = &systemd {
         // The service manager heard A ready, then B as the main process, then B ready.
-        let kinds: Vec<String> = systemd.messages().iter().map(|m| m.clone()).collect();
+        let kinds = systemd.messages();
         let main = kinds
             .iter()
             .position(|m| *m == format!("MAINPID={b_pid}"))
@@ -476,4 +476,97 @@ fn stream_contents(sse: &str) -> Vec<String> {
                 .map(String::from)
         })
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// What --takeover and SIGUSR2 refuse
+
+/// `--takeover` on a port another program (not a ringway) listens on: exit 1 at once, saying
+/// no ringway offers its listeners there, and the program keeps its port. On a free port the
+/// flag changes nothing: the relay starts as usual.
+#[test]
+fn takeover_refuses_a_port_held_by_another_program() {
+    let mock = Mock::start();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let cfg = ConfigBuilder::new(mock.addr).workers(2);
+    let config = write_temp("takeover", "toml", &cfg.render(port));
+    let path = config.to_str().expect("utf-8 path");
+    let t = Instant::now();
+    let (code, _out, stderr) = run_bin(&["--config", path, "--takeover"], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        stderr.contains(&format!("--takeover: 127.0.0.1:{port} is in use"))
+            && stderr.contains("no ringway offers its listeners")
+            && stderr.contains("the port stays with its current holder"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    // The holder still has its port: a connection reaches it.
+    let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (_s, peer) = holder.accept().unwrap();
+    assert_eq!(peer, c.local_addr().unwrap());
+    drop((c, holder));
+    let _ = std::fs::remove_file(&config);
+
+    // Nothing listens: a plain start.
+    let relay = Relay::try_start_file(
+        write_temp("takeover-free", "toml", &cfg.render(free_port())),
+        &[],
+        &|cmd| {
+            cmd.arg("--takeover");
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let log = relay.stderr_text();
+    assert!(
+        log.contains("starting without a takeover") && log.contains("listening on"),
+        "{log}"
+    );
+    assert_eq!(relay.roundtrip(&chat("mock-fixed", false)).status, 200);
+}
+
+/// SIGUSR2 when the successor cannot start (its config no longer loads): the running relay
+/// logs that the successor exited before taking over and keeps serving alone; once the config
+/// is fixed, a second SIGUSR2 upgrades.
+#[test]
+fn sigusr2_with_a_failing_successor_keeps_serving() {
+    let mock = Mock::start();
+    let cfg = ConfigBuilder::new(mock.addr).workers(1);
+    let mut a = start(Driver::IoUring, &cfg);
+    let good = std::fs::read_to_string(&a.config_path).unwrap();
+    std::fs::write(&a.config_path, "[server\nbroken").unwrap();
+    a.signal(libc::SIGUSR2);
+    let logged = wait_for(Duration::from_secs(10), || {
+        a.stderr_text()
+            .contains("before taking over; still serving")
+    });
+    assert!(logged.is_some(), "{}", a.stderr_text());
+    assert!(a.is_running());
+    assert_eq!(a.roundtrip(&chat("mock-fixed", false)).status, 200);
+    assert!(!a.stderr_text().contains("handed to ringway pid"));
+
+    std::fs::write(&a.config_path, good).unwrap();
+    a.signal(libc::SIGUSR2);
+    let status = a.wait_exit(Duration::from_secs(20));
+    let log = a.stderr_text();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");
+    let b_pid: u32 = log
+        .split("(started on SIGUSR2)")
+        .next()
+        .and_then(|head| head.rsplit("handed to ringway pid ").next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no successor pid in:\n{log}"));
+    let _b = KillPid(b_pid);
+    let h = health_at(a.addr);
+    assert_eq!(
+        json_u64(&h, "requests_total"),
+        0,
+        "the successor answers: {h}"
+    );
 }
