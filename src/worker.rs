@@ -4,7 +4,8 @@
 //! monoio's epoll driver when io_uring cannot be set up), pinning each thread to one allowed
 //! CPU, the accept loop with its connection bound and fd reserve, and the per-worker
 //! background tasks (timing-wheel driver, pool janitor, health log line). The address check
-//! and the listeners are `listen`'s; the per-worker state is `context`'s; idle connections are
+//! and the listeners are `listen`'s (a worker binds one, or adopts one a previous ringway
+//! handed over: `takeover`); the per-worker state is `context`'s; idle connections are
 //! registered in `idle`.
 //!
 //! The accept loop's rules (docs/connections.md): a worker holds at most its share of
@@ -17,7 +18,8 @@
 //! [`HEARTBEAT`] and watches for a drain request. When one comes, the accept loop ends and the
 //! listener is closed, idle connections are closed, the wheel gets the drain deadline as its
 //! cutoff, and the worker's runtime returns once its last client connection ended (having
-//! handed its access-log lines over).
+//! handed its access-log lines over). The pending accept is cancelled and awaited, not dropped,
+//! so a connection it returned in that instant is served.
 //!
 //! Must not: share mutable state between workers, lock, or allocate per request.
 
