@@ -42,6 +42,12 @@ const USAGE_TAIL: &str =
     ringway top [URL] --once [--json]  one reading (text, or the health JSON) and exit
     ringway --version | --help
 
+SIGNALS:
+    SIGTERM, SIGINT                  drain ([server] drain) and exit 0
+    SIGHUP                           reload the config, reopen the access log
+    SIGUSR2                          start this binary's path with --takeover, hand it the
+                                     listeners, then drain (binary upgrade in place)
+
 ENVIRONMENT:
     RELAY_TIMEOUT=SECONDS            overrides [timeouts] total
     RINGWAY_FORCE_EPOLL=1            skip io_uring and use the epoll driver
