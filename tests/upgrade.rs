@@ -42,7 +42,10 @@ fn sigusr2_upgrade_under_load_refuses_no_connection(driver: Driver) {
 }
 
 /// Client threads of each kind.
-const FRESH_THREADS: usize = 4;
+const FRESH_THREADS: usize = 3;
+const BURST_THREADS: usize = 1;
+/// Connections a burst opens before reading their answers.
+const BURST: usize = 32;
 const KEEPALIVE_THREADS: usize = 2;
 const STREAM_THREADS: usize = 2;
 /// The streamed model: 6 events 40 ms apart, so streams are in flight at every step.
@@ -82,6 +85,10 @@ impl Tally {
 enum Kind {
     /// A new connection per request.
     Fresh,
+    /// [`BURST`] new connections opened and sent a request each before any answer is read,
+    /// again and again: connections wait in the accept queues at every moment, so a queue
+    /// that closed would reset some.
+    Burst,
     /// Sequential plain requests on one connection, a new one when the relay closes it.
     KeepAlive,
     /// Sequential streams on one connection, likewise.
@@ -115,6 +122,7 @@ fn upgrade_under_load(driver_a: Driver, driver_b: Driver, how: How) {
     let steps = |what: &str| println!("{what} at {:?}", tally.started.elapsed());
     let stop = Arc::new(AtomicBool::new(false));
     let kinds = std::iter::repeat_n(Kind::Fresh, FRESH_THREADS)
+        .chain(std::iter::repeat_n(Kind::Burst, BURST_THREADS))
         .chain(std::iter::repeat_n(Kind::KeepAlive, KEEPALIVE_THREADS))
         .chain(std::iter::repeat_n(Kind::Streams, STREAM_THREADS));
     let threads: Vec<_> = kinds
@@ -371,6 +379,9 @@ fn health_at(addr: std::net::SocketAddr) -> serde_json::Value {
 
 /// One client thread: requests of `kind` until `stop`, each checked whole.
 fn load(addr: std::net::SocketAddr, kind: Kind, expected: &str, tally: &Tally, stop: &AtomicBool) {
+    if kind == Kind::Burst {
+        return bursts(addr, expected, tally, stop);
+    }
     let stream = kind == Kind::Streams;
     let request = if stream {
         chat(STREAM_MODEL, true)
@@ -444,6 +455,40 @@ fn load(addr: std::net::SocketAddr, kind: Kind, expected: &str, tally: &Tally, s
         }
         if !r.closes() {
             conn = Some(c);
+        }
+    }
+}
+
+/// [`Kind::Burst`]: [`BURST`] connections, each sent a request at once, then every answer read.
+fn bursts(addr: std::net::SocketAddr, expected: &str, tally: &Tally, stop: &AtomicBool) {
+    let request = chat("mock-fixed", false);
+    let mut rounds = 0u64;
+    while !stop.load(Relaxed) && rounds * (BURST as u64) < MAX_PER_THREAD {
+        rounds += 1;
+        let mut open = Vec::with_capacity(BURST);
+        for _ in 0..BURST {
+            match Client::try_connect(addr) {
+                Ok(mut c) => {
+                    tally.connects.fetch_add(1, Relaxed);
+                    match c.try_send(&request) {
+                        Ok(()) => open.push(c),
+                        Err(e) => tally.fail(format!("Burst: sending on a new connection: {e}")),
+                    }
+                }
+                Err(e) => {
+                    tally.connect_failures.fetch_add(1, Relaxed);
+                    tally.fail(format!("Burst: connect: {e}"));
+                }
+            }
+        }
+        for mut c in open {
+            match c.read_response_eof_aware() {
+                Ok(r) if r.status == 200 && content_of(&r) == expected => {
+                    tally.answers.fetch_add(1, Relaxed);
+                }
+                Ok(r) => tally.fail(format!("Burst: a wrong answer: {} {}", r.status, r.text())),
+                Err(e) => tally.fail(format!("Burst: reading the answer (new connection): {e:?}")),
+            }
         }
     }
 }
