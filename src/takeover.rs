@@ -359,16 +359,16 @@ pub struct Handoff {
 /// does (same user, same address), or fail saying why; when nothing does, `None` (start as
 /// usual: the flag is safe to leave in a service definition).
 pub fn take_over(listen: SocketAddr) -> io::Result<Option<Handoff>> {
-    let in_use = match crate::listen::claim_address(listen) {
+    match crate::listen::claim_address(listen) {
         Ok(()) => {
             crate::log::info(&format!(
                 "takeover: nothing listens on {listen}; starting without a takeover"
             ));
             return Ok(None);
         }
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => e,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
         Err(e) => return Err(e),
-    };
+    }
     let fail = |why: String| {
         io::Error::other(format!(
             "--takeover: {listen} is in use, and {why}; the port stays with its current holder"
@@ -377,8 +377,8 @@ pub fn take_over(listen: SocketAddr) -> io::Result<Option<Handoff>> {
     let peer = UnixStream::connect_addr(&socket_addr(listen)?).map_err(|e| {
         fail(format!(
             "no ringway offers its listeners on @{} ({e}): the holder is not a ringway with \
-             takeover support, is being taken over right now, or is draining (before that: \
-             {in_use})",
+             takeover support (a version before it, or another program), is being taken over \
+             right now, or is draining",
             socket_name(listen)
         ))
     })?;
