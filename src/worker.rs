@@ -184,8 +184,8 @@ fn run_worker(
                 Some(fd) => crate::listen::adopt(fd, driver == monitor::EPOLL),
                 None => bind(listen),
             };
-            let listener = match listener.and_then(|l| duplicate(&l).map(|dup| (l, dup))) {
-                Ok(l) => l,
+            let (listener, dup) = match listener.and_then(|l| duplicate(&l).map(|d| (l, d))) {
+                Ok(pair) => pair,
                 Err(e) => {
                     let _ = ready.send(Err(io::Error::new(
                         e.kind(),
@@ -194,7 +194,6 @@ fn run_worker(
                     return 0;
                 }
             };
-            let (listener, dup) = listener;
             // Opened before the process counts as started, so it is part of the fd baseline.
             let admission = Admission::new();
             let _ = ready.send(Ok((id, dup)));
