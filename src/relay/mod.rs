@@ -122,6 +122,10 @@ struct Conn {
     /// one at a time): taken by `admit`, settled by `finish` after the real usage is counted,
     /// given back if the connection ends first.
     quota: Option<crate::limits::QuotaHold>,
+    /// No request head has arrived yet. A drain closes idle keep-alive connections, but a new
+    /// one still gets its first request answered: its client connected while the listener was
+    /// open (at an upgrade, to the listener this process shares with its successor).
+    fresh: bool,
 }
 
 /// The connection task. It owns everything its requests touch; when it returns (or is
@@ -136,6 +140,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
         watch: ClientWatch::new(),
         idle_canceller: Canceller::new(),
         quota: None,
+        fresh: true,
     };
     // Storage each exchange borrows for its parsed heads and id, kept across requests.
     let mut scratch = Scratch::default();
