@@ -550,24 +550,5 @@ async fn end_with_error(
         error.render_as(ex.endpoint.dialect(), &mut out);
         out.extend_from_slice(b"\n\n");
     }
-    let data_len = out.len() - CHUNK_HEADROOM;
-    let mut start = CHUNK_HEADROOM;
-    if data_len > 0 {
-        start = wire::write_chunk_header_before(&mut out, CHUNK_HEADROOM, data_len);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(wire::LAST_CHUNK);
-    conn.deadline
-        .arm_unclamped(Layer::ClientIdle, conn.w.config.timeouts[Layer::ClientIdle]);
-    let end = out.len();
-    let out = write_client(conn, out, start..end).await.map_err(halt)?;
-    conn.w.bufs.give(out);
-    ex.bytes_out += (end - start) as u64;
-    ex.completed = true;
-    let flow = if ex.keeps_alive() {
-        Flow::Keep
-    } else {
-        Flow::Close
-    };
-    Ok((flow, false))
+    super::stream::write_last_chunk(conn, ex, out).await
 }

@@ -426,9 +426,22 @@ async fn end_with_error(
     buf.extend_from_slice(b"event: error\ndata: ");
     error.render_as(ex.endpoint.dialect(), &mut buf);
     buf.extend_from_slice(b"\n\n");
+    write_last_chunk(conn, ex, buf).await
+}
+
+/// Frames what follows `CHUNK_HEADROOM` in `buf` (the stream's last bytes; none is fine) as one
+/// chunk, adds the terminating chunk, writes it all and ends the exchange as completed.
+pub(super) async fn write_last_chunk(
+    conn: &mut Conn,
+    ex: &mut Exchange<'_>,
+    mut buf: Vec<u8>,
+) -> Result<(Flow, bool), Halt> {
     let data_len = buf.len() - CHUNK_HEADROOM;
-    let start = wire::write_chunk_header_before(&mut buf, CHUNK_HEADROOM, data_len);
-    buf.extend_from_slice(b"\r\n");
+    let mut start = CHUNK_HEADROOM;
+    if data_len > 0 {
+        start = wire::write_chunk_header_before(&mut buf, CHUNK_HEADROOM, data_len);
+        buf.extend_from_slice(b"\r\n");
+    }
     buf.extend_from_slice(wire::LAST_CHUNK);
     conn.deadline
         .arm_unclamped(Layer::ClientIdle, conn.w.config.timeouts[Layer::ClientIdle]);
