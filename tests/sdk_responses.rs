@@ -81,7 +81,7 @@ except openai.APIError as e:
 
 #[test]
 fn openai_python_sdk_responses_api() {
-    let Some(python) = sdk::python_with_sdk("sdk_responses::openai_python_sdk_responses_api")
+    let Some(python) = sdk::python_with("openai", "sdk_responses::openai_python_sdk_responses_api")
     else {
         return;
     };

@@ -2,18 +2,16 @@
 //! chat (plain and streamed), an error status, streamed legacy completions, embeddings of two
 //! inputs, and the model list.
 //!
-//! The interpreter: `$RINGWAY_PYTHON` if set, else `.ci/venv/bin/python` if `.ci/run` made that
-//! venv, else `python3`. It needs the `openai` package. Without it the test FAILS when `CI` or
-//! `RINGWAY_REQUIRE_SDK` is set (`.ci/run` installs the package into `.ci/venv` and points
-//! `RINGWAY_PYTHON` there); elsewhere it skips, and says so on the real stderr in a banner that
-//! shows even though cargo test hides a passing test's output.
+//! It needs the `openai` package; the interpreter and the skip rules are `common::sdk`'s:
+//! `$RINGWAY_PYTHON`, else `.ci/venv/bin/python` (made by `.ci/run`), else `python3`; without
+//! the package the test FAILS when `CI` or `RINGWAY_REQUIRE_SDK` is set, and elsewhere skips
+//! with a banner on the real stderr.
 
 mod common;
 
-use common::sdk::{python, sdk_available, sdk_required};
-use common::{free_port, KillOnDrop};
+use common::{free_port, sdk, KillOnDrop};
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,25 +49,10 @@ print("MODELS:" + ",".join(sorted(x.id for x in m.data)))
     ignore = "runs `ringway mock`/`demo`: needs the demo feature"
 )]
 fn openai_python_sdk_against_demo() {
-    let (python, from) = python();
-    if let Err(why) = sdk_available(&python) {
-        let what = format!(
-            "the openai Python package is not importable by {} (from {from}): {why}",
-            python.display()
-        );
-        if let Some(var) = sdk_required() {
-            panic!("{var} is set, so the SDK smoke test may not skip: {what}. `bash .ci/run` installs it into .ci/venv; or set RINGWAY_PYTHON to an interpreter that has it");
-        }
-        // Straight to fd 2: eprintln! would be captured, and a passing test's output hidden.
-        let banner = "=".repeat(78);
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n{banner}\nSKIPPED sdk_smoke::openai_python_sdk_against_demo (reported as ok): {what}\n\
-             To run it: python3 -m venv .ci/venv && .ci/venv/bin/pip install openai\n\
-             (or set RINGWAY_PYTHON). With CI or RINGWAY_REQUIRE_SDK set this is a failure.\n{banner}"
-        );
+    let Some(python) = sdk::python_with("openai", "sdk_smoke::openai_python_sdk_against_demo")
+    else {
         return;
-    }
+    };
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringway"))
         .args(["demo", "--port", &port.to_string()])

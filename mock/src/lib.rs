@@ -22,8 +22,9 @@
 //! Modules: `server` (listener, accept loop, connections and their counters), `request`
 //! (reading and framing requests), `reply` (writing responses), `behaviours` (the model-name
 //! table and the ordinary behaviours), `hostile` (the behaviours that break HTTP on purpose),
-//! `bodies` (the canned JSON bodies), `responses` (OpenAI's Responses API: create, its event
-//! stream, and the id routes over a bounded store).
+//! `bodies` (the canned JSON bodies), `rich` (tool calls, thinking, the request mirror, in-band
+//! stream errors and oversized events, in both dialects), `responses` (OpenAI's Responses API:
+//! create, its event stream, and the id routes over a bounded store).
 
 mod behaviours;
 mod bodies;
@@ -31,6 +32,7 @@ mod hostile;
 mod reply;
 mod request;
 mod responses;
+mod rich;
 mod server;
 
 #[cfg(test)]
@@ -95,8 +97,29 @@ Mock upstream models (chosen by the request body's JSON \"model\"):
   mock-no-quota-key-SUFFIX  429 insufficient_quota (no Retry-After) when the Authorization header
                          ends with SUFFIX, else like mock-fixed.
   mock-fail-N-STATUS-RA  the first N requests with this exact model name (counted per mock
-                         instance) get STATUS (400-599) with an OpenAI error body and, unless RA
-                         is 0, Retry-After: RA; later ones are served like mock-fixed.
+                         instance) get STATUS (400-599) with an OpenAI error body (Anthropic's
+                         on /v1/messages*) and, unless RA is 0, Retry-After: RA; later ones are
+                         served like mock-fixed.
+  mock-tools             text \"Let me check.\" and one call of get_weather({\"city\":\"Paris\"});
+                         streamed when \"stream\": true. Chat: tool_calls (id call_mock_0, the
+                         arguments in two deltas under index 0), finish_reason tool_calls, usage
+                         prompt 9 (cached 4), completion 7 (streams: when include_usage asks).
+                         /v1/messages: thinking (signature sig-mock), text and tool_use
+                         (toolu_mock_0) blocks, stop_reason tool_use, usage input_tokens 5,
+                         cache_read_input_tokens 4, output_tokens 7; the stream has
+                         thinking_delta, signature_delta, text_delta, a ping, two
+                         input_json_delta events, message_delta, message_stop.
+  mock-mirror            the answer's text (chat content, or the Anthropic text block) is what
+                         mock-echo returns: the request as the mock received it; streamed when
+                         asked.
+  mock-stream-error      a stream that reports an error after its first delta: Anthropic's
+                         event: error (overloaded_error) on /v1/messages, an OpenAI data event
+                         {\"error\":{...}} elsewhere; then the body ends.
+  mock-big-event-BYTES   a stream whose one content delta carries BYTES (at most 64 MiB) bytes of
+                         text, in the endpoint's dialect, then a normal end.
+  mock-split-usage       on /v1/messages: an Anthropic stream whose message_delta (1234
+                         output_tokens) is written in two chunks 50 ms apart, split inside the
+                         number; elsewhere one chat chunk and [DONE].
 On POST /v1/responses (OpenAI's Responses API) the same names apply, with Responses shapes:
   mock-fixed (any name)  a Response object (id resp_..., object \"response\", status completed,
                          output: a message with one output_text, or, when \"tools\" names a

@@ -138,6 +138,16 @@ pub(super) fn read_channel(
         None => provider == Provider::OpenAi,
     };
 
+    let default_max_tokens = match sec.field("default_max_tokens") {
+        Some(f) if provider != Provider::Anthropic => {
+            return Err(
+                f.err("default_max_tokens applies to provider = \"anthropic\" channels only")
+            )
+        }
+        Some(f) => f.usize_in(1, 10_000_000)? as u64,
+        None => super::DEFAULT_MAX_TOKENS,
+    };
+
     Ok(ChannelConfig {
         name,
         provider,
@@ -155,6 +165,7 @@ pub(super) fn read_channel(
         ca,
         anthropic_version,
         responses,
+        default_max_tokens,
     })
 }
 

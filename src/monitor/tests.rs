@@ -22,7 +22,7 @@ fn usage_metrics_escape_token_and_channel_names() {
         vec!["ch\"1".into()],
     );
     m.workers[0].count_usage(0, 0, None);
-    let text = String::from_utf8(m.metrics_text()).unwrap();
+    let text = String::from_utf8(m.metrics_text(None)).unwrap();
     for line in [
         r#"ringway_token_requests_total{token="team \"a\""} 1"#,
         r#"ringway_token_requests_total{token="x\\y\nz"} 0"#,

@@ -15,7 +15,8 @@
 //! token limits and the quota reservation in `admit` (its estimate in `reserve`, settled in
 //! `finish`), failover across channels in `forward`, the Responses API's ids learned in
 //! `respond` (`responses`) and looked up in `route`,
-//! protocol conversion (to come) in `respond`, the access log in `finish`
+//! protocol conversion in `forward` (the request, per attempt) and `respond` (the answer,
+//! `convert`), the access log in `finish`
 //! (docs/ARCHITECTURE.md has the chart).
 //!
 //! Key components:
@@ -34,6 +35,7 @@
 //! upstream connection with them. Every phase is bounded by the request's `total`.
 
 mod admit;
+mod convert;
 mod exchange;
 mod finish;
 mod forward;
@@ -122,6 +124,10 @@ struct Conn {
     /// one at a time): taken by `admit`, settled by `finish` after the real usage is counted,
     /// given back if the connection ends first.
     quota: Option<crate::limits::QuotaHold>,
+    /// No request head has arrived yet. A drain closes idle keep-alive connections, but a new
+    /// one still gets its first request answered: its client connected while the listener was
+    /// open (at an upgrade, to the listener this process shares with its successor).
+    fresh: bool,
 }
 
 /// The connection task. It owns everything its requests touch; when it returns (or is
@@ -136,6 +142,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
         watch: ClientWatch::new(),
         idle_canceller: Canceller::new(),
         quota: None,
+        fresh: true,
     };
     // Storage each exchange borrows for its parsed heads and id, kept across requests.
     let mut scratch = Scratch::default();

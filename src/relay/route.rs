@@ -4,13 +4,15 @@
 //! Owns: finding `model` in the body without building a JSON tree (the body goes upstream
 //! byte for byte), the token's model allow-list, and the candidate list
 //! ([`Candidates`](crate::route::Candidates), priority tiers then weight) among the channels
-//! of the provider the endpoint speaks (Anthropic channels for `/v1/messages*`,
-//! OpenAI-compatible ones for the rest).
+//! that can serve the endpoint (`RelayKind::served_by`): chat completions and `/v1/messages`
+//! on channels of either provider — converted when the channel speaks the other dialect —,
+//! `count_tokens` on Anthropic channels only, the other OpenAI endpoints on OpenAI-compatible
+//! ones (for `/v1/responses`, only those that serve the Responses API).
 //! A Responses API id route (`/v1/responses/{id}…`) has no model: the id map
 //! ([`crate::responses_ids`]) decides its one channel and key, for the token that created the
 //! response only (404 `response_not_found` otherwise).
 //! Error handling: 400 `missing_model` / `invalid_json`, 403 `model_not_allowed`, 404
-//! `model_not_found` (also when only channels of the other provider serve the model, or, on
+//! `model_not_found` (also when only channels the endpoint cannot use serve the model, or, on
 //! `/v1/responses`, only channels with `responses = false`), 503
 //! `no_healthy_channel` (every channel serving the model is cooling down or out of keys).
 //! Must not: allocate on the passthrough path, or contact an upstream.
@@ -44,14 +46,16 @@ pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt>
         return Err(RelayError::invalid_json("model is not valid UTF-8").into());
     };
     let token = ex.token.expect("admit authenticated the token");
-    let provider = match ex.endpoint {
-        Endpoint::Relay(kind) => kind.provider(),
-        _ => Provider::OpenAi,
+    let kind = match ex.endpoint {
+        Endpoint::Relay(kind) => kind,
+        _ => RelayKind::ChatCompletions,
     };
-    let responses = ex.endpoint == Endpoint::Relay(RelayKind::Responses);
+    let provider = kind.provider();
+    let served_by = |p: Provider| kind.served_by(p);
+    let responses = kind == RelayKind::Responses;
     let found = w
         .router
-        .candidates_for(token, &model, provider, responses, &w.route_state);
+        .candidates_for(token, &model, served_by, responses, &w.route_state);
     let candidates = match found {
         Ok(c) => c,
         Err(RouteError::ModelNotAllowed) => {
@@ -74,7 +78,8 @@ pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt>
     ex.model_name.push_str(&model);
     ex.model = Some(field);
     // The splice asks an OpenAI chat or completions stream for its usage; Anthropic streams
-    // and the Responses API's report it unasked.
+    // and the Responses API's report it unasked (and a converted request asks for it in its
+    // conversion).
     ex.usage_splice = usage_splice.filter(|_| provider == Provider::OpenAi && !responses);
     Ok(candidates)
 }

@@ -10,7 +10,8 @@
 //! - [`Client`] / [`Response`]: a raw HTTP/1.1 client over `std::net::TcpStream` that records
 //!   when each body chunk arrived.
 //! - [`mock_direct`]: the mock's own answer to a request, for byte-exact comparisons.
-//! - [`sdk`]: the Python interpreter with the official openai package, for the SDK tests.
+//! - [`sdk`]: the Python interpreter with an official SDK package (openai, anthropic), and the
+//!   skip / fail rules of the SDK tests.
 
 #![allow(dead_code)]
 

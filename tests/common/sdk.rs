@@ -1,7 +1,9 @@
-//! The official openai Python package for the SDK tests (`sdk_smoke`, `sdk_responses`).
+//! The official Python SDKs for the SDK tests (`sdk_smoke`, `sdk_responses`, `convert_sdk`):
+//! one set of rules for finding an interpreter that has a package, and for what happens when
+//! none has it.
 //!
 //! The interpreter: `$RINGWAY_PYTHON` if set, else `.ci/venv/bin/python` if `.ci/run` made that
-//! venv, else `python3`. Without the `openai` package a test FAILS when `CI` or
+//! venv, else `python3`. Without the package (`openai`, `anthropic`) a test FAILS when `CI` or
 //! `RINGWAY_REQUIRE_SDK` is set, and otherwise skips, saying so on the real stderr in a banner
 //! that shows even though cargo test hides a passing test's output.
 
@@ -31,10 +33,10 @@ pub fn sdk_required() -> Option<&'static str> {
     })
 }
 
-/// `Err` with the reason when `python -c 'import openai'` does not succeed.
-pub fn sdk_available(python: &Path) -> Result<(), String> {
+/// `Err` with the reason when `python -c 'import PACKAGE'` does not succeed.
+pub fn package_available(python: &Path, package: &str) -> Result<(), String> {
     match Command::new(python)
-        .args(["-c", "import openai"])
+        .args(["-c", &format!("import {package}")])
         .stdin(Stdio::null())
         .output()
     {
@@ -42,32 +44,32 @@ pub fn sdk_available(python: &Path) -> Result<(), String> {
         Ok(out) => Err(String::from_utf8_lossy(&out.stderr)
             .lines()
             .last()
-            .unwrap_or("import openai failed")
+            .unwrap_or("import failed")
             .to_string()),
         Err(e) => Err(format!("cannot run it: {e}")),
     }
 }
 
-/// The interpreter with the SDK, or `None` after printing the skip banner for `test`; panics
-/// instead when the SDK is required.
-pub fn python_with_sdk(test: &str) -> Option<PathBuf> {
+/// The interpreter that can import `package`, or `None` after printing the skip banner for
+/// `test` (its full name, `file::function`); panics instead when the SDK is required.
+pub fn python_with(package: &str, test: &str) -> Option<PathBuf> {
     let (python, from) = python();
-    let Err(why) = sdk_available(&python) else {
+    let Err(why) = package_available(&python, package) else {
         return Some(python);
     };
     let what = format!(
-        "the openai Python package is not importable by {} (from {from}): {why}",
+        "the {package} Python package is not importable by {} (from {from}): {why}",
         python.display()
     );
     if let Some(var) = sdk_required() {
-        panic!("{var} is set, so the SDK test may not skip: {what}. `bash .ci/run` installs it into .ci/venv; or set RINGWAY_PYTHON to an interpreter that has it");
+        panic!("{var} is set, so {test} may not skip: {what}. `bash .ci/run` installs it into .ci/venv; or set RINGWAY_PYTHON to an interpreter that has it");
     }
     // Straight to fd 2: eprintln! would be captured, and a passing test's output hidden.
     let banner = "=".repeat(78);
     let _ = writeln!(
         std::io::stderr(),
         "\n{banner}\nSKIPPED {test} (reported as ok): {what}\n\
-         To run it: python3 -m venv .ci/venv && .ci/venv/bin/pip install openai\n\
+         To run it: python3 -m venv .ci/venv && .ci/venv/bin/pip install openai anthropic\n\
          (or set RINGWAY_PYTHON). With CI or RINGWAY_REQUIRE_SDK set this is a failure.\n{banner}"
     );
     None
