@@ -349,6 +349,16 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
             _ => fixed(reply, request, endpoint, model, &json),
         },
         Behaviour::Hostile(h) => hostile(reply, request, endpoint, model, h),
+        // The rich behaviours speak chat and Messages; the Responses API gets its own shapes.
+        Behaviour::Tools
+        | Behaviour::Mirror
+        | Behaviour::StreamError
+        | Behaviour::BigEvent(_)
+        | Behaviour::SplitUsage
+            if endpoint == Endpoint::Responses =>
+        {
+            fixed(reply, request, endpoint, model, &json)
+        }
         Behaviour::Tools => crate::rich::tools(reply, endpoint, model, &json),
         Behaviour::Mirror => {
             crate::rich::mirror(reply, endpoint, model, &json, &echo_json(request))

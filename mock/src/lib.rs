@@ -140,6 +140,8 @@ On POST /v1/responses (OpenAI's Responses API) the same names apply, with Respon
                          response.failed, usage included.
   The fault models (mock-status-*, mock-reset-*, mock-stall-*, mock-broken-chunked, mock-fail-*,
   mock-refuse-key-*, ...) behave as above, their stream events shaped as output_text deltas.
+  mock-tools, mock-mirror, mock-stream-error, mock-big-event-BYTES and mock-split-usage answer
+  like mock-fixed there (their shapes are chat's and Messages').
   GET /v1/responses/{id}, DELETE /v1/responses/{id}, POST /v1/responses/{id}/cancel (only for
   background responses: status cancelled; else 400) and GET /v1/responses/{id}/input_items
   answer for the last 10000 responses created with the same Authorization header; any other

@@ -97,6 +97,33 @@ fn other_endpoints_have_their_own_shapes() {
 }
 
 #[test]
+fn the_chat_and_messages_only_models_answer_like_mock_fixed_on_responses() {
+    let mock = mock();
+    let mut client = Client::connect(mock.addr);
+    for model in [
+        "mock-tools",
+        "mock-mirror",
+        "mock-stream-error",
+        "mock-big-event-100",
+        "mock-split-usage",
+    ] {
+        client.send(&post(
+            "/v1/responses",
+            &format!(r#"{{"model":"{model}","input":"hi"}}"#),
+        ));
+        let json = client.response().json();
+        assert_eq!(json["object"], "response", "{model}: {json}");
+        assert_eq!(json["status"], "completed", "{model}");
+        assert_eq!(
+            json["output"][0]["content"][0]["type"], "output_text",
+            "{model}"
+        );
+        assert_eq!(json["usage"]["output_tokens"], 7, "{model}");
+    }
+    mock.stop();
+}
+
+#[test]
 fn models_routes_and_request_errors() {
     let mock = mock();
     let mut client = Client::connect(mock.addr);
