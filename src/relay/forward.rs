@@ -46,7 +46,7 @@ use crate::route::Candidates;
 use crate::upstream::{ConnectError, UpConn};
 use crate::wire;
 
-use super::exchange::{Endpoint, Exchange, Outcome};
+use super::exchange::{Endpoint, Exchange, Outcome, RelayKind};
 use super::watch::{upstream_wait, Waited};
 use super::{Conn, Halt};
 
@@ -256,7 +256,10 @@ fn no_healthy_channel(conn: &Conn, ex: &Exchange<'_>) -> RelayError {
     let serving = (0..channels.len()).filter(|&i| {
         let c = &channels[i].cfg;
         let usable = match ex.endpoint {
-            Endpoint::Relay(kind) => kind.served_by(c.provider),
+            // As `route` lines them up: `/v1/responses` only on channels with the API.
+            Endpoint::Relay(kind) => {
+                kind.served_by(c.provider) && (kind != RelayKind::Responses || c.responses)
+            }
             _ => true,
         };
         usable && c.serves(ex.model_name)
