@@ -4,6 +4,7 @@
 //! routes (`GET` / `DELETE /v1/responses/{id}`, `POST …/cancel`, `GET …/input_items`) reaching
 //! the channel and key that created the response — and only for the token that did —, the id
 //! map's bound and expiry, failover before the first byte, channels with `responses = false`,
+//! a model on channels of both providers (no conversion for the Responses API, chat converted),
 //! and errors in OpenAI's shape. Real binary against the mock upstream.
 //!
 //! The mock's figures (see `ringway_mock::MODELS_DOC`): every Responses answer reports 9 input
@@ -526,6 +527,69 @@ fn channels_without_the_responses_api_are_passed_over() {
         e["message"].as_str().unwrap().contains("responses = false"),
         "{e}"
     );
+}
+
+#[test]
+fn a_model_on_both_providers_goes_to_its_openai_channel_for_responses_and_converted_for_chat() {
+    // The Anthropic channel comes first for the model, so chat goes there (converted); the
+    // Responses API has no conversion, so /v1/responses and its id routes go to the OpenAI one.
+    let mock = Mock::start();
+    let (cfg, log) = with_access_log(
+        ConfigBuilder::new(mock.addr)
+            .without_default_channel()
+            .channel(
+                "claude",
+                &mock.base_url(),
+                "sk-anthropic-key-7777",
+                &["gpt-4o"],
+                "priority = 5",
+            )
+            .channel(
+                "openai",
+                &mock.base_url(),
+                "sk-openai-key-6666",
+                &["gpt-*"],
+                "",
+            ),
+        "responses-both-providers",
+    );
+    let relay = start_rendered(&cfg, |t| {
+        t.replace(
+            "name = \"claude\"\nprovider = \"openai\"",
+            "name = \"claude\"\nprovider = \"anthropic\"",
+        )
+    });
+    let mut ids = Vec::new();
+    for stream in [false, true, false, true] {
+        let r = create(&relay, "gpt-4o", stream, "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-mock-key"), Some("6666"));
+        let id = if stream {
+            let evs = events(&r.body);
+            assert_eq!(evs.last().unwrap().0, "response.completed");
+            evs[0].1["response"]["id"].as_str().unwrap().to_string()
+        } else {
+            assert_eq!(r.json()["object"], "response");
+            r.json()["id"].as_str().unwrap().to_string()
+        };
+        ids.push(id);
+    }
+    let r = relay.roundtrip(&chat("gpt-4o", false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["object"], "chat.completion");
+    for id in &ids {
+        let r = by_id(&relay, "GET", &format!("/v1/responses/{id}"), TOKEN);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-mock-key"), Some("6666"));
+        assert_eq!(r.json()["id"], id.as_str());
+    }
+    let lines = log_lines(&log, 9);
+    let channel_of = |i: usize| lines[i]["channel"].as_str().unwrap().to_string();
+    for i in (0..4).chain(5..9) {
+        assert_eq!(channel_of(i), "openai", "{}", lines[i]);
+    }
+    assert_eq!(channel_of(4), "claude", "{}", lines[4]);
+    assert_eq!(lines[4]["path"], "/v1/chat/completions");
 }
 
 #[test]
