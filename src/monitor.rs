@@ -88,6 +88,11 @@ pub struct WorkerStats {
     pub channel_attempts: Vec<[AtomicU64; 2]>,
     /// Requests refused 429 `quota_exhausted` by a token's `quota_tokens`.
     pub quota_exhausted: AtomicU64,
+    /// `[server.tls]` handshakes: completed, failed (an error or alert, a plain-HTTP client,
+    /// a close), and cut by `client_header`.
+    pub client_tls_handshakes: AtomicU64,
+    pub client_tls_failed: AtomicU64,
+    pub client_tls_timeouts: AtomicU64,
 }
 
 impl WorkerStats {
@@ -156,6 +161,9 @@ impl Default for WorkerStats {
             latency_total: Histogram::default(),
             latency_ttfb: Histogram::default(),
             quota_exhausted: AtomicU64::new(0),
+            client_tls_handshakes: AtomicU64::new(0),
+            client_tls_failed: AtomicU64::new(0),
+            client_tls_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -412,6 +420,14 @@ impl Monitor {
         );
         m.insert("idle_connections_shed".into(), s(&|x| &x.idle_shed).into());
         m.insert("accept_errors".into(), s(&|x| &x.accept_errors).into());
+        let mut tls = serde_json::Map::new();
+        tls.insert(
+            "handshakes".into(),
+            s(&|x| &x.client_tls_handshakes).into(),
+        );
+        tls.insert("failed".into(), s(&|x| &x.client_tls_failed).into());
+        tls.insert("timeouts".into(), s(&|x| &x.client_tls_timeouts).into());
+        m.insert("client_tls".into(), tls.into());
         m.insert("tasks_pending".into(), 0u64.into());
         let mut t = serde_json::Map::new();
         for l in HEALTH_TIMEOUT_LAYERS {

@@ -308,10 +308,20 @@ async fn serve(
                 let w = worker.clone();
                 // The connection task is the only task a request ever gets: it owns the client
                 // socket, its buffers and its timer, and everything is released when it ends.
-                monoio::spawn(async move {
-                    let _slot = slot;
-                    crate::relay::serve_connection(w, stream).await
-                });
+                // With `[server.tls]` it serves the certificate of the config that accepted it.
+                match &worker.config.server.tls {
+                    None => drop(monoio::spawn(async move {
+                        let _slot = slot;
+                        crate::relay::serve_connection(w, stream).await
+                    })),
+                    Some(tls) => {
+                        let tls = tls.server.clone();
+                        drop(monoio::spawn(async move {
+                            let _slot = slot;
+                            crate::relay::serve_tls_connection(w, stream, tls).await
+                        }))
+                    }
+                }
             }
             Err(e) => {
                 let pause = admission.accept_failed(&worker, listener.as_raw_fd(), &e);

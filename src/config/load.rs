@@ -332,6 +332,7 @@ const SERVER_KEYS: &[&str] = &[
     "state_flush",
     "quota_reserve",
     "drain",
+    "tls",
 ];
 const MONITOR_KEYS: &[&str] = &["log_interval", "warn_inflight", "alert_inflight"];
 pub(super) const CHANNEL_KEYS: &[&str] = &[
@@ -436,6 +437,10 @@ fn read_server(sec: &Section, base_dir: &Path) -> Result<ServerConfig, ConfigErr
         drain: match sec.field("drain") {
             Some(f) => f.duration_at_most(MAX_DRAIN)?,
             None => d.drain,
+        },
+        tls: match sec.field("tls") {
+            Some(f) => Some(super::tls::read_tls(&f.table()?, base_dir)?),
+            None => None,
         },
     })
 }

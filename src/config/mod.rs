@@ -7,8 +7,8 @@
 //! operator meant (a threshold that can never be reached, a config file other users can read).
 //! They never fail a load; `check-config` prints them and the relay logs them once at start.
 //!
-//! This module must not do IO beyond reading the one file (and its permission bits) and the
-//! PEM files channels name in `ca_file` (resolving a host name written in `server.listen`
+//! This module must not do IO beyond reading the one file (and its permission bits), the
+//! PEM files channels name in `ca_file` and those `[server.tls]` names (resolving a host name written in `server.listen`
 //! through the system resolver is the only other lookup), must not touch the
 //! network, and must never print or embed a secret (upstream keys, client tokens) in an error
 //! message or in [`Config::summary`].
@@ -31,11 +31,13 @@ mod summary;
 mod tests;
 mod timeouts;
 mod timestamp;
+mod tls;
 mod token;
 
 pub use load::{load, parse};
 pub use timeouts::{format_duration, parse_duration, ChannelTimeouts, Layer, Timeouts};
 pub use timestamp::format_rfc3339;
+pub use tls::ClientTls;
 
 /// A validated configuration. Build it with [`load`], [`parse`] or [`parse_with_env`].
 #[derive(Clone, Debug)]
@@ -94,6 +96,8 @@ pub struct ServerConfig {
     /// SIGTERM / SIGINT: how long in-flight requests and streams may run on after the
     /// listeners closed before they are ended with `shutting_down` (zero: at once).
     pub drain: Duration,
+    /// `[server.tls]`: clients speak TLS (HTTP/1.1 inside); `None`: plain HTTP.
+    pub tls: Option<ClientTls>,
 }
 
 impl ServerConfig {
@@ -340,6 +344,7 @@ impl Default for ServerConfig {
             state_flush: Duration::from_secs(1),
             quota_reserve: 1024,
             drain: Duration::from_secs(30),
+            tls: None,
         }
     }
 }

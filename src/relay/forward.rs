@@ -45,6 +45,7 @@ use crate::wire;
 use super::exchange::{Exchange, Outcome};
 use super::watch::{upstream_wait, Waited};
 use super::{Conn, Halt};
+use crate::tls_server::ClientStream;
 
 /// Largest upstream response head accepted.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
@@ -71,8 +72,8 @@ enum Failure {
     ClientGone,
 }
 
-pub async fn forward(
-    conn: &mut Conn,
+pub async fn forward<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     candidates: &mut Candidates,
 ) -> Result<Upstream, Halt> {
@@ -177,8 +178,8 @@ enum Verdict {
     KeyRefused(Reason),
 }
 
-fn judge(
-    conn: &Conn,
+fn judge<S: ClientStream>(
+    conn: &Conn<S>,
     ex: &Exchange<'_>,
     result: &Result<Upstream, Halt>,
     retry: &crate::config::RetryConfig,
@@ -228,7 +229,7 @@ fn admitted_candidate(health: &Health, candidates: &mut Candidates) -> Option<(u
     None
 }
 
-fn no_healthy_channel(conn: &Conn, ex: &Exchange<'_>) -> RelayError {
+fn no_healthy_channel<S: ClientStream>(conn: &Conn<S>, ex: &Exchange<'_>) -> RelayError {
     let w = &conn.w;
     let serving =
         (0..w.router.channels.len()).filter(|&i| w.router.channels[i].cfg.serves(ex.model_name));
@@ -240,8 +241,8 @@ fn no_healthy_channel(conn: &Conn, ex: &Exchange<'_>) -> RelayError {
 /// can see whether it refuses the key. `respond` goes on from what is buffered, so nothing is
 /// read twice. A read error or the upstream's close ends the peek early (respond sees it too);
 /// the deadline expiring is the attempt's timeout.
-async fn read_error_start(
-    conn: &mut Conn,
+async fn read_error_start<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &Exchange<'_>,
     up: &mut Upstream,
 ) -> Result<(), RelayError> {
@@ -285,8 +286,8 @@ async fn read_error_start(
 /// One channel: build its request, get a connection, send, await the head. A parked
 /// connection found closed before any response byte is retried once on a new one. Returns
 /// the index of the key the request carried, too.
-async fn attempt(
-    conn: &mut Conn,
+async fn attempt<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     channel: usize,
 ) -> (Result<Upstream, Halt>, usize) {
@@ -300,8 +301,8 @@ async fn attempt(
     )
 }
 
-async fn send_attempt(
-    conn: &mut Conn,
+async fn send_attempt<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     channel: usize,
     mut req: Vec<u8>,
@@ -368,7 +369,7 @@ async fn send_attempt(
 /// A body the adapter plans to edit (a `model_map` rename, the `stream_options` splice that
 /// asks for a stream's usage, or both) is written whole behind the head with its edits; the
 /// read buffer keeps the client's body as it came, for a replay to another channel.
-fn build_request(conn: &Conn, ex: &Exchange<'_>, channel: usize) -> (Vec<u8>, bool) {
+fn build_request<S: ClientStream>(conn: &Conn<S>, ex: &Exchange<'_>, channel: usize) -> (Vec<u8>, bool) {
     let w = &conn.w;
     let ch = &w.router.channels[channel];
     let mut req = w.bufs.take();
@@ -471,7 +472,7 @@ pub fn key_refused(status: u16) -> bool {
     status == 401 || status == 403
 }
 
-fn connect_failed(conn: &Conn, e: ConnectError) -> RelayError {
+fn connect_failed<S: ClientStream>(conn: &Conn<S>, e: ConnectError) -> RelayError {
     let s = conn.w.stats();
     bump(&s.upstream_connect_failed);
     match e {
@@ -487,8 +488,8 @@ fn connect_failed(conn: &Conn, e: ConnectError) -> RelayError {
     }
 }
 
-fn write_upstream_head(
-    conn: &Conn,
+fn write_upstream_head<S: ClientStream>(
+    conn: &Conn<S>,
     ex: &Exchange<'_>,
     channel: usize,
     out: &mut Vec<u8>,
@@ -535,8 +536,8 @@ fn write_upstream_head(
 /// Send the request and read the response head into `ex.resp`.
 /// Returns the request buffer when it came back from the kernel, so a stale parked
 /// connection can be retried.
-async fn send_and_await_head(
-    conn: &mut Conn,
+async fn send_and_await_head<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     mut upconn: UpConn,
     req: Vec<u8>,
@@ -652,7 +653,7 @@ async fn send_and_await_head(
     }
 }
 
-fn timeout(conn: &Conn, layer: Layer) -> Failure {
+fn timeout<S: ClientStream>(conn: &Conn<S>, layer: Layer) -> Failure {
     if conn.deadline.drain_ended() {
         // Shutdown's drain ran out, not the upstream's time: no failover, no timeout counted.
         conn.w.drain.note_ended();
@@ -662,7 +663,7 @@ fn timeout(conn: &Conn, layer: Layer) -> Failure {
     Failure::Error(RelayError::timeout(layer))
 }
 
-fn bad_response(conn: &Conn, msg: String) -> Failure {
+fn bad_response<S: ClientStream>(conn: &Conn<S>, msg: String) -> Failure {
     bump(&conn.w.stats().upstream_bad_response);
     Failure::Error(RelayError::bad_upstream_response(msg))
 }

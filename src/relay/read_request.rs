@@ -9,7 +9,6 @@
 //! (`admit`).
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, CancelableAsyncReadRent};
 
 use crate::bufpool::BUF_SIZE;
 use crate::deadline::Layer;
@@ -19,6 +18,7 @@ use crate::wire::{self, BodyKind, Method, WireError};
 use super::exchange::{push_hex, Endpoint, Exchange, Scratch};
 use super::watch::is_cancelled;
 use super::{Conn, IDLE_BUFFER_RELEASE};
+use crate::tls_server::ClientStream;
 
 /// What waiting for the next request came to.
 pub enum Next<'s> {
@@ -29,7 +29,7 @@ pub enum Next<'s> {
     Closed,
 }
 
-pub async fn next<'s>(conn: &mut Conn, scratch: &'s mut Scratch) -> Next<'s> {
+pub async fn next<'s, S: ClientStream>(conn: &mut Conn<S>, scratch: &'s mut Scratch) -> Next<'s> {
     if conn.w.drain.is_draining() && conn.rbuf.is_empty() {
         // Shutdown: no new request is waited for; one already pipelined is still answered.
         return Next::Closed;
@@ -71,7 +71,7 @@ pub async fn next<'s>(conn: &mut Conn, scratch: &'s mut Scratch) -> Next<'s> {
 }
 
 /// `rw-<process start>-<worker>-<sequence>`: unique per process run without coordination.
-fn new_request_id(conn: &Conn, id: &mut Vec<u8>) {
+fn new_request_id<S: ClientStream>(conn: &Conn<S>, id: &mut Vec<u8>) {
     id.clear();
     let seq = conn.w.next_request.get();
     conn.w.next_request.set(seq + 1);
@@ -85,8 +85,8 @@ fn new_request_id(conn: &Conn, id: &mut Vec<u8>) {
 
 /// Read until `rbuf` starts with a complete head, parsed into `head`.
 /// `Err(None)`: close quietly; `Err(Some(e))`: answer `e`, then close.
-async fn read_head(
-    conn: &mut Conn,
+async fn read_head<S: ClientStream>(
+    conn: &mut Conn<S>,
     head: &mut wire::RequestHead,
 ) -> Result<(), Option<RelayError>> {
     let t = conn.w.config.timeouts;
@@ -131,14 +131,20 @@ async fn read_head(
             // Readiness first: an idle connection holds no read buffer. While it waits it is
             // on the worker's idle list: at max_connections or the fd limit the worker closes
             // the longest-idle connections first to make room (worker.rs, IdleConnections).
-            let idle = conn.w.idle.enter();
-            let ready = monoio::select! {
-                biased;
-                r = conn.client.readable(false) => Some(r.is_ok()),
-                _ = conn.deadline.expired() => None,
-                _ = idle.shed() => Some(false),
+            // A TLS session may already hold the next request's bytes: no socket wait then.
+            let ready = if conn.client.has_buffered() {
+                Some(true)
+            } else {
+                let idle = conn.w.idle.enter();
+                let ready = monoio::select! {
+                    biased;
+                    r = conn.client.socket().readable(false) => Some(r.is_ok()),
+                    _ = conn.deadline.expired() => None,
+                    _ = idle.shed() => Some(false),
+                };
+                drop(idle);
+                ready
             };
-            drop(idle);
             match ready {
                 Some(true) => {}
                 Some(false) => return Err(None),
@@ -205,7 +211,7 @@ async fn read_head(
 }
 
 /// `client_idle` closes quietly; `client_header` (slowloris) gets a 408 first.
-fn head_timeout(conn: &Conn, phase: Layer) -> Option<RelayError> {
+fn head_timeout<S: ClientStream>(conn: &Conn<S>, phase: Layer) -> Option<RelayError> {
     conn.w.stats().count_timeout(phase);
     (phase == Layer::ClientHeader).then(|| RelayError::client_timeout(phase))
 }

@@ -31,6 +31,7 @@ use super::own::write_client;
 use super::respond::{ended_clean, halt, note_usage, write_client_head, ClientFraming};
 use super::watch::{is_cancelled, upstream_wait, Waited, WATCH_GRACE};
 use super::{Conn, Flow, Halt};
+use crate::tls_server::ClientStream;
 
 /// Bytes reserved at the end of a stream buffer for `\r\n` plus the last chunk.
 const STREAM_TAILROOM: usize = 2 + wire::LAST_CHUNK.len();
@@ -46,8 +47,8 @@ enum StreamRead {
 }
 
 /// Relay the stream; Ok((flow, upstream clean)).
-pub async fn relay_stream(
-    conn: &mut Conn,
+pub async fn relay_stream<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     upconn: &mut UpConn,
     mut ubuf: Vec<u8>,
@@ -282,8 +283,8 @@ pub async fn relay_stream(
 /// gather in the socket first: a token stream then costs one read and one write per few
 /// chunks instead of per chunk, and streams whose holds end in the same wheel tick are served
 /// in one wake-up. Chunks further apart than `hold` are not delayed at all.
-async fn read_stream(
-    conn: &mut Conn,
+async fn read_stream<S: ClientStream>(
+    conn: &mut Conn<S>,
     upconn: &mut UpConn,
     mut ubuf: Vec<u8>,
     t: &Timeouts,
@@ -377,8 +378,8 @@ async fn read_stream(
 ///
 /// Bytes the usage-event filter held back (`held`, at `buf[CHUNK_HEADROOM..]`, when the buffer
 /// still has them) go out first: the stream will not get the rest of that event.
-async fn end_with_error(
-    conn: &mut Conn,
+async fn end_with_error<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     mut buf: Vec<u8>,
     held: usize,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 
 use crate::deadline::{DeadlineSet, Layer};
+use crate::tls_server::ClientStream;
 
 /// How long an upstream may take before the relay starts watching the client for a hang-up.
 /// Fast responses never pay for the watch; slow ones are checked well within a second.
@@ -74,13 +75,21 @@ enum ClientState {
 /// Wait for `fut` (an upstream read or readiness) under the deadline. If it takes longer than
 /// [`WATCH_GRACE`], also wait for the client socket to become readable: EOF or an error there
 /// means the client left, and the caller drops the upstream connection.
-pub async fn upstream_wait<F: std::future::Future>(
+///
+/// Under TLS the watch looks at the TCP socket below the session: a close shows there as it
+/// does for plain HTTP; TLS records (or bytes the session already holds) mean the client is
+/// alive, as pipelined bytes do.
+pub async fn upstream_wait<F: std::future::Future, S: ClientStream>(
     fut: F,
     deadline: &DeadlineSet,
-    client: &TcpStream,
+    client: &S,
     watch: &mut ClientWatch,
 ) -> Waited<F::Output> {
     let mut fut = std::pin::pin!(fut);
+    if client.has_buffered() {
+        watch.enabled = false;
+    }
+    let client = client.socket();
     if watch.enabled {
         // From the reading taken when the wait's deadline was armed: an older start only
         // begins the watch sooner.
