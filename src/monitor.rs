@@ -421,10 +421,7 @@ impl Monitor {
         m.insert("idle_connections_shed".into(), s(&|x| &x.idle_shed).into());
         m.insert("accept_errors".into(), s(&|x| &x.accept_errors).into());
         let mut tls = serde_json::Map::new();
-        tls.insert(
-            "handshakes".into(),
-            s(&|x| &x.client_tls_handshakes).into(),
-        );
+        tls.insert("handshakes".into(), s(&|x| &x.client_tls_handshakes).into());
         tls.insert("failed".into(), s(&|x| &x.client_tls_failed).into());
         tls.insert("timeouts".into(), s(&|x| &x.client_tls_timeouts).into());
         m.insert("client_tls".into(), tls.into());

@@ -180,7 +180,11 @@ impl TlsClient {
     }
 
     /// Reads plaintext into `dst`; 0 at the end of the stream.
-    async fn read_plain(&mut self, dst: &mut [u8], cancel: Option<&CancelHandle>) -> io::Result<usize> {
+    async fn read_plain(
+        &mut self,
+        dst: &mut [u8],
+        cancel: Option<&CancelHandle>,
+    ) -> io::Result<usize> {
         loop {
             match self.session.reader().read(dst) {
                 Ok(n) => return Ok(n),

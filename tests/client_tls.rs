@@ -122,7 +122,8 @@ fn tls_connect(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> std::io:
     tcp.set_write_timeout(Some(READ_TIMEOUT))?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from("localhost").expect("server name");
-    let conn = rustls::ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
+    let conn =
+        rustls::ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock)?;
@@ -146,7 +147,10 @@ fn tls_client(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> Client<Tl
 /// Health over TLS, or None while the relay is not up.
 fn tls_health(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> Option<serde_json::Value> {
     let mut c = Client::over(tls_connect(addr, config).ok()?);
-    c.stream.sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    c.stream
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .ok()?;
     c.try_send(&get("/api/monitor/health", &[("connection", "close")]))
         .ok()?;
     let r = c.try_read_response().ok()?;
@@ -182,21 +186,38 @@ fn chat_and_stream_once(c: &mut Client<TlsStream>, mock: &Mock) {
     let r = c.read_final_response();
     assert_eq!(r.status, 200, "{}", r.text());
     let direct = mock_direct(mock.addr, &chat("mock-fixed", false));
-    assert_eq!(r.body, direct.body, "the relayed body is the mock's, byte for byte");
+    assert_eq!(
+        r.body, direct.body,
+        "the relayed body is the mock's, byte for byte"
+    );
 
     c.send(&chat("mock-stream-5-20", true));
     let r = c.read_final_response();
     assert_eq!(r.status, 200, "{}", r.text());
     let text = r.text();
-    for i in 0..5 {
-        assert!(text.contains(&format!("tok{i}")), "event {i} in the stream: {text}");
-    }
+    assert_eq!(text.matches("chat.completion.chunk").count(), 5, "{text}");
     assert!(text.contains("data: [DONE]"), "the stream ended: {text}");
+
+    // Paced far apart upstream: each event reaches the client long before the next is sent,
+    // so the TLS stream passes events on as they come.
+    let sent = Instant::now();
+    c.send(&chat("mock-stream-2-1500", true));
+    let r = c.read_final_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (first, second) = (arrival(&r, sent, b"tok0"), arrival(&r, sent, b"tok1"));
     assert!(
-        r.chunks.len() >= 5,
-        "the stream arrived in pieces ({} chunks), not buffered whole",
-        r.chunks.len()
+        second >= first + Duration::from_millis(700),
+        "events not paced: tok0 at {first:?}, tok1 at {second:?}"
     );
+}
+
+/// When the chunk holding `needle` arrived, from `sent`.
+fn arrival(r: &Response, sent: Instant, needle: &[u8]) -> Duration {
+    r.chunks
+        .iter()
+        .find(|(_, data)| data.windows(needle.len()).any(|w| w == needle))
+        .map(|(at, _)| at.duration_since(sent))
+        .unwrap_or_else(|| panic!("no chunk with {needle:?} in {:?}", r.text()))
 }
 
 fn chat_stream_and_health_over_tls(driver: Driver) {
@@ -214,7 +235,11 @@ fn chat_stream_and_health_over_tls(driver: Driver) {
         Some(&b"http/1.1"[..]),
         "ALPN: http/1.1 chosen over the h2 the client offered first"
     );
-    assert_eq!(served_leaf(&c.stream), leaf.der, "the configured leaf is served");
+    assert_eq!(
+        served_leaf(&c.stream),
+        leaf.der,
+        "the configured leaf is served"
+    );
     // Keep-alive: two rounds of whole and streamed chat on one TLS connection.
     chat_and_stream_once(&mut c, &mock);
     chat_and_stream_once(&mut c, &mock);
@@ -268,7 +293,10 @@ fn plain_http_client_on_the_tls_port_gets_no_answer_and_is_closed() {
         String::from_utf8_lossy(&got)
     );
     if let Some(&first) = got.first() {
-        assert_eq!(first, 0x15, "only a TLS alert record may come back: {got:?}");
+        assert_eq!(
+            first, 0x15,
+            "only a TLS alert record may come back: {got:?}"
+        );
     }
     let health = tls_health(relay.addr, &ca.client_config()).expect("health over TLS");
     assert!(json_u64(&health, "client_tls.failed") >= 1, "{health}");
@@ -281,15 +309,27 @@ fn stalled_handshake_is_cut_by_client_header() {
     let ca = TestCa::new();
     let dir = CertDir::new();
     dir.install(&ca.leaf("server"));
-    let relay = start_tls_relay(&mock, &dir, &ca, "[timeouts]\nclient_header = \"1s\"\n", &[]);
+    let relay = start_tls_relay(
+        &mock,
+        &dir,
+        &ca,
+        "[timeouts]\nclient_header = \"1s\"\n",
+        &[],
+    );
 
     // One connection sends nothing; one sends the first bytes of a ClientHello and stops.
     let mut silent = relay.client();
     let mut partial = relay.client();
     partial.send(&[0x16, 0x03, 0x01, 0x00, 0x80, 0x01]);
     let started = Instant::now();
-    assert!(silent.closed_within(Duration::from_secs(10)), "silent client cut");
-    assert!(partial.closed_within(Duration::from_secs(10)), "partial hello cut");
+    assert!(
+        silent.closed_within(Duration::from_secs(10)),
+        "silent client cut"
+    );
+    assert!(
+        partial.closed_within(Duration::from_secs(10)),
+        "partial hello cut"
+    );
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(800),
@@ -352,7 +392,11 @@ fn reload_serves_a_renewed_certificate_to_new_connections_only() {
     let line = hangup(&relay);
     assert!(line.contains("config reloaded"), "{line}");
     let fresh = tls_connect(relay.addr, &config).expect("new connection");
-    assert_eq!(served_leaf(&fresh), second.der, "a new connection gets the new leaf");
+    assert_eq!(
+        served_leaf(&fresh),
+        second.der,
+        "a new connection gets the new leaf"
+    );
     drop(fresh);
 
     old.send(&chat("mock-fixed", false));
@@ -371,7 +415,11 @@ fn reload_serves_a_renewed_certificate_to_new_connections_only() {
     let line = hangup(&relay);
     assert!(line.contains("config reloaded"), "{line}");
     let fresh = tls_connect(relay.addr, &config).expect("new connection");
-    assert_eq!(served_leaf(&fresh), third.der, "the leaf from the new paths");
+    assert_eq!(
+        served_leaf(&fresh),
+        third.der,
+        "the leaf from the new paths"
+    );
     old.send(&chat("mock-fixed", false));
     assert_eq!(old.read_final_response().status, 200);
 }
@@ -394,7 +442,10 @@ fn reload_refuses_turning_tls_off_and_a_mismatched_key() {
     std::fs::write(&relay.config_path, &plain).expect("rewrite the config");
     let line = hangup(&relay);
     assert!(line.contains("config reload refused"), "{line}");
-    assert!(line.contains("[server.tls]") && line.contains("restart"), "{line}");
+    assert!(
+        line.contains("[server.tls]") && line.contains("restart"),
+        "{line}"
+    );
 
     std::fs::write(&relay.config_path, &original).expect("restore the config");
     let other = ca.leaf("other");
@@ -442,13 +493,31 @@ fn bad_certificate_or_key_is_refused_with_file_line_and_key() {
     let good = config_at("chain.pem", "key.pem");
     let (code, text) = check(&good);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("tls") && text.contains("chain.pem") && text.contains("2 certificate"), "{text}");
+    assert!(
+        text.contains("tls") && text.contains("chain.pem") && text.contains("2 certificate"),
+        "{text}"
+    );
 
     let cases: [(&str, &str, &str, &str); 4] = [
         ("missing.pem", "key.pem", "server.tls.cert", "cannot read"),
-        ("empty.pem", "key.pem", "server.tls.cert", "no PEM certificate"),
-        ("chain.pem", "only-cert.pem", "server.tls.key", "no usable PEM private key"),
-        ("chain.pem", "other-key.pem", "server.tls.key", "not the private key"),
+        (
+            "empty.pem",
+            "key.pem",
+            "server.tls.cert",
+            "no PEM certificate",
+        ),
+        (
+            "chain.pem",
+            "only-cert.pem",
+            "server.tls.key",
+            "no usable PEM private key",
+        ),
+        (
+            "chain.pem",
+            "other-key.pem",
+            "server.tls.key",
+            "not the private key",
+        ),
     ];
     for (cert, key, blamed, why) in cases {
         let path = config_at(cert, key);

@@ -46,8 +46,8 @@ pub(super) fn read_tls(sec: &Section, base_dir: &Path) -> Result<ClientTls, Conf
     let key = base_dir.join(key_field.nonempty_str()?);
 
     let shown = cert.display();
-    let pem = std::fs::read(&cert)
-        .map_err(|e| cert_field.err(&format!("cannot read {shown}: {e}")))?;
+    let pem =
+        std::fs::read(&cert).map_err(|e| cert_field.err(&format!("cannot read {shown}: {e}")))?;
     let mut chain = Vec::new();
     for c in CertificateDer::pem_slice_iter(&pem) {
         let c = c.map_err(|e| cert_field.err(&format!("{shown}: invalid PEM: {e}")))?;
@@ -60,8 +60,8 @@ pub(super) fn read_tls(sec: &Section, base_dir: &Path) -> Result<ClientTls, Conf
     }
 
     let shown_key = key.display();
-    let pem = std::fs::read(&key)
-        .map_err(|e| key_field.err(&format!("cannot read {shown_key}: {e}")))?;
+    let pem =
+        std::fs::read(&key).map_err(|e| key_field.err(&format!("cannot read {shown_key}: {e}")))?;
     // The error names the file and what is wrong, never the key's bytes.
     let private = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         key_field.err(&format!(

@@ -38,7 +38,10 @@ pub struct Admitted {
     _inflight: GaugeGuard,
 }
 
-pub async fn admit<S: ClientStream>(conn: &mut Conn<S>, ex: &mut Exchange<'_>) -> Result<Admitted, Halt> {
+pub async fn admit<S: ClientStream>(
+    conn: &mut Conn<S>,
+    ex: &mut Exchange<'_>,
+) -> Result<Admitted, Halt> {
     let w = conn.w.clone();
     let token = ex
         .head
@@ -153,7 +156,11 @@ async fn send_continue<S: ClientStream>(conn: &mut Conn<S>) -> Result<(), Halt> 
 
 /// Read more of the body: silence is bounded by `client_body`, the whole body by `body_due`
 /// (`client_body_total` after the head), both answered 408; `total` answers 504.
-async fn read_more<S: ClientStream>(conn: &mut Conn<S>, t: &Timeouts, body_due: Instant) -> Result<(), Halt> {
+async fn read_more<S: ClientStream>(
+    conn: &mut Conn<S>,
+    t: &Timeouts,
+    body_due: Instant,
+) -> Result<(), Halt> {
     let silence_due = conn.deadline.now() + t[Layer::ClientBody];
     conn.deadline
         .arm_at(Layer::ClientBody, silence_due.min(body_due));

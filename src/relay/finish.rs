@@ -23,7 +23,12 @@ use super::exchange::{method_name, Exchange, Outcome};
 use super::{Conn, Flow};
 use crate::tls_server::ClientStream;
 
-pub fn finish<S: ClientStream>(conn: &mut Conn<S>, mut ex: Exchange<'_>, flow: Flow, upstream: Option<UpConn>) -> Flow {
+pub fn finish<S: ClientStream>(
+    conn: &mut Conn<S>,
+    mut ex: Exchange<'_>,
+    flow: Flow,
+    upstream: Option<UpConn>,
+) -> Flow {
     conn.deadline.end_request();
     let w = &conn.w;
     if let Some(up) = upstream {
@@ -90,7 +95,12 @@ fn quota_charge(ex: &Exchange<'_>) -> u64 {
 }
 
 /// The request's access-log line (see `access_log`).
-fn access_line<S: ClientStream>(conn: &Conn<S>, ex: &Exchange<'_>, total: Duration, out: &mut Vec<u8>) {
+fn access_line<S: ClientStream>(
+    conn: &Conn<S>,
+    ex: &Exchange<'_>,
+    total: Duration,
+    out: &mut Vec<u8>,
+) {
     let router = &conn.w.router;
     let channel = ex.channel.map(|c| &router.channels[c].cfg);
     let model = (ex.model.is_some()).then_some(ex.model_name.as_str());

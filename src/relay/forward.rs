@@ -369,7 +369,11 @@ async fn send_attempt<S: ClientStream>(
 /// A body the adapter plans to edit (a `model_map` rename, the `stream_options` splice that
 /// asks for a stream's usage, or both) is written whole behind the head with its edits; the
 /// read buffer keeps the client's body as it came, for a replay to another channel.
-fn build_request<S: ClientStream>(conn: &Conn<S>, ex: &Exchange<'_>, channel: usize) -> (Vec<u8>, bool) {
+fn build_request<S: ClientStream>(
+    conn: &Conn<S>,
+    ex: &Exchange<'_>,
+    channel: usize,
+) -> (Vec<u8>, bool) {
     let w = &conn.w;
     let ch = &w.router.channels[channel];
     let mut req = w.bufs.take();

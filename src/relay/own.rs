@@ -39,7 +39,11 @@ fn dialect<S: ClientStream>(conn: &Conn<S>, ex: &Exchange<'_>) -> Dialect {
 }
 
 /// Answer `error` with the contract's error body, in the shape of the endpoint's dialect.
-pub async fn answer_error<S: ClientStream>(conn: &mut Conn<S>, ex: &mut Exchange<'_>, error: &RelayError) -> Flow {
+pub async fn answer_error<S: ClientStream>(
+    conn: &mut Conn<S>,
+    ex: &mut Exchange<'_>,
+    error: &RelayError,
+) -> Flow {
     let mut body = Vec::with_capacity(error.message.len() + 96);
     error.render_as(dialect(conn, ex), &mut body);
     ex.outcome = Outcome::of(error);

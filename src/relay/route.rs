@@ -20,7 +20,10 @@ use super::exchange::{Endpoint, Exchange};
 use super::{Conn, Halt};
 use crate::tls_server::ClientStream;
 
-pub fn route<S: ClientStream>(conn: &mut Conn<S>, ex: &mut Exchange<'_>) -> Result<Candidates, Halt> {
+pub fn route<S: ClientStream>(
+    conn: &mut Conn<S>,
+    ex: &mut Exchange<'_>,
+) -> Result<Candidates, Halt> {
     let w = &conn.w;
     let body = &conn.rbuf[ex.body.clone()];
     let (field, usage_splice) = match provider::peek_request(body) {

@@ -690,7 +690,6 @@ impl Client {
         self.set_read_timeout(READ_TIMEOUT);
         r
     }
-
 }
 
 impl<S: Read + Write> Client<S> {
