@@ -52,6 +52,11 @@ pub fn finish<S: ClientStream>(
         if let Some(t) = ex.first_byte_at {
             s.latency_ttfb.observe(t - ex.start);
         }
+        if let (Some(channel), Some(sent), Some(head)) =
+            (ex.channel, ex.upstream_sent_at, ex.upstream_head_at)
+        {
+            s.observe_channel(w.router.channel_row(channel), head - sent, now - sent);
+        }
         if let Some(log) = &w.access_log {
             log.append(|out| access_line(conn, &ex, total, out));
         }

@@ -560,6 +560,9 @@ async fn send_and_await_head<S: ClientStream>(
     // request is as stuck as one that does not answer.
     conn.deadline
         .arm(Layer::ResponseHeader, t[Layer::ResponseHeader]);
+    // `arm` just read the clock: the moment the request goes upstream.
+    ex.upstream_sent_at = Some(conn.deadline.recent());
+    ex.upstream_head_at = None;
     let (r, req) = match conn.deadline.race(upconn.stream.write_all(req)).await {
         Ok(done) => done,
         Err(layer) => return (Err(timeout(conn, layer)), None),
@@ -614,7 +617,12 @@ async fn send_and_await_head<S: ClientStream>(
                     ubuf.drain(..ex.resp.len);
                     continue;
                 }
-                Ok(true) => return (Ok((upconn, ubuf)), Some(req)),
+                Ok(true) => {
+                    // The response head's arrival; `respond` takes its first-byte time from
+                    // this reading, so the clock is read no more often than before.
+                    ex.upstream_head_at = Some(conn.deadline.now());
+                    return (Ok((upconn, ubuf)), Some(req));
+                }
                 Ok(false) => {}
                 Err(e) => {
                     let msg = format!("malformed upstream response head: {}", e.message());

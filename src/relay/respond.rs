@@ -243,7 +243,8 @@ async fn relay_fixed<S: ClientStream>(
         ClientFraming::Length(n),
         close,
     );
-    let now = conn.deadline.now();
+    // No IO since the response head arrived (`forward` read the clock then).
+    let now = conn.deadline.recent();
     ex.mark_first_byte(ex.resp.status, now);
     let mut remaining = n - first as u64;
     conn.deadline

@@ -70,7 +70,8 @@ pub async fn relay_stream<S: ClientStream>(
     };
     let mut out = conn.w.bufs.take();
     write_client_head(conn, ex, &mut out, &ubuf, channel, framing, close);
-    let now = conn.deadline.now();
+    // No IO since the response head arrived (`forward` read the clock then).
+    let now = conn.deadline.recent();
     ex.mark_first_byte(ex.resp.status, now);
     conn.deadline
         .arm_recent(Layer::ClientIdle, t[Layer::ClientIdle]);
