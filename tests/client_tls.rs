@@ -16,6 +16,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 both_drivers! {
     chat_stream_and_health_over_tls,
+    idle_tls_connection_serves_again_and_a_departed_client_is_noticed,
 }
 
 /// A test CA and the leaf certificates it signs.
@@ -265,6 +266,53 @@ fn chat_stream_and_health_over_tls(driver: Driver) {
         "handshakes counted: {health}"
     );
     assert_eq!(json_u64(&health, "client_tls.failed"), 0, "{health}");
+}
+
+/// A TLS keep-alive connection that idles past the read-buffer release (its pending read is
+/// cancelled) still serves the next request; a TLS client that leaves while the upstream is
+/// slow to answer is noticed through the TCP socket under the session (`client_gone`).
+fn idle_tls_connection_serves_again_and_a_departed_client_is_noticed(driver: Driver) {
+    let mock = Mock::start();
+    let ca = TestCa::new();
+    let dir = CertDir::new();
+    dir.install(&ca.leaf("server"));
+    let relay = start_tls_relay(&mock, &dir, &ca, "", driver.env());
+    let config = ca.client_config();
+
+    let mut c = tls_client(relay.addr, &config);
+    c.send(&chat("mock-fixed", false));
+    assert_eq!(c.read_final_response().status, 200);
+    // Idle for longer than the 1 s after which an idle connection gives its buffer back.
+    std::thread::sleep(Duration::from_millis(1600));
+    for _ in 0..2 {
+        c.send(&chat("mock-fixed", false));
+        let r = c.read_final_response();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    let mut gone = tls_client(relay.addr, &config);
+    gone.send(&chat("mock-stall-head-5000", false));
+    std::thread::sleep(Duration::from_millis(400));
+    let during = mock.stats().open_connections;
+    let left = Instant::now();
+    drop(gone);
+    let noticed = wait_for(Duration::from_secs(4), || {
+        tls_health(relay.addr, &config).is_some_and(|h| json_u64(&h, "client_gone") >= 1)
+    });
+    assert!(
+        noticed.is_some(),
+        "the departed TLS client was not noticed within 4 s (the upstream takes 5 s)"
+    );
+    assert!(left.elapsed() < Duration::from_secs(5));
+    // The upstream connection of the abandoned request was closed, not left to the stall.
+    let mock_open = wait_for(Duration::from_secs(3), || {
+        mock.stats().open_connections < during
+    });
+    assert!(
+        mock_open.is_some(),
+        "upstream connection closed: {:?}",
+        mock.stats()
+    );
 }
 
 /// A client speaking plain HTTP to the TLS port gets no HTTP answer (only, at most, a TLS
