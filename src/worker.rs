@@ -7,6 +7,10 @@
 //! and the listeners are `listen`'s; the per-worker state is `context`'s; idle connections are
 //! registered in `idle`.
 //!
+//! With `[server.tls]` each accepted connection's task begins with the TLS handshake (see
+//! `relay::serve_tls_connection`), served the certificate of the config generation the worker
+//! holds when it accepts.
+//!
 //! The accept loop's rules (docs/connections.md): a worker holds at most its share of
 //! `max_connections`; at the bound, or when `accept` fails for want of file descriptors, it
 //! closes its longest-idle keep-alive connections to make room, and only when none is idle does
