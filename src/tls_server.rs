@@ -62,6 +62,12 @@ pub trait ClientStream: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent
     /// Bytes the stream already took from the socket that a read would return without
     /// waiting (a TLS session's decrypted or not yet decrypted data). Always false for TCP.
     fn has_buffered(&self) -> bool;
+    /// The socket reported readable while the relay waits on the upstream: did the client
+    /// leave, send more, or was it nothing? Never waits.
+    fn peer_state(&mut self) -> PeerState;
+    /// Whether the stream says goodbye before the socket closes (TLS: `close_notify`, so a
+    /// body delimited by the close is not taken for a truncated one).
+    const SAYS_GOODBYE: bool;
 }
 
 impl ClientStream for TcpStream {
@@ -74,6 +80,56 @@ impl ClientStream for TcpStream {
     fn has_buffered(&self) -> bool {
         false
     }
+
+    /// Peeks one byte without consuming it: pipelined bytes stay for the next request.
+    fn peer_state(&mut self) -> PeerState {
+        let mut byte = 0u8;
+        match recv_now(self, std::slice::from_mut(&mut byte), libc::MSG_PEEK) {
+            Ok(0) => PeerState::Gone,
+            Ok(_) => PeerState::SentData,
+            Err(e) if would_block(&e) => PeerState::Idle,
+            Err(_) => PeerState::Gone,
+        }
+    }
+
+    const SAYS_GOODBYE: bool = false;
+}
+
+/// What the client did while the relay waited on the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// Nothing that counts (a spurious wake, part of a TLS record, a TLS key update).
+    Idle,
+    /// More request bytes: the client is alive.
+    SentData,
+    /// A close, a reset, a TLS `close_notify` or fatal alert.
+    Gone,
+}
+
+/// One `recv` on the socket that never waits (the socket just reported readable).
+fn recv_now(tcp: &TcpStream, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid fd and a buffer we own for the call's length.
+    let n = unsafe {
+        libc::recv(
+            tcp.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            flags | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 /// A client connection after its TLS handshake.
@@ -230,6 +286,48 @@ impl ClientStream for TlsClient {
         // plaintext or the client's close_notify: either way a read returns at once.
         !self.session.wants_read()
     }
+
+    /// TLS 1.3 hides a record's type inside its encryption, so the bytes are read and given
+    /// to the session (they stay buffered for the next read): a `close_notify` or an error
+    /// means the client left, plaintext that it sent more. Anything the session wants to send
+    /// in reply waits for the next write.
+    fn peer_state(&mut self) -> PeerState {
+        if self.tls_in.capacity() - self.tls_in.len() < 1024 {
+            if self.tls_at == self.tls_in.len() {
+                self.tls_in.clear();
+                self.tls_at = 0;
+            }
+            self.tls_in.reserve(TLS_READ_SIZE);
+        }
+        let len = self.tls_in.len();
+        let spare = self.tls_in.spare_capacity_mut();
+        // SAFETY: `recv` writes only initialised bytes into the spare capacity, and only `n`
+        // of them are taken into the vector's length below.
+        let spare =
+            unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), spare.len()) };
+        match recv_now(&self.tcp, spare, 0) {
+            Ok(0) => return PeerState::Gone,
+            // SAFETY: `n` bytes were written by `recv`.
+            Ok(n) => unsafe { self.tls_in.set_len(len + n) },
+            Err(e) if would_block(&e) => return PeerState::Idle,
+            Err(_) => return PeerState::Gone,
+        }
+        while self.tls_at < self.tls_in.len() {
+            match self.session.read_tls(&mut &self.tls_in[self.tls_at..]) {
+                Ok(n) => self.tls_at += n,
+                Err(_) => return PeerState::Gone,
+            }
+            match self.session.process_new_packets() {
+                Ok(state) if state.peer_has_closed() => return PeerState::Gone,
+                Ok(state) if state.plaintext_bytes_to_read() > 0 => return PeerState::SentData,
+                Ok(_) => {}
+                Err(_) => return PeerState::Gone,
+            }
+        }
+        PeerState::Idle
+    }
+
+    const SAYS_GOODBYE: bool = true;
 }
 
 impl AsyncReadRent for TlsClient {

@@ -256,9 +256,16 @@ fn chat_stream_and_health_over_tls(driver: Driver) {
     }
 
     let mut h = tls_client(relay.addr, &config);
-    h.send(&get("/api/monitor/health", &[]));
+    h.send(&get("/api/monitor/health", &[("connection", "close")]));
     let r = h.read_final_response();
     assert_eq!(r.status, 200);
+    // The relay ends the session with close_notify: the client sees a clean end, not a
+    // truncation (rustls reports a close without it as an UnexpectedEof error).
+    let rest = h.read_to_close();
+    assert!(
+        matches!(&rest, Ok(b) if b.is_empty()),
+        "clean TLS close: {rest:?}"
+    );
     let health = r.json();
     assert_eq!(health["io_driver"], driver.health_name());
     assert!(
@@ -290,6 +297,17 @@ fn idle_tls_connection_serves_again_and_a_departed_client_is_noticed(driver: Dri
         assert_eq!(r.status, 200, "{}", r.text());
     }
 
+    // A request sent while the previous one waits on a slow upstream: the watch reads its
+    // TLS record to see what it is, and keeps it for the next request.
+    c.send(&chat("mock-stall-head-1000", false));
+    std::thread::sleep(Duration::from_millis(500));
+    c.send(&chat("mock-echo", false));
+    let first = c.read_final_response();
+    assert_eq!(first.status, 200, "{}", first.text());
+    let second = c.read_final_response();
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(parse_echo(&second).path, "/v1/chat/completions");
+
     let mut gone = tls_client(relay.addr, &config);
     gone.send(&chat("mock-stall-head-5000", false));
     std::thread::sleep(Duration::from_millis(400));
@@ -313,6 +331,25 @@ fn idle_tls_connection_serves_again_and_a_departed_client_is_noticed(driver: Dri
         "upstream connection closed: {:?}",
         mock.stats()
     );
+
+    // A client that says close_notify but leaves its socket open is leaving too.
+    let mut polite = tls_client(relay.addr, &config);
+    polite.send(&chat("mock-stall-head-5000", false));
+    std::thread::sleep(Duration::from_millis(400));
+    polite.stream.conn.send_close_notify();
+    polite
+        .stream
+        .conn
+        .complete_io(&mut polite.stream.sock)
+        .expect("send close_notify");
+    let noticed = wait_for(Duration::from_secs(4), || {
+        tls_health(relay.addr, &config).is_some_and(|h| json_u64(&h, "client_gone") >= 2)
+    });
+    assert!(
+        noticed.is_some(),
+        "close_notify not taken as the client leaving"
+    );
+    drop(polite);
 }
 
 /// A client speaking plain HTTP to the TLS port gets no HTTP answer (only, at most, a TLS

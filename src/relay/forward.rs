@@ -640,12 +640,12 @@ async fn send_and_await_head<S: ClientStream>(
         }
         let cap = ubuf.capacity();
         let read = upconn.stream.read(ubuf.slice_mut(len..cap));
-        let (r, b) = match upstream_wait(read, &conn.deadline, &conn.client, &mut conn.watch).await
-        {
-            Waited::Done(r) => r,
-            Waited::Timeout(layer) => return (Err(timeout(conn, layer)), Some(req)),
-            Waited::ClientGone => return (Err(Failure::ClientGone), Some(req)),
-        };
+        let (r, b) =
+            match upstream_wait(read, &conn.deadline, &mut conn.client, &mut conn.watch).await {
+                Waited::Done(r) => r,
+                Waited::Timeout(layer) => return (Err(timeout(conn, layer)), Some(req)),
+                Waited::ClientGone => return (Err(Failure::ClientGone), Some(req)),
+            };
         ubuf = b.into_inner();
         match r {
             Ok(0) if !received => {

@@ -204,7 +204,16 @@ async fn serve<S: ClientStream>(worker: Rc<Worker>, client: S, deadline: Deadlin
     }
     let rbuf = std::mem::take(&mut conn.rbuf);
     conn.w.bufs.give(rbuf);
+    if S::SAYS_GOODBYE {
+        // TLS: close_notify before the close, briefly (a client that reads nothing more
+        // does not hold the connection).
+        conn.deadline.arm(Layer::ClientIdle, GOODBYE_WAIT);
+        let _ = conn.deadline.race(conn.client.shutdown()).await;
+    }
 }
+
+/// How long a TLS connection's `close_notify` may take to go out.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 
 /// The phases after `read_request`, in order. Returns how the connection goes on and, when
 /// an upstream response ended cleanly, the upstream connection for `finish` to pool.

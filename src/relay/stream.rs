@@ -315,7 +315,7 @@ async fn read_stream<S: ClientStream>(
                 // TLS keeps decrypted bytes of its own; and non-SSE bodies are never idle for
                 // long. A plain read, with the client watched after the grace period.
                 let read = stream.read(ubuf.slice_mut(fresh..cap));
-                return match upstream_wait(read, &conn.deadline, &conn.client, &mut conn.watch)
+                return match upstream_wait(read, &conn.deadline, &mut conn.client, &mut conn.watch)
                     .await
                 {
                     Waited::Done((Ok(0), b)) => StreamRead::Eof(b.into_inner()),
@@ -355,7 +355,7 @@ async fn read_stream<S: ClientStream>(
             conn.w.bufs.give(std::mem::take(&mut ubuf));
         }
         let ready = tcp.readable(false);
-        let waited = upstream_wait(ready, &conn.deadline, &conn.client, &mut conn.watch).await;
+        let waited = upstream_wait(ready, &conn.deadline, &mut conn.client, &mut conn.watch).await;
         if !keep {
             ubuf = conn.w.bufs.take();
         }
