@@ -361,7 +361,7 @@ impl AsyncReadRent for TlsClient {
 impl CancelableAsyncReadRent for TlsClient {
     /// A cancel that lands while the socket read is pending ends the read with ECANCELED and
     /// nothing lost; TLS bytes that arrived with it stay buffered for the next read. An idle
-    /// connection's TLS read buffer is given back with the cancel.
+    /// connection's TLS buffers are given back with the cancel.
     async fn cancelable_read<T: IoBufMut>(
         &mut self,
         mut buf: T,
@@ -376,10 +376,13 @@ impl CancelableAsyncReadRent for TlsClient {
                 (Ok(n), buf)
             }
             Err(e) => {
+                // An idle connection holds no TLS buffer of its own (the session's state is
+                // rustls'): both are taken again by the next read and write.
                 if self.tls_at == self.tls_in.len() {
                     self.tls_in = Vec::new();
                     self.tls_at = 0;
                 }
+                self.tls_out = Vec::new();
                 (Err(e), buf)
             }
         }

@@ -712,3 +712,48 @@ fn openai_python_sdk_over_https() {
     );
     assert!(text.contains("STREAM:tok0|tok1|tok2\n"), "{text}");
 }
+
+/// Idle TLS keep-alive connections stay small: each holds its rustls session but no read or
+/// write buffer of the relay's once it has idled past the buffer release (bounded RSS check).
+#[test]
+fn idle_tls_connections_hold_no_buffers() {
+    const CONNS: usize = 300;
+    let mock = Mock::start();
+    let ca = TestCa::new();
+    let dir = CertDir::new();
+    dir.install(&ca.leaf("server"));
+    let relay = start_tls_relay(&mock, &dir, &ca, "", &[]);
+    let config = ca.client_config();
+    let rss = || {
+        json_u64(
+            &tls_health(relay.addr, &config).expect("health"),
+            "rss_bytes",
+        )
+    };
+    // Warm up: the allocator's first pages, a first batch of buffers.
+    let warm: Vec<_> = (0..20).map(|_| tls_client(relay.addr, &config)).collect();
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = rss();
+    let mut conns = Vec::with_capacity(CONNS);
+    for _ in 0..CONNS {
+        let mut c = tls_client(relay.addr, &config);
+        c.send(&chat("mock-fixed", false));
+        assert_eq!(c.read_final_response().status, 200);
+        conns.push(c);
+    }
+    // Past the 1 s idle buffer release (and the allocator's once-a-second collect).
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = rss();
+    let per = after.saturating_sub(before) / CONNS as u64;
+    eprintln!("idle TLS connection: {per} bytes of RSS each ({CONNS} open)");
+    assert!(
+        per < 48 * 1024,
+        "{per} bytes of RSS per idle TLS connection ({before} -> {after})"
+    );
+    // All still usable.
+    for c in conns.iter_mut().take(5) {
+        c.send(&chat("mock-fixed", false));
+        assert_eq!(c.read_final_response().status, 200);
+    }
+}
