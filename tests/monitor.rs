@@ -17,6 +17,7 @@ both_drivers! {
     metrics_are_prometheus_text_and_move_with_traffic,
     unanswered_requests_are_not_counted_as_1xx,
     channel_latency_shows_the_slower_channel,
+    channel_latency_counts_only_the_channel_that_answered,
 }
 
 /// Whole-number counters and gauges every health object and every per-worker object carries.
@@ -685,4 +686,45 @@ fn channel_latency_shows_the_slower_channel(driver: Driver) {
         .find(|l| l.trim_start().starts_with("slow "))
         .unwrap_or_else(|| panic!("no line for channel slow:\n{out}"));
     assert!(line.contains("head ") && line.contains(" n=3"), "{line}");
+}
+
+/// A request that fails over from a channel answering 503 to one that cannot be reached: the
+/// first channel's time is not counted (its answer did not go out) and the second one never
+/// answered, so neither has a latency sample.
+fn channel_latency_counts_only_the_channel_that_answered(driver: Driver) {
+    let mock = Mock::start();
+    let model = "mock-status-503";
+    let relay = ConfigBuilder::new(mock.addr)
+        .without_default_channel()
+        .channel(
+            "first",
+            &mock.base_url(),
+            UPSTREAM_KEY,
+            &[model],
+            "priority = 1",
+        )
+        .channel(
+            "unreachable",
+            &format!("http://127.0.0.1:{}", free_port()),
+            UPSTREAM_KEY,
+            &[model],
+            "",
+        )
+        .start(driver.env());
+    let r = relay.roundtrip(&chat(model, false));
+    assert_eq!(
+        r.status,
+        502,
+        "the unreachable channel's error: {}",
+        r.text()
+    );
+    let h = relay.health();
+    assert_eq!(channel_latency(&h, "first")["requests"], 0, "{h}");
+    assert_eq!(channel_latency(&h, "unreachable")["requests"], 0, "{h}");
+    // The attempts were made all the same.
+    let m = metrics_text(&relay);
+    assert!(
+        m.contains(r#"ringway_channel_attempts_total{channel="first",result="failed"} 1"#),
+        "{m}"
+    );
 }

@@ -91,6 +91,9 @@ pub async fn forward<S: ClientStream>(
     loop {
         ex.attempts += 1;
         ex.channel = Some(channel);
+        // The channel's latency is this attempt's: none until it sends and hears back.
+        ex.upstream_sent_at = None;
+        ex.upstream_head_at = None;
         let (mut result, key) = attempt(conn, ex, channel).await;
         if health.enabled() {
             if let Ok(up) = &mut result {
@@ -562,7 +565,6 @@ async fn send_and_await_head<S: ClientStream>(
         .arm(Layer::ResponseHeader, t[Layer::ResponseHeader]);
     // `arm` just read the clock: the moment the request goes upstream.
     ex.upstream_sent_at = Some(conn.deadline.recent());
-    ex.upstream_head_at = None;
     let (r, req) = match conn.deadline.race(upconn.stream.write_all(req)).await {
         Ok(done) => done,
         Err(layer) => return (Err(timeout(conn, layer)), None),
