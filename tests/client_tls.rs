@@ -64,13 +64,20 @@ impl TestCa {
     }
 
     fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.client_config_for(rustls::DEFAULT_VERSIONS)
+    }
+
+    fn client_config_for(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from(self.cert.der().to_vec()))
             .expect("trust the test CA");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .expect("protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -255,6 +262,22 @@ fn chat_stream_and_health_over_tls(driver: Driver) {
         assert_eq!(r.status, 200, "{}", r.text());
     }
 
+    // TLS 1.2 as well as 1.3 (the default connections above negotiate 1.3).
+    assert_eq!(
+        c.stream.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    let mut tls12 = tls_client(
+        relay.addr,
+        &ca.client_config_for(&[&rustls::version::TLS12]),
+    );
+    assert_eq!(
+        tls12.stream.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(tls12.stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    chat_and_stream_once(&mut tls12, &mock);
+
     let mut h = tls_client(relay.addr, &config);
     h.send(&get("/api/monitor/health", &[("connection", "close")]));
     let r = h.read_final_response();
@@ -269,7 +292,7 @@ fn chat_stream_and_health_over_tls(driver: Driver) {
     let health = r.json();
     assert_eq!(health["io_driver"], driver.health_name());
     assert!(
-        json_u64(&health, "client_tls.handshakes") >= 2,
+        json_u64(&health, "client_tls.handshakes") >= 3,
         "handshakes counted: {health}"
     );
     assert_eq!(json_u64(&health, "client_tls.failed"), 0, "{health}");
@@ -582,6 +605,35 @@ fn bad_certificate_or_key_is_refused_with_file_line_and_key() {
         text.contains("tls") && text.contains("chain.pem") && text.contains("2 certificate"),
         "{text}"
     );
+
+    // The section's own keys: both required, nothing else accepted.
+    for (section, blamed, why) in [
+        (
+            "[server.tls]\ncert = \"chain.pem\"\n",
+            "server.tls.key",
+            "required key is missing",
+        ),
+        (
+            "[server.tls]\ncert = \"chain.pem\"\nkey = \"key.pem\"\nca = \"x.pem\"\n",
+            "server.tls.ca",
+            "unknown key",
+        ),
+    ] {
+        let path = dir.0.join("section.toml");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n\n{section}\n{}\n{}",
+            free_port(),
+            channel_toml("mock", "http://127.0.0.1:9", UPSTREAM_KEY, &["*"], ""),
+            token_toml("default", TOKEN, &["*"]),
+        );
+        std::fs::write(&path, text).expect("write the config");
+        let (code, text) = check(&path);
+        assert_ne!(code, Some(0), "{section}: accepted: {text}");
+        assert!(
+            text.contains(blamed) && text.contains(why),
+            "{section}: {text}"
+        );
+    }
 
     let cases: [(&str, &str, &str, &str); 4] = [
         ("missing.pem", "key.pem", "server.tls.cert", "cannot read"),
