@@ -56,6 +56,9 @@ pub struct WorkerStats {
     pub client_connections: AtomicU64,
     pub upstream_active: AtomicU64,
     pub upstream_idle: AtomicU64,
+    /// Free IO buffers the worker keeps for reuse (at most 256 of 16 KiB), as of the janitor's
+    /// last pass (once a second).
+    pub io_buffers_idle: AtomicU64,
     pub upstream_connects: AtomicU64,
     pub upstream_reused: AtomicU64,
     /// Parked connections closed instead of lent: bytes or a close were waiting on them.
@@ -139,6 +142,7 @@ impl Default for WorkerStats {
             client_connections: AtomicU64::new(0),
             upstream_active: AtomicU64::new(0),
             upstream_idle: AtomicU64::new(0),
+            io_buffers_idle: AtomicU64::new(0),
             upstream_connects: AtomicU64::new(0),
             upstream_reused: AtomicU64::new(0),
             upstream_unclean: AtomicU64::new(0),
@@ -396,6 +400,7 @@ impl Monitor {
             "upstream_connections_idle".into(),
             s(&|x| &x.upstream_idle).into(),
         );
+        m.insert("io_buffers_idle".into(), s(&|x| &x.io_buffers_idle).into());
         m.insert(
             "upstream_connects".into(),
             s(&|x| &x.upstream_connects).into(),

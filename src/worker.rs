@@ -280,7 +280,7 @@ async fn serve(
     }
     // The background tasks hold what they use, not the worker: a reload's old generation
     // goes with its last request.
-    monoio::spawn(janitor(worker.upstreams.pool.clone()));
+    monoio::spawn(janitor(worker.upstreams.pool.clone(), worker.bufs.clone()));
     if let Some(log) = &worker.access_log {
         monoio::spawn(access_log_flusher(log.clone()));
     }
@@ -633,15 +633,21 @@ async fn access_log_flusher(log: Rc<AccessLog>) {
     }
 }
 
-/// Closes idle upstream connections past `pool_idle`, once a second.
-async fn janitor(pool: Rc<crate::upstream::Pool>) {
+/// Closes idle upstream connections past `pool_idle`, and publishes how many free IO buffers
+/// the worker keeps (`io_buffers_idle`), once a second.
+async fn janitor(pool: Rc<crate::upstream::Pool>, bufs: Rc<crate::bufpool::BufPool>) {
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
         pool.sweep(Instant::now());
+        pool.stats()
+            .io_buffers_idle
+            .store(bufs.idle() as u64, std::sync::atomic::Ordering::Relaxed);
         // Give memory freed after a burst back to the OS: mimalloc only purges when it runs,
-        // and an idle worker would otherwise keep the burst's pages resident.
+        // and an idle worker would otherwise keep the burst's pages resident. Forced, so the
+        // pages freed by other threads and the segment cache go too (`fault_storm` reads RSS
+        // after this pass).
         // SAFETY: collects this thread's own mimalloc heap; no preconditions.
-        unsafe { libmimalloc_sys::mi_collect(false) };
+        unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
 
