@@ -1,4 +1,5 @@
-//! The command line: `ringway --config PATH`, `check-config`, `demo`, `mock`, `top`.
+//! The command line: `ringway --config PATH [--takeover]`, `check-config`, `demo`, `mock`,
+//! `top`.
 //! `demo` and `mock` need the default cargo feature `demo` (the `ringway-mock` crate); a build
 //! without it says so and exits 2.
 //!
@@ -10,13 +11,17 @@
 use std::path::Path;
 
 use crate::config;
-use crate::server::start;
+use crate::server::start_with;
 
 const USAGE_HEAD: &str = "\
 ringway — OpenAI-compatible LLM API relay (monoio/io_uring, thread-per-core)
 
 USAGE:
     ringway --config PATH            run the relay (foreground; logs to stderr)
+    ringway --config PATH --takeover run the relay, taking the listening sockets over from the
+                                     ringway of the same user on server.listen, if one runs
+                                     there (binary upgrade without a refused connection; then
+                                     SIGTERM the old process; docs/upgrade.md)
     ringway check-config PATH        validate, print a one-screen summary, exit 0; on error exit 2
 ";
 
@@ -36,6 +41,12 @@ const USAGE_TAIL: &str =
     "    ringway top [URL]                live terminal view of a running relay's health (q quits)
     ringway top [URL] --once [--json]  one reading (text, or the health JSON) and exit
     ringway --version | --help
+
+SIGNALS:
+    SIGTERM, SIGINT                  drain ([server] drain) and exit 0
+    SIGHUP                           reload the config, reopen the access log
+    SIGUSR2                          start this binary's path with --takeover, hand it the
+                                     listeners, then drain (binary upgrade in place)
 
 ENVIRONMENT:
     RELAY_TIMEOUT=SECONDS            overrides [timeouts] total
@@ -58,7 +69,10 @@ pub fn main(args: Vec<String>) -> i32 {
             println!("ringway {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        ["--config", path] | ["-c", path] => run_relay(Path::new(path)),
+        ["--config", path] | ["-c", path] => run_relay(Path::new(path), false),
+        ["--config" | "-c", path, "--takeover"] | ["--takeover", "--config" | "-c", path] => {
+            run_relay(Path::new(path), true)
+        }
         ["check-config", path] => check_config(Path::new(path)),
         #[cfg(feature = "demo")]
         ["demo"] => crate::demo::run(3000),
@@ -197,7 +211,7 @@ fn check_config(path: &Path) -> i32 {
     }
 }
 
-fn run_relay(path: &Path) -> i32 {
+fn run_relay(path: &Path, takeover: bool) -> i32 {
     // Before any thread exists, so that every thread inherits the mask (see `signals`).
     if let Err(e) = crate::signals::block() {
         crate::log::error(&format!("cannot block signals: {e}"));
@@ -211,10 +225,11 @@ fn run_relay(path: &Path) -> i32 {
         }
     };
     crate::log::set_format(config.log.format);
+    crate::takeover::remember_config_path(path);
     for w in &config.warnings {
         crate::log::warn(&format!("config: {w}"));
     }
-    match start(config) {
+    match start_with(config, takeover) {
         Ok(running) => {
             if let Err(e) = crate::signals::spawn(running.lifecycle) {
                 crate::log::error(&format!("cannot start the signal thread: {e}"));

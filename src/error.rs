@@ -7,7 +7,7 @@
 //! response byte reached the client). [`RelayError::render_as`] is the one place the body is
 //! written, in the client's [`Dialect`]: OpenAI's shape ([`RelayError::render`]) or, on the
 //! Anthropic Messages endpoints, Anthropic's (`{"type":"error","error":{"type","message"}}`,
-//! the type chosen by status in `provider::anthropic::errors`).
+//! the type chosen by status in [`anthropic_error_type`]).
 //!
 //! Must not: do IO or know the connection. The relay decides when and how an error goes out
 //! (a response of its own, or an SSE `error` event once a stream has begun).
@@ -379,7 +379,7 @@ impl RelayError {
     pub fn render_as(&self, dialect: Dialect, out: &mut Vec<u8>) {
         match dialect {
             Dialect::OpenAi => self.render(out),
-            Dialect::Anthropic => crate::provider::anthropic::errors::render(self, out),
+            Dialect::Anthropic => render_anthropic(self, out),
         }
     }
 
@@ -393,6 +393,32 @@ impl RelayError {
         json_string(out, &self.code);
         out.extend_from_slice(b"}}");
     }
+}
+
+/// Anthropic's error `type` for an HTTP status.
+pub fn anthropic_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// `error` as Anthropic's error body: `{"type":"error","error":{"type":..,"message":..}}`, the
+/// type chosen by the error's status.
+fn render_anthropic(error: &RelayError, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":");
+    json_string(out, anthropic_error_type(error.status));
+    out.extend_from_slice(b",\"message\":");
+    json_string(out, &error.message);
+    out.extend_from_slice(b"}}");
 }
 
 /// Append `s` as a JSON string literal.

@@ -768,56 +768,5 @@ impl ChannelState {
     }
 }
 
-/// The health series of `/metrics`: one `ringway_channel_state` gauge per channel and state (1
-/// for the state it is in), its remaining cooldown, and one `ringway_channel_key_active` gauge
-/// per key, labelled with its position and masked tail.
-pub fn write_metrics(o: &mut String, health: &Health, names: &[String]) {
-    use crate::monitor::LabelValue;
-    use std::fmt::Write;
-    let states = health.snapshot(names);
-    let _ = writeln!(
-        o,
-        "# HELP ringway_channel_state Channel health: 1 for the state the channel is in (healthy, cooling, probe_due, probing, disabled).\n# TYPE ringway_channel_state gauge"
-    );
-    for c in &states {
-        for s in ChannelState::STATES {
-            let _ = writeln!(
-                o,
-                "ringway_channel_state{{channel=\"{}\",state=\"{s}\"}} {}",
-                LabelValue(&c.name),
-                u8::from(c.state == s)
-            );
-        }
-    }
-    let _ = writeln!(
-        o,
-        "# HELP ringway_channel_cooldown_remaining_seconds Time left in the channel's cooldown.\n# TYPE ringway_channel_cooldown_remaining_seconds gauge"
-    );
-    for c in &states {
-        let _ = writeln!(
-            o,
-            "ringway_channel_cooldown_remaining_seconds{{channel=\"{}\"}} {}",
-            LabelValue(&c.name),
-            c.cooldown_remaining_ms as f64 / 1000.0
-        );
-    }
-    let _ = writeln!(
-        o,
-        "# HELP ringway_channel_key_active A channel key in rotation (1) or taken out after the upstream refused it (0), by position and last 4 characters.\n# TYPE ringway_channel_key_active gauge"
-    );
-    for c in &states {
-        for k in &c.keys {
-            let _ = writeln!(
-                o,
-                "ringway_channel_key_active{{channel=\"{}\",key=\"#{}\",tail=\"...{}\"}} {}",
-                LabelValue(&c.name),
-                k.position,
-                LabelValue(&k.tail),
-                u8::from(k.state == "active")
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests;

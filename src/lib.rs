@@ -10,11 +10,12 @@
 //!
 //! | module     | concern |
 //! |------------|---------|
-//! | `cli`      | command line: run, check-config, demo, mock, top |
+//! | `cli`      | command line: run (with `--takeover`), check-config, demo, mock, top |
 //! | `server`   | a validated config into running workers |
 //! | `config`   | TOML + env into a validated `Config`; errors name file, line and key; the timeout layers |
 //! | `worker`   | threads, runtimes (io_uring / epoll fallback), the accept loop |
 //! | `listen`   | the listen address (refused when taken), listeners, the fd budget |
+//! | `takeover` | handing the listening sockets to a new process (`--takeover`, SIGUSR2) |
 //! | `context`  | what one worker's requests share (`Worker`) |
 //! | `idle`     | a worker's idle client connections, oldest first |
 //! | `relay`    | the request lifecycle: read_request → admit → route → forward → respond → finish |
@@ -26,13 +27,13 @@
 //! | `wheel`    | the per-worker hierarchical timing wheel |
 //! | `route`    | token auth, candidate channels, `/v1/models` |
 //! | `health`   | channel cooldowns, probes and keys out of rotation, shared by all workers |
-//! | `provider` | provider adapters: paths, auth, body plans, error bodies, usage |
+//! | `provider` | provider adapters: paths, auth, body plans, error bodies, usage; the conversion between the OpenAI and Anthropic dialects |
 //! | `bufpool`  | per-worker IO buffer pool |
 //! | `monitor`  | counters, health JSON, Prometheus metrics, health log line |
 //! | `busy`     | opt-in busy polling |
 //! | `state`    | state that survives restarts: the quota ledger (`QuotaStore`, file-backed) |
 //! | `lifecycle`| serving → draining across threads; worker heartbeats |
-//! | `signals`  | SIGTERM / SIGINT / SIGHUP, blocked everywhere, taken by one thread |
+//! | `signals`  | SIGTERM / SIGINT / SIGHUP / SIGUSR2, blocked everywhere, taken by one thread |
 //! | `notify`   | the systemd notify protocol (`$NOTIFY_SOCKET`) |
 
 mod access_log;
@@ -61,6 +62,7 @@ mod route;
 mod server;
 mod signals;
 mod state;
+mod takeover;
 mod tls_server;
 mod top;
 mod upstream;

@@ -11,7 +11,9 @@
 //!   thread, so a connection task never reads shared state to learn it.
 //!
 //! How a drain runs (`worker` does the per-worker part): the worker stops accepting and closes
-//! its listener, closes its idle keep-alive connections, gives every request deadline of its
+//! its listener (after a takeover the new process holds the same socket, so it stays open),
+//! closes its idle keep-alive connections (a new connection still gets its first request
+//! answered), gives every request deadline of its
 //! wheel the drain deadline as an upper bound (`Wheel::set_cutoff`), and finishes once its last
 //! client connection ended. A request still running at the deadline is ended by its own timer
 //! with `shutting_down` (an SSE `error` event for a stream).

@@ -1,6 +1,6 @@
 //! The listen address and the file-descriptor budget: refusing an address another process
-//! listens on, binding each worker's SO_REUSEPORT listener, and raising the soft
-//! `RLIMIT_NOFILE` to what the config needs.
+//! listens on, binding each worker's SO_REUSEPORT listener (or adopting one a previous ringway
+//! handed over, see `takeover`), and raising the soft `RLIMIT_NOFILE` to what the config needs.
 //!
 //! Must not: accept connections — the workers do.
 
@@ -21,8 +21,9 @@ use crate::config::Config;
 /// like the workers do, so connections of a previous run in TIME_WAIT do not count, and it never
 /// listens, so it takes no connection.
 ///
-/// The one place a deliberate takeover (an upgrade handing the port to a new process, a later
-/// issue, behind an explicit flag) will skip; nothing else depends on it.
+/// A deliberate takeover (`--takeover`, an upgrade handing the port to a new process) does not
+/// bind at all: it receives the running relay's listening sockets (`takeover`). Nothing else
+/// depends on this check.
 pub fn claim_address(listen: SocketAddr) -> io::Result<()> {
     let domain = if listen.is_ipv6() {
         libc::AF_INET6
@@ -210,6 +211,29 @@ pub fn bind(listen: SocketAddr) -> io::Result<TcpListener> {
     opts.reuse_addr = true;
     opts.backlog = 4096;
     TcpListener::bind_with_config(listen, &opts)
+}
+
+/// One worker's listener from a socket a previous ringway handed over (already bound and
+/// listening). `nonblocking` for the epoll driver, which needs it; io_uring does not, and the
+/// flag is left as the socket came (it is shared with the other process).
+pub fn adopt(fd: OwnedFd, nonblocking: bool) -> io::Result<TcpListener> {
+    let listener = std::net::TcpListener::from(fd);
+    if nonblocking {
+        listener.set_nonblocking(true)?;
+    }
+    TcpListener::from_std(listener)
+}
+
+/// A duplicate of a worker's listening socket (close-on-exec), for handing it over later.
+pub fn duplicate(listener: &TcpListener) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the listener keeps open for this call; the new
+    // descriptor is checked and then owned by the returned value.
+    let fd = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -36,43 +36,6 @@ pub const MAX_MODELS: usize = 10_000;
 pub const MAX_ID_BYTES: usize = 256;
 /// A failed fetch is tried again this soon (or at the next refresh, if that is sooner).
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
-
-/// The fetched lists, one slot per channel (empty for channels without a glob).
-pub struct ModelLists {
-    slots: Vec<Option<RwLock<Arc<Vec<String>>>>>,
-}
-
-impl ModelLists {
-    pub fn for_channels(channels: &[Channel]) -> ModelLists {
-        ModelLists {
-            slots: channels
-                .iter()
-                .map(|c| c.has_glob().then(|| RwLock::new(Arc::new(Vec::new()))))
-                .collect(),
-        }
-    }
-
-    /// True when some channel's list is fetched from its upstream.
-    pub fn any(&self) -> bool {
-        self.slots.iter().any(Option::is_some)
-    }
-
-    /// The ids `channel`'s upstream listed last (empty until a fetch succeeds).
-    pub fn get(&self, channel: usize) -> Arc<Vec<String>> {
-        match self.slots.get(channel) {
-            Some(Some(slot)) => slot.read().map(|l| l.clone()).unwrap_or_default(),
-            _ => Arc::default(),
-        }
-    }
-
-    fn set(&self, channel: usize, ids: Vec<String>) {
-        if let Some(Some(slot)) = self.slots.get(channel) {
-            if let Ok(mut l) = slot.write() {
-                *l = Arc::new(ids);
-            }
-        }
-    }
-}
 
 /// Start the `model-lists` thread when some channel has a glob and `every` is not off; it ends
 /// with the router.
@@ -101,7 +64,7 @@ fn refresh_loop(router: Weak<Router>, every: Duration) {
         let Some(r) = router.upgrade() else { return };
         let now = Instant::now();
         for (i, ch) in r.channels.iter().enumerate() {
-            if r.model_lists.slots[i].is_none() || due[i].is_none_or(|t| t > now) {
+            if !r.model_lists.fetched(i) || due[i].is_none_or(|t| t > now) {
                 continue;
             }
             let result = fetch(ch, &mut tls[i]);

@@ -16,7 +16,10 @@ use std::sync::atomic::{
 };
 use std::time::{Duration, Instant};
 
+use crate::config::Config;
 use crate::deadline::Layer;
+use crate::health::Health;
+use crate::limits::Limits;
 
 /// Latency histogram bounds in seconds (Prometheus `le` labels).
 pub const LATENCY_BOUNDS: [f64; 14] = [
@@ -103,6 +106,9 @@ pub struct WorkerStats {
     pub client_connections: AtomicU64,
     pub upstream_active: AtomicU64,
     pub upstream_idle: AtomicU64,
+    /// Free IO buffers the worker keeps for reuse (at most 256 of 16 KiB), as of the janitor's
+    /// last pass (once a second).
+    pub io_buffers_idle: AtomicU64,
     pub upstream_connects: AtomicU64,
     pub upstream_reused: AtomicU64,
     /// Parked connections closed instead of lent: bytes or a close were waiting on them.
@@ -205,6 +211,7 @@ impl Default for WorkerStats {
             client_connections: AtomicU64::new(0),
             upstream_active: AtomicU64::new(0),
             upstream_idle: AtomicU64::new(0),
+            io_buffers_idle: AtomicU64::new(0),
             upstream_connects: AtomicU64::new(0),
             upstream_reused: AtomicU64::new(0),
             upstream_unclean: AtomicU64::new(0),
@@ -284,6 +291,17 @@ fn driver_name(d: u8) -> &'static str {
 }
 
 /// Shared by all workers: read-only except each worker's own stats block.
+/// The config generation now serving, as health and `/metrics` read it: its channel and token
+/// names, its channels' health and its tokens' quota states. The caller picks the generation
+/// (the newest published), so this module never reaches into `reload`.
+pub struct Serving<'a> {
+    pub config: &'a Config,
+    pub health: &'a Health,
+    pub limits: &'a Limits,
+    /// Each configured channel's row in the per-channel counters (by position in `config`).
+    pub channel_rows: &'a [usize],
+}
+
 pub struct Monitor {
     pub started: Instant,
     pub workers: Vec<WorkerStats>,
@@ -456,6 +474,7 @@ impl Monitor {
             "upstream_connections_idle".into(),
             s(&|x| &x.upstream_idle).into(),
         );
+        m.insert("io_buffers_idle".into(), s(&|x| &x.io_buffers_idle).into());
         m.insert(
             "upstream_connects".into(),
             s(&|x| &x.upstream_connects).into(),
@@ -506,12 +525,12 @@ impl Monitor {
 
     /// The health object, and whether the process was ready when it was taken (one reading
     /// decides both the answer's status code and its `status` field).
-    pub fn health(&self) -> (bool, Vec<u8>) {
+    pub fn health(&self, serving: Option<&Serving>) -> (bool, Vec<u8>) {
         let ready = self.is_ready();
-        (ready, self.health_json_when(ready))
+        (ready, self.health_json_when(ready, serving))
     }
 
-    fn health_json_when(&self, ready: bool) -> Vec<u8> {
+    fn health_json_when(&self, ready: bool, serving: Option<&Serving>) -> Vec<u8> {
         let all: Vec<&WorkerStats> = self.workers.iter().collect();
         let mut m = serde_json::Map::new();
         m.insert("status".into(), self.status_when(ready).into());
@@ -547,19 +566,18 @@ impl Monitor {
             })
             .collect();
         m.insert("per_worker".into(), per.into());
-        self.quota_json(&mut m);
-        // The channels of the config now serving.
-        if let Some(g) = crate::reload::newest_published() {
+        self.quota_json(&mut m, serving);
+        if let Some(g) = serving {
             let names: Vec<String> = g.config.channels.iter().map(|c| c.name.clone()).collect();
             let channels: Vec<serde_json::Value> = g
-                .router
                 .health
                 .snapshot(&names)
                 .iter()
                 .enumerate()
                 .map(|(i, c)| {
                     let mut v = c.json();
-                    v["latency_ms"] = self.channel_latency_json(g.router.channel_row(i));
+                    let row = g.channel_rows.get(i).copied().unwrap_or(usize::MAX);
+                    v["latency_ms"] = self.channel_latency_json(row);
                     v
                 })
                 .collect();
@@ -599,13 +617,16 @@ impl Monitor {
 
     /// Health's `tokens` array (name, `quota_tokens` or null, `quota_used`, `quota_reserved`)
     /// and `ledger_write_errors`.
-    fn quota_json(&self, m: &mut serde_json::Map<String, serde_json::Value>) {
+    fn quota_json(
+        &self,
+        m: &mut serde_json::Map<String, serde_json::Value>,
+        serving: Option<&Serving>,
+    ) {
         m.insert(
             "ledger_write_errors".into(),
             self.ledger_write_errors.load(Relaxed).into(),
         );
-        // The tokens of the config now serving.
-        let Some(g) = crate::reload::newest_published() else {
+        let Some(g) = serving else {
             return;
         };
         let tokens: Vec<serde_json::Value> = g

@@ -3,7 +3,7 @@
 //!
 //! Owns: finding the socket (a path, or an abstract name written with a leading `@`), the
 //! messages ringway sends (`READY=1`, `STATUS=...`, `RELOADING=1` with `MONOTONIC_USEC=`,
-//! `STOPPING=1`, `WATCHDOG=1`) and the watchdog interval systemd asks for (`$WATCHDOG_USEC`,
+//! `STOPPING=1`, `WATCHDOG=1`, `MAINPID=` when a successor took over) and the watchdog interval systemd asks for (`$WATCHDOG_USEC`,
 //! honoured only when `$WATCHDOG_PID` is unset or names this process).
 //!
 //! Error handling: without `$NOTIFY_SOCKET` every call does nothing (not run by systemd). A
@@ -89,6 +89,12 @@ impl Notifier {
         self.send(&format!("STATUS={}", text.replace('\n', " ")));
     }
 
+    /// The service's main process is now `pid` (a successor that took the listeners over,
+    /// see `takeover`). Sent by the main process, so `NotifyAccess=main` accepts it.
+    pub fn main_pid(&self, pid: u32) {
+        self.send(&format!("MAINPID={pid}"));
+    }
+
     /// Every worker's loop is turning.
     pub fn watchdog(&self) {
         self.send("WATCHDOG=1");
@@ -167,6 +173,7 @@ mod tests {
         n.ready();
         n.stopping();
         n.watchdog();
+        n.main_pid(42);
         assert_eq!(recv(&sock), "READY=1");
         assert_eq!(recv(&sock), "STATUS=serving 2 in flight");
         let reloading = recv(&sock);
@@ -179,6 +186,7 @@ mod tests {
         assert_eq!(recv(&sock), "READY=1");
         assert_eq!(recv(&sock), "STOPPING=1");
         assert_eq!(recv(&sock), "WATCHDOG=1");
+        assert_eq!(recv(&sock), "MAINPID=42");
         assert_eq!(n.watchdog_every(), Some(Duration::from_secs(1)));
         let _ = std::fs::remove_file(&path);
     }

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, Layer};
 use crate::limits::{Limits, UsageBook};
-use crate::monitor::Monitor;
+use crate::monitor::{Monitor, Serving};
 use crate::route::Router;
 use crate::upstream::TlsConnectors;
 
@@ -60,6 +60,18 @@ static MONITOR: std::sync::OnceLock<&'static Monitor> = std::sync::OnceLock::new
 #[inline]
 pub fn newest_number() -> u64 {
     NEWEST_NUMBER.load(Ordering::Acquire)
+}
+
+impl Generation {
+    /// What health and `/metrics` read of this generation.
+    pub fn serving(&self) -> Serving<'_> {
+        Serving {
+            config: &self.config,
+            health: &self.router.health,
+            limits: &self.limits,
+            channel_rows: self.router.channel_rows(),
+        }
+    }
 }
 
 /// The newest generation, if one was published (health and metrics, also in unit tests).

@@ -8,16 +8,15 @@
 //! immutable and shared by all workers through an `Arc`; everything that changes per request
 //! lives in [`RouteState`], which each worker owns. The shared state it reads is channel health
 //! (`crate::health`: atomics, read with plain loads here); the `/v1/models` answer also reads
-//! the fetched upstream model lists ([`crate::model_list`]).
+//! the fetched upstream model lists ([`ModelLists`], filled by the `model_list` thread).
 
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::config::{ChannelConfig, Config, Provider, Scheme, Timeouts, TokenConfig};
 use crate::health::Health;
-use crate::model_list::ModelLists;
 use crate::provider::Adapter;
 
 pub struct Channel {
@@ -122,8 +121,9 @@ impl Iterator for Candidates {
 pub enum RouteError {
     ModelNotAllowed,
     ModelNotFound,
-    /// Only channels of another provider serve the model (e.g. `/v1/messages` for a model
-    /// only OpenAI-compatible channels serve): no conversion between the dialects is made.
+    /// Only channels of a provider the endpoint cannot use serve the model (e.g.
+    /// `/v1/messages/count_tokens` for a model only OpenAI-compatible channels serve: there is
+    /// no conversion for it).
     OtherProviderOnly,
     /// Channels serve the model, but each is cooling down or has no key left; the shortest
     /// wait in whole seconds, if any will end (`None`: every key refused for good).
@@ -237,6 +237,11 @@ impl Router {
         self.token_rows.get(token).copied().unwrap_or(usize::MAX)
     }
 
+    /// Every channel's row in the monitor's per-channel counters, by position.
+    pub fn channel_rows(&self) -> &[usize] {
+        &self.channel_rows
+    }
+
     /// `channel`'s row in the monitor's per-channel counters.
     #[inline]
     pub fn channel_row(&self, channel: usize) -> usize {
@@ -279,8 +284,9 @@ impl Router {
         .ok()
     }
 
-    /// The channels of `provider` (the one the endpoint speaks) that may serve `model` for
-    /// `token`, in the order to try them: priority
+    /// The channels of a provider the endpoint can use (`served_by`: its own dialect's, and
+    /// the other one's where a conversion exists) that may serve `model` for `token`, in the
+    /// order to try them: priority
     /// tiers from the highest down; within a tier the first is drawn at random by weight and
     /// the others follow in config order after it. Channels that are cooling down, being
     /// probed, or out of keys are left out (a channel whose cooldown is over is lined up: the
@@ -290,7 +296,7 @@ impl Router {
         &self,
         token: usize,
         model: &str,
-        provider: Provider,
+        served_by: impl Fn(Provider) -> bool,
         state: &RouteState,
     ) -> Result<Candidates, RouteError> {
         if !self.token_cfgs[token].allows(model) {
@@ -299,7 +305,7 @@ impl Router {
         let mut out = Candidates::default();
         let mut below: Option<i64> = None;
         let now = self.health.lazy_now();
-        let serves = |c: &Channel| c.cfg.provider == provider && c.cfg.serves(model);
+        let serves = |c: &Channel| served_by(c.cfg.provider) && c.cfg.serves(model);
         let usable = |i: usize, c: &Channel| serves(c) && self.health.routable(i, &now);
         while (out.len as usize) < MAX_CANDIDATES {
             // The next tier: the highest priority under the previous one.
@@ -459,6 +465,49 @@ impl TokenConfig {
     }
 }
 
+/// The fetched lists, one slot per channel (empty for channels without a glob).
+pub struct ModelLists {
+    slots: Vec<Option<RwLock<Arc<Vec<String>>>>>,
+}
+
+impl ModelLists {
+    pub fn for_channels(channels: &[Channel]) -> ModelLists {
+        ModelLists {
+            slots: channels
+                .iter()
+                .map(|c| c.has_glob().then(|| RwLock::new(Arc::new(Vec::new()))))
+                .collect(),
+        }
+    }
+
+    /// True when `channel`'s list is fetched from its upstream (it has a glob).
+    pub fn fetched(&self, channel: usize) -> bool {
+        matches!(self.slots.get(channel), Some(Some(_)))
+    }
+
+    /// True when some channel's list is fetched from its upstream.
+    pub fn any(&self) -> bool {
+        self.slots.iter().any(Option::is_some)
+    }
+
+    /// The ids `channel`'s upstream listed last (empty until a fetch succeeds).
+    pub fn get(&self, channel: usize) -> Arc<Vec<String>> {
+        match self.slots.get(channel) {
+            Some(Some(slot)) => slot.read().map(|l| l.clone()).unwrap_or_default(),
+            _ => Arc::default(),
+        }
+    }
+
+    /// Replaces `channel`'s list (the `model-lists` thread, after a fetch).
+    pub fn set(&self, channel: usize, ids: Vec<String>) {
+        if let Some(Some(slot)) = self.slots.get(channel) {
+            if let Ok(mut l) = slot.write() {
+                *l = Arc::new(ids);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,7 +564,7 @@ mod tests {
         let mut firsts = [0u32; 4];
         for _ in 0..4000 {
             let order: Vec<usize> = router
-                .candidates(0, "gpt", Provider::OpenAi, &state)
+                .candidates(0, "gpt", |p| p == Provider::OpenAi, &state)
                 .unwrap()
                 .collect();
             // Both priority-5 channels first (in some order), then the priority-0 one; the
@@ -532,11 +581,56 @@ mod tests {
         assert!((0.70..0.80).contains(&share), "{firsts:?}");
         assert_eq!(
             router
-                .candidates(0, "x-1", Provider::OpenAi, &state)
+                .candidates(0, "x-1", |p| p == Provider::OpenAi, &state)
                 .unwrap()
                 .next(),
             Some(2)
         );
+    }
+
+    /// A model served by an OpenAI-compatible and an Anthropic channel: an endpoint both can
+    /// serve (converted) lines up both; one only Anthropic channels can serve (`count_tokens`)
+    /// only the Anthropic one — and, when every usable one cools, its Retry-After is theirs,
+    /// not that of a channel the request could never use.
+    #[test]
+    fn candidates_mix_providers_only_where_the_endpoint_can_use_them() {
+        use crate::health::{Pass, Reason};
+        let text = "[health]\nfailures = 1\ncooldown = \"5s\"\nmax_cooldown = \"10m\"\n\n\
+            [[channels]]\nname = \"o\"\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\nkeys = [\"k\"]\nmodels = [\"m\", \"only-o\"]\n\n\
+            [[channels]]\nname = \"a\"\nprovider = \"anthropic\"\nbase_url = \"http://127.0.0.1:9\"\nkeys = [\"k\"]\nmodels = [\"m\"]\n\n\
+            [[tokens]]\nname = \"t\"\nkey = \"tk\"\nmodels = [\"*\"]\n";
+        let c = crate::config::parse(text, std::path::Path::new("<test>")).expect("valid");
+        let router = Router::new(&c);
+        let state = RouteState::new(7);
+        let both = |_: Provider| true;
+        let anthropic_only = |p: Provider| p == Provider::Anthropic;
+        let mut all: Vec<usize> = router.candidates(0, "m", both, &state).unwrap().collect();
+        all.sort();
+        assert_eq!(all, vec![0, 1]);
+        let only: Vec<usize> = router
+            .candidates(0, "m", anthropic_only, &state)
+            .unwrap()
+            .collect();
+        assert_eq!(only, vec![1]);
+        assert_eq!(
+            router.candidates(0, "only-o", anthropic_only, &state).err(),
+            Some(RouteError::OtherProviderOnly)
+        );
+        // The OpenAI channel cools for 10 s, the Anthropic one for 100 s.
+        router
+            .health
+            .failure(0, Reason::ConnectFailed, Some(10), &mut Pass::Open);
+        router
+            .health
+            .failure(1, Reason::ConnectFailed, Some(100), &mut Pass::Open);
+        let wait = |e: Option<RouteError>| match e {
+            Some(RouteError::NoHealthyChannel { retry_after_secs }) => retry_after_secs,
+            other => panic!("{other:?}"),
+        };
+        let w = wait(router.candidates(0, "m", anthropic_only, &state).err());
+        assert!(w.is_some_and(|s| (90..=100).contains(&s)), "{w:?}");
+        let w = wait(router.candidates(0, "m", both, &state).err());
+        assert!(w.is_some_and(|s| s <= 10), "{w:?}");
     }
 
     #[test]
@@ -546,7 +640,7 @@ mod tests {
         let state = RouteState::new(1);
         assert_eq!(
             router
-                .candidates(0, "gpt-5", Provider::OpenAi, &state)
+                .candidates(0, "gpt-5", |p| p == Provider::OpenAi, &state)
                 .err(),
             Some(RouteError::ModelNotAllowed)
         );
@@ -554,7 +648,7 @@ mod tests {
         let router = Router::new(&c);
         assert_eq!(
             router
-                .candidates(0, "claude", Provider::OpenAi, &state)
+                .candidates(0, "claude", |p| p == Provider::OpenAi, &state)
                 .err(),
             Some(RouteError::ModelNotFound)
         );

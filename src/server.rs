@@ -204,6 +204,54 @@ fn supervise(monitor: &'static Monitor, lifecycle: &'static Lifecycle, notify: &
 
 /// Start workers for a validated config; returns once every listener is bound.
 pub fn start(config: Config) -> std::io::Result<Running> {
+    start_with(config, false)
+}
+
+/// [`start`]; with `takeover` (`--takeover`), the listeners of a ringway already on
+/// `server.listen` are taken over instead of refusing the address (`takeover`).
+pub fn start_with(mut config: Config, takeover: bool) -> std::io::Result<Running> {
+    let listen = config.server.listen;
+    // The ledger first: the usage book starts from what it recorded. Before a takeover, so
+    // that a ledger this process cannot have leaves the running relay untouched.
+    let (store, settled) = match &config.server.state_dir {
+        Some(dir) => {
+            let (store, settled) = open_ledger(dir).map_err(|e| {
+                if takeover {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{e} (--takeover: the quota ledger in server.state_dir belongs to \
+                             one process at a time, so a relay with state_dir is upgraded by a \
+                             restart; see docs/upgrade.md)"
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })?;
+            (Some(store), settled)
+        }
+        None => (None, HashMap::new()),
+    };
+    let handoff = if takeover {
+        crate::takeover::take_over(listen)?
+    } else {
+        None
+    };
+    if let Some(h) = &handoff {
+        if h.listeners.len() > config.effective_workers() {
+            // Each listener has its own accept queue: one nobody accepts from would hold its
+            // connections until it is closed, and then reset them.
+            crate::log::warn(&format!(
+                "takeover: {} listeners taken over, more than server.workers asks for ({}): \
+                 running {} workers, one per listener (fewer needs a restart)",
+                h.listeners.len(),
+                config.effective_workers(),
+                h.listeners.len()
+            ));
+            config.server.workers = h.listeners.len();
+        }
+    }
     let n = config.effective_workers();
     crate::listen::prepare_fd_limit(&config);
     let monitor = Monitor::new(
@@ -213,15 +261,6 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         config.tokens.iter().map(|t| t.name.clone()).collect(),
         config.channels.iter().map(|c| c.name.clone()).collect(),
     );
-    let listen = config.server.listen;
-    // The ledger first: the usage book starts from what it recorded.
-    let (store, settled) = match &config.server.state_dir {
-        Some(dir) => {
-            let (store, settled) = open_ledger(dir)?;
-            (Some(store), settled)
-        }
-        None => (None, HashMap::new()),
-    };
     let lifecycle = Lifecycle::new(n, config.server.drain);
     let book = UsageBook::new(&settled, &config.tokens);
     let state_flush = config.server.state_flush;
@@ -238,7 +277,32 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         &monitor.access_log_dropped,
     )
     .map_err(|e| std::io::Error::new(e.kind(), format!("access log: {e}")))?;
-    let workers = worker::start(&generation, monitor, n, &mut access_log, lifecycle)?;
+    let (handoff, inherited) = match handoff {
+        Some(mut h) => {
+            let listeners = std::mem::take(&mut h.listeners);
+            (Some(h), listeners)
+        }
+        None => (None, Vec::new()),
+    };
+    let (workers, listeners) = worker::start(
+        &generation,
+        monitor,
+        n,
+        &mut access_log,
+        lifecycle,
+        inherited,
+    )?;
+    if let Some(h) = handoff {
+        let from = h.from_pid;
+        // Not an error: this process's workers listen on the sockets already, and may be
+        // their only holder now (the old process gone).
+        if let Err(e) = h.complete() {
+            crate::log::warn(&format!(
+                "takeover: ringway pid {from} did not confirm the takeover ({e}); serving anyway"
+            ));
+        }
+    }
+    crate::takeover::offer(listen, listeners, lifecycle);
     monitor.baseline_fds.store(
         crate::monitor::open_fds(),
         std::sync::atomic::Ordering::Relaxed,

@@ -1,4 +1,4 @@
-//! Signals, in one place: SIGTERM, SIGINT and SIGHUP are blocked in every thread from the start
+//! Signals, in one place: SIGTERM, SIGINT, SIGHUP and SIGUSR2 are blocked in every thread from the start
 //! and taken by one dedicated thread with `sigwait`, so no signal ever runs a handler inside
 //! the relay and none has its default action (ending the process at once).
 //!
@@ -7,6 +7,7 @@
 //! - SIGTERM, SIGINT: begin the drain (`lifecycle`); a second one is logged and changes
 //!   nothing (the drain already has its deadline; a service manager's stop timeout backs it).
 //! - SIGHUP: [`on_hangup`].
+//! - SIGUSR2: start a successor that takes the listeners over (`takeover`, binary upgrade).
 //!
 //! Must not: do work of its own beyond routing — what a signal means lives with the module that
 //! owns that state (the access log, the lifecycle).
@@ -14,7 +15,7 @@
 use crate::lifecycle::Lifecycle;
 
 /// The signals this module takes over.
-const HANDLED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+const HANDLED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR2];
 
 fn handled_set() -> libc::sigset_t {
     // SAFETY: sigemptyset / sigaddset initialise and fill a sigset_t we own.
@@ -58,6 +59,7 @@ pub fn spawn(lifecycle: &'static Lifecycle) -> std::io::Result<()> {
                 match sig {
                     libc::SIGHUP => on_hangup(),
                     libc::SIGTERM | libc::SIGINT => on_stop(lifecycle, name(sig)),
+                    libc::SIGUSR2 => crate::takeover::start_successor(lifecycle),
                     _ => {}
                 }
             }

@@ -4,7 +4,8 @@
 //! monoio's epoll driver when io_uring cannot be set up), pinning each thread to one allowed
 //! CPU, the accept loop with its connection bound and fd reserve, and the per-worker
 //! background tasks (timing-wheel driver, pool janitor, health log line). The address check
-//! and the listeners are `listen`'s; the per-worker state is `context`'s; idle connections are
+//! and the listeners are `listen`'s (a worker binds one, or adopts one a previous ringway
+//! handed over: `takeover`); the per-worker state is `context`'s; idle connections are
 //! registered in `idle`.
 //!
 //! With `[server.tls]` each accepted connection's task begins with the TLS handshake (see
@@ -21,7 +22,8 @@
 //! [`HEARTBEAT`] and watches for a drain request. When one comes, the accept loop ends and the
 //! listener is closed, idle connections are closed, the wheel gets the drain deadline as its
 //! cutoff, and the worker's runtime returns once its last client connection ended (having
-//! handed its access-log lines over).
+//! handed its access-log lines over). The pending accept is cancelled and awaited, not dropped,
+//! so a connection it returned in that instant is served.
 //!
 //! Must not: share mutable state between workers, lock, or allocate per request.
 
@@ -41,7 +43,7 @@ use monoio::net::TcpListener;
 use crate::access_log::{AccessLog, Writer};
 use crate::context::Worker;
 use crate::lifecycle::{Lifecycle, HEARTBEAT};
-use crate::listen::{bind, claim_address};
+use crate::listen::{bind, claim_address, duplicate};
 use crate::monitor::{self, bump, Monitor};
 use crate::reload::Generation;
 
@@ -69,23 +71,31 @@ fn uring_builder(flags: bool) -> io_uring::Builder {
     b
 }
 
-/// Start `n` workers; returns their join handles once every listener is bound, or the first
-/// error. Each worker reports its driver through the monitor.
+/// Start `n` workers; returns their join handles once every listener is bound, with a
+/// duplicate of each worker's listening socket (worker order, for `takeover::offer`), or the
+/// first error. Worker `i` adopts `inherited[i]` when there is one (a takeover) instead of
+/// binding; without any, the address is first checked to be free. Each worker reports its
+/// driver through the monitor.
 pub fn start(
     generation: &Arc<Generation>,
     monitor: &'static Monitor,
     n: usize,
     access_log: &mut Writer,
     lifecycle: &'static Lifecycle,
-) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    inherited: Vec<OwnedFd>,
+) -> io::Result<(Vec<std::thread::JoinHandle<()>>, Vec<OwnedFd>)> {
     let listen = generation.config.server.listen;
-    claim_address(listen)?;
+    if inherited.is_empty() {
+        claim_address(listen)?;
+    }
+    let mut inherited = inherited.into_iter();
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(n);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<(usize, OwnedFd)>>();
     for id in 0..n {
         let generation = generation.clone();
         let log = access_log.take(id);
+        let adopt = inherited.next();
         let cpu = if cpus.is_empty() {
             None
         } else {
@@ -105,20 +115,21 @@ pub fn start(
                     ended: Cell::new(0),
                 };
                 finished.ended.set(run_worker(
-                    id, listen, generation, monitor, log, ready, lifecycle,
+                    id, listen, adopt, generation, monitor, log, ready, lifecycle,
                 ));
             })?;
         handles.push(h);
     }
     drop(ready_tx);
+    let mut listeners: Vec<Option<OwnedFd>> = (0..n).map(|_| None).collect();
     for _ in 0..n {
         match ready_rx.recv() {
-            Ok(Ok(_)) => {}
+            Ok(Ok((id, fd))) => listeners[id] = Some(fd),
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(io::Error::other("a worker exited during start-up")),
         }
     }
-    Ok(handles)
+    Ok((handles, listeners.into_iter().flatten().collect()))
 }
 
 /// The CPUs this process may run on (honours taskset / cgroup cpusets).
@@ -149,17 +160,20 @@ impl Drop for Finished {
 }
 
 /// Runs worker `id` until it has drained; returns how many requests the drain deadline ended.
+#[allow(clippy::too_many_arguments)]
 fn run_worker(
     id: usize,
     listen: SocketAddr,
+    adopt: Option<OwnedFd>,
     generation: Arc<Generation>,
     monitor: &'static Monitor,
     access_log: Option<AccessLog>,
-    ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
+    ready: std::sync::mpsc::Sender<io::Result<(usize, OwnedFd)>>,
     lifecycle: &'static Lifecycle,
 ) -> u64 {
     // Taken by the runtime that starts (a failed io_uring attempt falls back to another).
     let access_log = std::cell::Cell::new(access_log);
+    let adopt = std::cell::Cell::new(adopt);
     // The ring's fd is looked for only when the spinner will need it.
     let busy_poll = !generation.config.server.busy_poll.is_zero();
     let setup = move |driver: u8, reaper: crate::busy::Reaper| {
@@ -167,10 +181,15 @@ fn run_worker(
         let generation = generation.clone();
         let ready = ready.clone();
         let access_log = access_log.take();
+        let adopt = adopt.take();
         async move {
             monitor.workers[id].io_driver.store(driver, Relaxed);
-            let listener = match bind(listen) {
-                Ok(l) => l,
+            let listener = match adopt {
+                Some(fd) => crate::listen::adopt(fd, driver == monitor::EPOLL),
+                None => bind(listen),
+            };
+            let (listener, dup) = match listener.and_then(|l| duplicate(&l).map(|d| (l, d))) {
+                Ok(pair) => pair,
                 Err(e) => {
                     let _ = ready.send(Err(io::Error::new(
                         e.kind(),
@@ -181,7 +200,7 @@ fn run_worker(
             };
             // Opened before the process counts as started, so it is part of the fd baseline.
             let admission = Admission::new();
-            let _ = ready.send(Ok(listen));
+            let _ = ready.send(Ok((id, dup)));
             let worker = Rc::new(Worker::new(id, &generation, monitor, access_log));
             serve(worker, listener, admission, reaper, lifecycle).await
         }
@@ -265,7 +284,7 @@ async fn serve(
     }
     // The background tasks hold what they use, not the worker: a reload's old generation
     // goes with its last request.
-    monoio::spawn(janitor(worker.upstreams.pool.clone()));
+    monoio::spawn(janitor(worker.upstreams.pool.clone(), worker.bufs.clone()));
     if let Some(log) = &worker.access_log {
         monoio::spawn(access_log_flusher(log.clone()));
     }
@@ -282,11 +301,26 @@ async fn serve(
         drained.clone(),
     ));
     let mut stall_next_accept = test_stall_on_accept();
-    loop {
+    // The pending accept is cancelled and awaited when the drain begins, never just dropped:
+    // an io_uring accept that completed at that moment still hands its connection over (it is
+    // served), where a dropped one would leak it unanswered. That moment matters most when a
+    // new process took the listeners over and this one stops accepting while they stay open.
+    let mut canceller = monoio::io::Canceller::new();
+    let mut last = false;
+    while !last {
+        let accept = std::pin::pin!(listener.cancelable_accept(canceller.handle()));
+        let mut accept = accept;
         let accepted = monoio::select! {
             biased;
-            _ = stop_accepting.wait() => break,
-            r = listener.accept() => r,
+            _ = stop_accepting.wait() => {
+                std::mem::take(&mut canceller).cancel();
+                last = true;
+                match accept.await {
+                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => break,
+                    r => r,
+                }
+            }
+            r = &mut accept => r,
         };
         if let Some(stall) = stall_next_accept.take() {
             // Test-only (see `test_stall_on_accept`): block this worker's thread.
@@ -613,15 +647,21 @@ async fn access_log_flusher(log: Rc<AccessLog>) {
     }
 }
 
-/// Closes idle upstream connections past `pool_idle`, once a second.
-async fn janitor(pool: Rc<crate::upstream::Pool>) {
+/// Closes idle upstream connections past `pool_idle`, and publishes how many free IO buffers
+/// the worker keeps (`io_buffers_idle`), once a second.
+async fn janitor(pool: Rc<crate::upstream::Pool>, bufs: Rc<crate::bufpool::BufPool>) {
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
         pool.sweep(Instant::now());
+        pool.stats()
+            .io_buffers_idle
+            .store(bufs.idle() as u64, std::sync::atomic::Ordering::Relaxed);
         // Give memory freed after a burst back to the OS: mimalloc only purges when it runs,
-        // and an idle worker would otherwise keep the burst's pages resident.
+        // and an idle worker would otherwise keep the burst's pages resident. Forced, so the
+        // pages freed by other threads and the segment cache go too (`fault_storm` reads RSS
+        // after this pass).
         // SAFETY: collects this thread's own mimalloc heap; no preconditions.
-        unsafe { libmimalloc_sys::mi_collect(false) };
+        unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
 

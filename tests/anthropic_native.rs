@@ -21,10 +21,11 @@ both_drivers! {
     messages_are_relayed_byte_for_byte_with_their_usage,
     the_upstream_gets_the_channel_key_and_a_version,
     count_tokens_is_relayed_and_costs_nothing,
-    a_model_served_only_by_another_provider_is_a_404,
+    a_model_served_only_by_a_provider_the_endpoint_cannot_use_is_a_404,
     a_bad_client_key_is_an_anthropic_401,
     upstream_errors_reach_the_client_in_anthropic_shape,
     a_stream_cut_by_a_timeout_ends_with_an_anthropic_error_event,
+    a_usage_report_split_across_reads_is_read_whole,
 }
 
 const ANTHROPIC_KEY: &str = "sk-ant-upstream-key-0123456789";
@@ -275,24 +276,25 @@ fn count_tokens_is_relayed_and_costs_nothing(driver: Driver) {
     let _ = std::fs::remove_file(&path);
 }
 
-fn a_model_served_only_by_another_provider_is_a_404(driver: Driver) {
+fn a_model_served_only_by_a_provider_the_endpoint_cannot_use_is_a_404(driver: Driver) {
     let mock = Mock::start();
     let (relay, path) = relay(driver, &mock, "anthropic-404");
     let before = mock.stats().requests;
-    for endpoint in ["/v1/messages", "/v1/messages/count_tokens"] {
-        let r = relay.roundtrip(&post_anthropic(
-            endpoint,
-            TOKEN,
-            &[],
-            &messages_body("gpt-4o", false),
-        ));
-        let message = assert_anthropic_error(&r, 404, "not_found_error");
-        assert!(
-            message.contains("gpt-4o") && message.contains("only by OpenAI-compatible channels"),
-            "{message}"
-        );
-        assert!(message.contains(endpoint), "{message}");
-    }
+    // count_tokens has no OpenAI counterpart: never a made-up count (`/v1/messages` itself is
+    // converted for OpenAI-compatible channels: tests/convert_relay.rs).
+    let endpoint = "/v1/messages/count_tokens";
+    let r = relay.roundtrip(&post_anthropic(
+        endpoint,
+        TOKEN,
+        &[],
+        &messages_body("gpt-4o", false),
+    ));
+    let message = assert_anthropic_error(&r, 404, "not_found_error");
+    assert!(
+        message.contains("gpt-4o") && message.contains("only by OpenAI-compatible channels"),
+        "{message}"
+    );
+    assert!(message.contains(endpoint), "{message}");
     // A model no channel serves at all.
     let r = relay.roundtrip(&post_anthropic(
         "/v1/messages",
@@ -301,8 +303,14 @@ fn a_model_served_only_by_another_provider_is_a_404(driver: Driver) {
         &messages_body("nobody-serves-this", false),
     ));
     assert_anthropic_error(&r, 404, "not_found_error");
-    // And the other way: an OpenAI-dialect request for a model only Anthropic channels serve.
-    let r = relay.roundtrip(&chat("claude-sonnet-4", false));
+    // And the other way: legacy completions (no conversion) for a model only Anthropic
+    // channels serve.
+    let r = relay.roundtrip(&post_json(
+        "/v1/completions",
+        Some(TOKEN),
+        &[],
+        r#"{"model":"claude-sonnet-4","prompt":"Hello"}"#,
+    ));
     let e = assert_error_shape(&r, 404, Some("model_not_found"));
     assert!(
         e["message"]
@@ -399,5 +407,24 @@ fn a_stream_cut_by_a_timeout_ends_with_an_anthropic_error_event(driver: Driver) 
     assert!(v["error"]["message"]
         .as_str()
         .is_some_and(|m| m.contains("stream_idle")));
+    let _ = std::fs::remove_file(&path);
+}
+
+/// `mock-split-usage` writes its `message_delta` in two pieces 50 ms apart, cut inside
+/// `"output_tokens":1234`: the relay reads them apart, and must still account 1234, not 12.
+fn a_usage_report_split_across_reads_is_read_whole(driver: Driver) {
+    let mock = Mock::start();
+    let (relay, path) = relay(driver, &mock, "anthropic-split-usage");
+    let r = relay.roundtrip(&post_anthropic(
+        "/v1/messages",
+        TOKEN,
+        &[],
+        &messages_body("mock-split-usage", true),
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"output_tokens\":1234"), "{}", r.text());
+    let line = &log_lines(&path, 1)[0];
+    // 5 input + 4 cache reads; 1234 output.
+    assert_eq!(tokens(line), (9, 1234, 4, 1243, false), "{line}");
     let _ = std::fs::remove_file(&path);
 }

@@ -121,6 +121,12 @@ fn relay_response() {
 }
 
 #[test]
+fn relay_converted() {
+    replay("relay_converted");
+    harness::relay::relay().check_idle();
+}
+
+#[test]
 fn sse_parse() {
     replay("sse_parse");
 }

@@ -21,7 +21,7 @@ pub use convert::{
 };
 pub use heads::{request_head, response_head};
 pub use json::{model_peek, sse_scan, usage_scan};
-pub use relay::relay_response;
+pub use relay::{relay_converted, relay_response};
 
 /// One harness: panics when an invariant breaks.
 pub type Harness = fn(&[u8]);
@@ -36,6 +36,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("sse_scan", sse_scan),
     ("model_peek", model_peek),
     ("relay_response", relay_response),
+    ("relay_converted", relay_converted),
     ("sse_parse", sse_parse),
     ("convert_request_to_anthropic", convert_request_to_anthropic),
     (

@@ -1,7 +1,8 @@
 //! The whole relay: arbitrary upstream bytes through the real response path.
 //!
-//! One process-wide setup starts an in-process ringway (1 worker, short timeouts) whose only
-//! channel points at a scripted upstream thread in this process. Per input, the upstream answers
+//! One process-wide setup starts an in-process ringway (1 worker, short timeouts) whose
+//! channels (an OpenAI-compatible one, and an Anthropic one for [`relay_converted`]) point at a
+//! scripted upstream thread in this process; inputs run one at a time. Per input, the upstream answers
 //! the next request it gets with the input's bytes (optionally in two writes with a pause) and
 //! closes; a client sends one chat request with `Connection: close` and reads until the relay
 //! closes. What the client got is checked against what the upstream sent, read with the relay's
@@ -56,6 +57,9 @@ pub struct Relay {
     /// Connections the upstream has finished writing and closed (its write side).
     closed: &'static AtomicU64,
     iterations: AtomicU64,
+    /// One input at a time: the upstream has one script (the corpus replay test runs the
+    /// relay targets on parallel threads).
+    serial: Mutex<()>,
 }
 
 static RELAY: OnceLock<Relay> = OnceLock::new();
@@ -111,12 +115,24 @@ log_interval = "1h"
 # after a few malformed answers, and the upstream would no longer see the bytes under test.
 [health]
 enabled = false
+# One attempt: `claude-fuzz` is served by both channels, and a failover would send the next
+# request to an upstream whose script is spent.
+[retry]
+attempts = 0
 [[channels]]
 name = "fuzz"
 provider = "openai"
 base_url = "http://{upstream}"
 keys = ["sk-fuzz-upstream"]
 models = ["*"]
+# `relay_converted`: chat completions for `claude-fuzz` are converted for this channel.
+[[channels]]
+name = "fuzz-anthropic"
+provider = "anthropic"
+base_url = "http://{upstream}"
+keys = ["sk-fuzz-upstream"]
+models = ["claude-fuzz"]
+priority = 1
 [[tokens]]
 name = "fuzz"
 key = "{CLIENT_TOKEN}"
@@ -135,6 +151,7 @@ models = ["*"]
         served,
         closed,
         iterations: AtomicU64::new(0),
+        serial: Mutex::new(()),
     };
     relay.check_health();
     relay
@@ -445,8 +462,182 @@ pub fn relay_response(data: &[u8]) {
     if SKIP_SHORT_HEAD_STREAM_CRASH && short_head_stream(up) {
         return;
     }
-    let relay = relay();
+    let _one_at_a_time = relay().serial.lock().unwrap_or_else(|e| e.into_inner());
     let stream = flags & 1 == 1;
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: fuzz\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let raw = exchange(flags, up, &req);
+    let r = parse_client(&raw);
+    match expect(up) {
+        Expect::BadGateway => {
+            assert_eq!(r.status, 502, "a bad upstream head must give 502");
+            assert_error_json(fixed_body(&r));
+        }
+        Expect::Final { head, rest } => {
+            assert_eq!(
+                r.status, head.status,
+                "the upstream's status must pass through"
+            );
+            if head.status >= 400 {
+                assert_error_json(fixed_body(&r));
+            } else {
+                check_body(&r, &head, rest, stream);
+            }
+        }
+    }
+    relay().settle();
+}
+
+/// Input: the flag byte of [`relay_response`], a direction byte (bit 0 set: an Anthropic
+/// Messages request for the OpenAI-compatible channel; clear: an OpenAI chat request for the
+/// Anthropic channel), then the upstream's bytes — which the relay must convert or refuse:
+///
+/// - a bad upstream head is a 502, an upstream error its status, each with an error body in
+///   the client's dialect;
+/// - a 2xx/3xx whole answer is the converted JSON (a `chat.completion` or an Anthropic
+///   `message`) with the upstream's status and a Content-Length, or a 502 in the client's
+///   dialect when it cannot be converted;
+/// - a stream keeps the upstream's status, is chunked, always ends with the last chunk, and is
+///   whole events of the client's dialect ending with `[DONE]` / `message_stop`, or with the
+///   relay's `error` event as its last event.
+pub fn relay_converted(data: &[u8]) {
+    let [flags, direction, up @ ..] = data else {
+        return;
+    };
+    if SKIP_SHORT_HEAD_STREAM_CRASH && short_head_stream(up) {
+        return;
+    }
+    let _one_at_a_time = relay().serial.lock().unwrap_or_else(|e| e.into_inner());
+    let stream = flags & 1 == 1;
+    let anthropic_client = direction & 1 == 1;
+    let req = if anthropic_client {
+        let body = format!(
+            r#"{{"model":"gpt-fuzz","max_tokens":16,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: fuzz\r\nx-api-key: {CLIENT_TOKEN}\r\nanthropic-version: 2023-06-01\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        let body = format!(
+            r#"{{"model":"claude-fuzz","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: fuzz\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let raw = exchange(*flags, up, &req);
+    let r = parse_client(&raw);
+    let error_json = |body: &[u8]| {
+        if anthropic_client {
+            assert_anthropic_error_json(body)
+        } else {
+            assert_error_json(body)
+        }
+    };
+    match expect(up) {
+        Expect::BadGateway => {
+            assert_eq!(r.status, 502, "a bad upstream head must give 502");
+            error_json(fixed_body(&r));
+        }
+        Expect::Final { head, .. } if head.status >= 400 => {
+            assert_eq!(r.status, head.status, "the upstream's error status is kept");
+            error_json(fixed_body(&r));
+        }
+        Expect::Final { .. } if r.status == 502 => error_json(fixed_body(&r)),
+        Expect::Final { head, .. } => {
+            assert_eq!(r.status, head.status, "the upstream's status is kept");
+            if r.header("content-type") == Some(&b"text/event-stream"[..]) {
+                let (data, ended) = client_chunks(&r);
+                assert!(ended, "a converted stream always ends with the last chunk");
+                check_converted_events(&data, anthropic_client);
+            } else {
+                let v: serde_json::Value = serde_json::from_slice(fixed_body(&r))
+                    .unwrap_or_else(|e| panic!("converted body is not JSON ({e})"));
+                if anthropic_client {
+                    assert_eq!(v["type"], "message", "{v}");
+                } else {
+                    assert_eq!(v["object"], "chat.completion", "{v}");
+                }
+            }
+        }
+    }
+    relay().settle();
+}
+
+/// Anthropic's error shape: `{"type":"error","error":{"type":..,"message":..}}`.
+fn assert_anthropic_error_json(body: &[u8]) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "error body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(body)
+        )
+    });
+    assert!(
+        v["type"] == "error" && v["error"]["type"].is_string() && v["error"]["message"].is_string(),
+        "Anthropic error body: {v}"
+    );
+}
+
+/// A converted stream's events: whole events of the client's dialect (each Anthropic event's
+/// data `type` equals its name), ending with `[DONE]` / `message_stop`, or with the relay's
+/// error event as the very last event.
+fn check_converted_events(data: &[u8], anthropic_client: bool) {
+    let text = String::from_utf8_lossy(data);
+    assert!(
+        text.is_empty() || text.ends_with("\n\n"),
+        "a converted stream ends at an event boundary: {text:?}"
+    );
+    let events: Vec<&str> = text.split_terminator("\n\n").collect();
+    for (i, event) in events.iter().enumerate() {
+        let last = i + 1 == events.len();
+        if let Some(json) = event.strip_prefix("event: error\ndata: ") {
+            assert!(last, "the error event is the last: {text:?}");
+            if anthropic_client {
+                assert_anthropic_error_json(json.as_bytes());
+            } else {
+                assert_error_json(json.as_bytes());
+            }
+            return;
+        }
+        if anthropic_client {
+            let (name, json) = event
+                .strip_prefix("event: ")
+                .and_then(|e| e.split_once("\ndata: "))
+                .unwrap_or_else(|| panic!("not an Anthropic event: {event:?}"));
+            let v: serde_json::Value = serde_json::from_str(json)
+                .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {json:?}"));
+            assert_eq!(v["type"], name, "{event:?}");
+            if last {
+                assert_eq!(name, "message_stop", "a complete stream: {text:?}");
+            }
+        } else {
+            let json = event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not an OpenAI data event: {event:?}"));
+            if last {
+                assert_eq!(json, "[DONE]", "a complete stream: {text:?}");
+            } else {
+                let v: serde_json::Value = serde_json::from_str(json)
+                    .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {json:?}"));
+                assert_eq!(v["object"], "chat.completion.chunk", "{v}");
+            }
+        }
+    }
+    assert!(!events.is_empty(), "a converted stream has events");
+}
+
+/// Script the upstream with `up` (paused as `flags` say), send `req`, and read the relay's
+/// whole answer; checks that the upstream was asked, finished its script, and that no relay
+/// timeout fired.
+fn exchange(flags: u8, up: &[u8], req: &str) -> Vec<u8> {
+    let relay = relay();
     let pause_at = (flags & 2 != 0 && up.len() > 1).then(|| {
         let k = ((flags >> 2) as usize * up.len()) / 64;
         k.clamp(1, up.len() - 1)
@@ -459,14 +650,6 @@ pub fn relay_response(data: &[u8]) {
     }
     let served = relay.served.load(SeqCst);
     let timeouts = relay.timeouts();
-
-    let body = format!(
-        r#"{{"model":"gpt-4o-mini","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
-    );
-    let req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: fuzz\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
     let started = Instant::now();
     let mut c = TcpStream::connect(("127.0.0.1", relay.port)).expect("connect to the relay");
     c.set_read_timeout(Some(CLIENT_DEADLINE)).unwrap();
@@ -505,28 +688,15 @@ pub fn relay_response(data: &[u8]) {
         "a relay timeout fired though the upstream had closed (after {:?})",
         started.elapsed()
     );
+    raw
+}
 
-    let r = parse_client(&raw);
-    match expect(up) {
-        Expect::BadGateway => {
-            assert_eq!(r.status, 502, "a bad upstream head must give 502");
-            assert_error_json(fixed_body(&r));
+impl Relay {
+    /// Every 64 inputs: nothing is left in flight.
+    fn settle(&self) {
+        if self.iterations.fetch_add(1, SeqCst) % 64 == 63 {
+            self.check_idle();
         }
-        Expect::Final { head, rest } => {
-            assert_eq!(
-                r.status, head.status,
-                "the upstream's status must pass through"
-            );
-            if head.status >= 400 {
-                assert_error_json(fixed_body(&r));
-            } else {
-                check_body(&r, &head, rest, stream);
-            }
-        }
-    }
-
-    if relay.iterations.fetch_add(1, SeqCst) % 64 == 63 {
-        relay.check_idle();
     }
 }
 

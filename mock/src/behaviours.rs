@@ -40,11 +40,18 @@ const MODEL_NAMES: &[&str] = &[
     "mock-echo",
     "mock-close",
     "mock-slow-body-100",
+    "mock-tools",
+    "mock-mirror",
+    "mock-stream-error",
+    "mock-big-event-65536",
+    "mock-split-usage",
 ];
 
 /// Caps every scripted wait so a silly model name cannot overflow `Instant` arithmetic.
 const MAX_WAIT_MS: u64 = 3_600_000;
 const HUGE_WRITE: usize = 64 * 1024;
+/// The largest event `mock-big-event-N` makes (64 MiB).
+const MAX_BIG_EVENT: u64 = 64 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // Routing and behaviours
@@ -93,6 +100,16 @@ enum Behaviour {
         retry_after: u64,
     },
     Hostile(Hostile),
+    /// Text and a tool call (and thinking on `/v1/messages`), streamed when asked.
+    Tools,
+    /// The request as received, as the answer's text.
+    Mirror,
+    /// A stream with an in-band error after its first delta.
+    StreamError,
+    /// A stream with one content event of this many bytes.
+    BigEvent(usize),
+    /// An Anthropic stream whose usage report is split across two writes.
+    SplitUsage,
 }
 
 fn behaviour(model: &str) -> Behaviour {
@@ -111,6 +128,10 @@ fn behaviour(model: &str) -> Behaviour {
         "mock-reset-stream" => Some(Behaviour::ResetStream),
         "mock-broken-chunked" => Some(Behaviour::BrokenChunked),
         "mock-echo" => Some(Behaviour::Echo),
+        "mock-tools" => Some(Behaviour::Tools),
+        "mock-mirror" => Some(Behaviour::Mirror),
+        "mock-stream-error" => Some(Behaviour::StreamError),
+        "mock-split-usage" => Some(Behaviour::SplitUsage),
         "mock-close" => Some(Behaviour::Close),
         "mock-no-reason" => Some(Behaviour::Hostile(Hostile::NoReason { stream: false })),
         "mock-no-reason-stream" => Some(Behaviour::Hostile(Hostile::NoReason { stream: true })),
@@ -176,6 +197,8 @@ fn behaviour(model: &str) -> Behaviour {
                     }
                     _ => None,
                 }
+            } else if let Some(n) = model.strip_prefix("mock-big-event-") {
+                number(n).map(|n| Behaviour::BigEvent(n.min(MAX_BIG_EVENT) as usize))
             } else if let Some(mib) = model.strip_prefix("mock-bulk-") {
                 number(mib).map(|m| Behaviour::Hostile(Hostile::Bulk(m.min(1024))))
             } else {
@@ -292,6 +315,13 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
                 } else {
                     &[]
                 };
+                if matches!(endpoint, Endpoint::Messages | Endpoint::CountTokens) {
+                    let mut headers = vec![("content-type", "application/json")];
+                    headers.extend_from_slice(extra);
+                    let body =
+                        anthropic_error_body(status, &format!("mock failure {}", before + 1));
+                    return reply.full(status, &headers, body.as_bytes());
+                }
                 reply.error(
                     status,
                     &format!("mock failure {}", before + 1),
@@ -303,6 +333,13 @@ pub(crate) fn respond(reply: Reply<'_>, request: &Request) -> io::Result<Outcome
             _ => fixed(reply, endpoint, model, &json),
         },
         Behaviour::Hostile(h) => hostile(reply, request, endpoint, model, h),
+        Behaviour::Tools => crate::rich::tools(reply, endpoint, model, &json),
+        Behaviour::Mirror => {
+            crate::rich::mirror(reply, endpoint, model, &json, &echo_json(request))
+        }
+        Behaviour::StreamError => crate::rich::stream_error(reply, endpoint, model),
+        Behaviour::BigEvent(bytes) => crate::rich::big_event(reply, endpoint, model, bytes),
+        Behaviour::SplitUsage => crate::rich::split_usage(reply, endpoint, model),
     }
 }
 
@@ -485,6 +522,11 @@ fn broken_chunked(reply: Reply<'_>, endpoint: Endpoint, model: &str) -> io::Resu
 }
 
 fn echo(reply: Reply<'_>, request: &Request) -> io::Result<Outcome> {
+    reply.json(200, &echo_json(request))
+}
+
+/// `{"method", "path", "headers": [[name, value], ...], "body"}` of what arrived.
+fn echo_json(request: &Request) -> String {
     let headers: Vec<String> = request
         .headers
         .iter()
@@ -496,14 +538,13 @@ fn echo(reply: Reply<'_>, request: &Request) -> io::Result<Outcome> {
             )
         })
         .collect();
-    let body = format!(
+    format!(
         "{{\"method\":{},\"path\":{},\"headers\":[{}],\"body\":{}}}",
         json_str(&request.method),
         json_str(&request.target),
         headers.join(","),
         json_str(&String::from_utf8_lossy(&request.body))
-    );
-    reply.json(200, &body)
+    )
 }
 
 fn slow_body(reply: Reply<'_>, model: &str, ms: u64) -> io::Result<Outcome> {
@@ -554,6 +595,14 @@ mod tests {
             Behaviour::StallHead(MAX_WAIT_MS)
         );
         assert_eq!(behaviour("gpt-4o"), Behaviour::Fixed);
+        assert_eq!(behaviour("mock-tools"), Behaviour::Tools);
+        assert_eq!(behaviour("mock-mirror"), Behaviour::Mirror);
+        assert_eq!(behaviour("mock-stream-error"), Behaviour::StreamError);
+        assert_eq!(behaviour("mock-big-event-100"), Behaviour::BigEvent(100));
+        assert_eq!(
+            behaviour("mock-big-event-99999999999"),
+            Behaviour::BigEvent(MAX_BIG_EVENT as usize)
+        );
         assert_eq!(parse_chunk_size(b"1f;x=y"), Some(31));
         assert_eq!(parse_chunk_size(b"+1"), None);
         assert_eq!(parse_chunk_size(b"zz"), None);

@@ -22,13 +22,15 @@
 //! Modules: `server` (listener, accept loop, connections and their counters), `request`
 //! (reading and framing requests), `reply` (writing responses), `behaviours` (the model-name
 //! table and the ordinary behaviours), `hostile` (the behaviours that break HTTP on purpose),
-//! `bodies` (the canned JSON bodies).
+//! `bodies` (the canned JSON bodies), `rich` (tool calls, thinking, the request mirror, in-band
+//! stream errors and oversized events, in both dialects).
 
 mod behaviours;
 mod bodies;
 mod hostile;
 mod reply;
 mod request;
+mod rich;
 mod server;
 
 #[cfg(test)]
@@ -93,8 +95,29 @@ Mock upstream models (chosen by the request body's JSON \"model\"):
   mock-no-quota-key-SUFFIX  429 insufficient_quota (no Retry-After) when the Authorization header
                          ends with SUFFIX, else like mock-fixed.
   mock-fail-N-STATUS-RA  the first N requests with this exact model name (counted per mock
-                         instance) get STATUS (400-599) with an OpenAI error body and, unless RA
-                         is 0, Retry-After: RA; later ones are served like mock-fixed.
+                         instance) get STATUS (400-599) with an OpenAI error body (Anthropic's
+                         on /v1/messages*) and, unless RA is 0, Retry-After: RA; later ones are
+                         served like mock-fixed.
+  mock-tools             text \"Let me check.\" and one call of get_weather({\"city\":\"Paris\"});
+                         streamed when \"stream\": true. Chat: tool_calls (id call_mock_0, the
+                         arguments in two deltas under index 0), finish_reason tool_calls, usage
+                         prompt 9 (cached 4), completion 7 (streams: when include_usage asks).
+                         /v1/messages: thinking (signature sig-mock), text and tool_use
+                         (toolu_mock_0) blocks, stop_reason tool_use, usage input_tokens 5,
+                         cache_read_input_tokens 4, output_tokens 7; the stream has
+                         thinking_delta, signature_delta, text_delta, a ping, two
+                         input_json_delta events, message_delta, message_stop.
+  mock-mirror            the answer's text (chat content, or the Anthropic text block) is what
+                         mock-echo returns: the request as the mock received it; streamed when
+                         asked.
+  mock-stream-error      a stream that reports an error after its first delta: Anthropic's
+                         event: error (overloaded_error) on /v1/messages, an OpenAI data event
+                         {\"error\":{...}} elsewhere; then the body ends.
+  mock-big-event-BYTES   a stream whose one content delta carries BYTES (at most 64 MiB) bytes of
+                         text, in the endpoint's dialect, then a normal end.
+  mock-split-usage       on /v1/messages: an Anthropic stream whose message_delta (1234
+                         output_tokens) is written in two chunks 50 ms apart, split inside the
+                         number; elsewhere one chat chunk and [DONE].
 Hostile upstreams (bytes written raw; for the relay's hostile-peer tests):
   mock-no-reason         200 with no reason phrase (\"HTTP/1.1 200\\r\\n\"); -stream: the same as SSE.
   mock-binary-reason     200 with a reason phrase of bytes 0x80-0xFF.

@@ -710,3 +710,100 @@ fn fail_first_counts_per_model_name() {
     assert_eq!(client.response().status, 200);
     mock.stop();
 }
+
+/// `mock-tools` in both dialects, whole and streamed: one `get_weather` call whose streamed
+/// arguments join into the whole answer's, the right stop reasons, and Anthropic's events with
+/// a `type` equal to their name, blocks started and stopped in index order.
+#[test]
+fn tool_answers_in_both_dialects() {
+    let mock = mock();
+    let mut client = Client::connect(mock.addr);
+    client.send(&post("/v1/chat/completions", r#"{"model":"mock-tools"}"#));
+    let v = client.response().json();
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], "{\"city\":\"Paris\"}");
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+
+    client.send(&post(
+        "/v1/chat/completions",
+        r#"{"model":"mock-tools","stream":true,"stream_options":{"include_usage":true}}"#,
+    ));
+    let text = client.response().text();
+    let mut args = String::new();
+    let mut usage = 0;
+    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+        let data = event.strip_prefix("data: ").expect("data event");
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        if v["usage"].is_object() {
+            usage += 1;
+        }
+        if let Some(a) = v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+        {
+            args += a;
+        }
+    }
+    assert_eq!(args, "{\"city\":\"Paris\"}");
+    assert_eq!(usage, 1);
+    assert!(text.ends_with("data: [DONE]\n\n"));
+
+    client.send(&post("/v1/messages", r#"{"model":"mock-tools"}"#));
+    let v = client.response().json();
+    let types: Vec<&str> = v["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["thinking", "text", "tool_use"]);
+    assert_eq!(v["content"][2]["input"]["city"], "Paris");
+    assert_eq!(v["stop_reason"], "tool_use");
+
+    client.send(&post(
+        "/v1/messages",
+        r#"{"model":"mock-tools","stream":true}"#,
+    ));
+    let text = client.response().text();
+    let mut open: Option<u64> = None;
+    let mut next = 0;
+    let mut partial = String::new();
+    let mut names = Vec::new();
+    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+        let (name, data) = event
+            .strip_prefix("event: ")
+            .and_then(|e| e.split_once("\ndata: "))
+            .expect("named event");
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["type"], name);
+        names.push(name.to_string());
+        match name {
+            "content_block_start" => {
+                assert_eq!(open, None);
+                assert_eq!(v["index"], next);
+                open = Some(next);
+                next += 1;
+            }
+            "content_block_delta" => {
+                assert_eq!(v["index"].as_u64(), open);
+                if let Some(p) = v["delta"]["partial_json"].as_str() {
+                    partial += p;
+                }
+            }
+            "content_block_stop" => {
+                assert_eq!(v["index"].as_u64(), open);
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(next, 3);
+    assert_eq!(partial, "{\"city\":\"Paris\"}");
+    assert_eq!(names.first().map(String::as_str), Some("message_start"));
+    assert_eq!(names.last().map(String::as_str), Some("message_stop"));
+    assert!(names.iter().any(|n| n == "ping"));
+    mock.stop();
+}

@@ -128,6 +128,16 @@ pub(super) fn read_channel(
         None => None,
     };
 
+    let default_max_tokens = match sec.field("default_max_tokens") {
+        Some(f) if provider != Provider::Anthropic => {
+            return Err(
+                f.err("default_max_tokens applies to provider = \"anthropic\" channels only")
+            )
+        }
+        Some(f) => f.usize_in(1, 10_000_000)? as u64,
+        None => super::DEFAULT_MAX_TOKENS,
+    };
+
     Ok(ChannelConfig {
         name,
         provider,
@@ -144,6 +154,7 @@ pub(super) fn read_channel(
         timeouts,
         ca,
         anthropic_version,
+        default_max_tokens,
     })
 }
 

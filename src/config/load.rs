@@ -324,6 +324,7 @@ const SERVER_KEYS: &[&str] = &[
     "max_header_bytes",
     "max_body_bytes",
     "max_error_body_bytes",
+    "max_sse_event_bytes",
     "sse_coalesce",
     "busy_poll",
     "cors_origins",
@@ -348,6 +349,7 @@ pub(super) const CHANNEL_KEYS: &[&str] = &[
     "timeouts",
     "ca_file",
     "anthropic_version",
+    "default_max_tokens",
 ];
 pub(super) const TOKEN_KEYS: &[&str] = &[
     "name",
@@ -395,6 +397,12 @@ fn read_server(sec: &Section, base_dir: &Path) -> Result<ServerConfig, ConfigErr
             d.max_error_body_bytes,
             1,
             MAX_COUNT,
+        )?,
+        max_sse_event_bytes: sec.usize_or(
+            "max_sse_event_bytes",
+            d.max_sse_event_bytes,
+            MIN_SSE_EVENT_BYTES,
+            MAX_SSE_EVENT_BYTES,
         )?,
         sse_coalesce: match sec.field("sse_coalesce") {
             Some(f) => f.duration_at_most(MAX_SSE_COALESCE)?,
@@ -444,6 +452,11 @@ fn read_server(sec: &Section, base_dir: &Path) -> Result<ServerConfig, ConfigErr
         },
     })
 }
+
+/// `max_sse_event_bytes` bounds: below a few KiB ordinary events (Anthropic's `message_start`)
+/// would be refused; above 1 GiB a single event could exhaust a small host.
+const MIN_SSE_EVENT_BYTES: usize = 4096;
+const MAX_SSE_EVENT_BYTES: usize = 1 << 30;
 
 /// `state_flush` bounds: what a crash may lose is one interval, and each flush costs an
 /// fdatasync.

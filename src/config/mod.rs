@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Cap on how much of an upstream error body is read before it is normalised.
     pub max_error_body_bytes: usize,
+    /// The largest event of an upstream stream the relay converts between dialects (the one
+    /// event the conversion holds); an event over it ends the stream with `sse_event_too_large`.
+    pub max_sse_event_bytes: usize,
     /// How long an SSE stream that just relayed a chunk lets the next ones gather before
     /// reading again (zero: every chunk is forwarded the moment it arrives).
     pub sse_coalesce: Duration,
@@ -239,7 +242,14 @@ pub struct ChannelConfig {
     /// `anthropic_version` (Anthropic channels only): the `anthropic-version` sent when the
     /// client sent none; `None` for the default.
     pub anthropic_version: Option<String>,
+    /// `default_max_tokens` (Anthropic channels only): the `max_tokens` sent with an OpenAI
+    /// chat request converted for this channel when the client named none (Anthropic requires
+    /// one).
+    pub default_max_tokens: u64,
 }
+
+/// `default_max_tokens` when the channel does not set it.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// A channel's `ca_file`, read and checked at load so start-up never reads it again.
 #[derive(Clone)]
@@ -336,6 +346,7 @@ impl Default for ServerConfig {
             max_header_bytes: 65536,
             max_body_bytes: 67_108_864,
             max_error_body_bytes: 65536,
+            max_sse_event_bytes: 1 << 20,
             sse_coalesce: Duration::from_millis(5),
             busy_poll: Duration::ZERO,
             cors_origins: Vec::new(),

@@ -50,9 +50,10 @@ impl Config {
         );
         let _ = writeln!(
             out,
-            "streams   sse_coalesce {}, busy_poll {}",
+            "streams   sse_coalesce {}, busy_poll {}, max_sse_event_bytes {}",
             format_duration(s.sse_coalesce),
-            format_duration(s.busy_poll)
+            format_duration(s.busy_poll),
+            s.max_sse_event_bytes
         );
         if let Some(dir) = &s.state_dir {
             let _ = writeln!(
@@ -195,6 +196,9 @@ impl Config {
             }
             if let Some(ca) = &c.ca {
                 let _ = write!(out, " ca_file {}", ca.path.display());
+            }
+            if c.provider == Provider::Anthropic {
+                let _ = write!(out, " default_max_tokens {}", c.default_max_tokens);
             }
             out.push('\n');
         }

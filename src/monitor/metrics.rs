@@ -8,12 +8,13 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::*;
+use crate::health::ChannelState;
 
 /// One of a channel's two latency histograms.
 type LatencyPhase = fn(&ChannelLatency) -> &Histogram;
 
 impl Monitor {
-    pub fn metrics_text(&self) -> Vec<u8> {
+    pub fn metrics_text(&self, serving: Option<&Serving>) -> Vec<u8> {
         let mut o = String::with_capacity(8192);
         let g = |o: &mut String, name: &str, help: &str, kind: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
@@ -217,7 +218,7 @@ impl Monitor {
         self.usage_metrics(&mut o, "token", &self.token_names.snapshot(), |w| {
             &w.token_usage
         });
-        self.quota_metrics(&mut o);
+        self.quota_metrics(&mut o, serving);
         self.usage_metrics(&mut o, "channel", &channel_names, |w| &w.channel_usage);
         let attempts = |i: usize, k: usize| -> u64 {
             self.workers
@@ -244,9 +245,9 @@ impl Monitor {
             );
         }
         self.channel_latency_metrics(&mut o, &channel_names);
-        if let Some(g) = crate::reload::newest_published() {
+        if let Some(g) = serving {
             let names: Vec<String> = g.config.channels.iter().map(|c| c.name.clone()).collect();
-            crate::health::write_metrics(&mut o, &g.router.health, &names);
+            channel_health_metrics(&mut o, g.health, &names);
         }
         self.histogram(
             &mut o,
@@ -266,7 +267,7 @@ impl Monitor {
     /// `ringway_quota_exhausted_total`, `ringway_ledger_write_errors_total` and per token
     /// `ringway_token_quota_tokens` (tokens with a quota), `ringway_token_quota_used`,
     /// `ringway_token_quota_reserved`.
-    fn quota_metrics(&self, o: &mut String) {
+    fn quota_metrics(&self, o: &mut String, serving: Option<&Serving>) {
         let _ = writeln!(
             o,
             "# HELP ringway_quota_exhausted_total Requests refused over a token's quota_tokens.\n# TYPE ringway_quota_exhausted_total counter\nringway_quota_exhausted_total {}",
@@ -277,7 +278,7 @@ impl Monitor {
             "# HELP ringway_ledger_write_errors_total Quota ledger flushes that failed.\n# TYPE ringway_ledger_write_errors_total counter\nringway_ledger_write_errors_total {}",
             self.ledger_write_errors.load(Relaxed)
         );
-        let Some(g) = crate::reload::newest_published() else {
+        let Some(g) = serving else {
             return;
         };
         let names: Vec<&String> = g.config.tokens.iter().map(|t| &t.name).collect();
@@ -407,5 +408,54 @@ impl Monitor {
         let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
         let sum = self.sum(|w| &f(w).sum_micros) as f64 / 1e6;
         let _ = writeln!(o, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// The health series of `/metrics`: one `ringway_channel_state` gauge per channel and state (1
+/// for the state it is in), its remaining cooldown, and one `ringway_channel_key_active` gauge
+/// per key, labelled with its position and masked tail.
+fn channel_health_metrics(o: &mut String, health: &Health, names: &[String]) {
+    let states = health.snapshot(names);
+    let _ = writeln!(
+        o,
+        "# HELP ringway_channel_state Channel health: 1 for the state the channel is in (healthy, cooling, probe_due, probing, disabled).\n# TYPE ringway_channel_state gauge"
+    );
+    for c in &states {
+        for s in ChannelState::STATES {
+            let _ = writeln!(
+                o,
+                "ringway_channel_state{{channel=\"{}\",state=\"{s}\"}} {}",
+                LabelValue(&c.name),
+                u8::from(c.state == s)
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP ringway_channel_cooldown_remaining_seconds Time left in the channel's cooldown.\n# TYPE ringway_channel_cooldown_remaining_seconds gauge"
+    );
+    for c in &states {
+        let _ = writeln!(
+            o,
+            "ringway_channel_cooldown_remaining_seconds{{channel=\"{}\"}} {}",
+            LabelValue(&c.name),
+            c.cooldown_remaining_ms as f64 / 1000.0
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP ringway_channel_key_active A channel key in rotation (1) or taken out after the upstream refused it (0), by position and last 4 characters.\n# TYPE ringway_channel_key_active gauge"
+    );
+    for c in &states {
+        for k in &c.keys {
+            let _ = writeln!(
+                o,
+                "ringway_channel_key_active{{channel=\"{}\",key=\"#{}\",tail=\"...{}\"}} {}",
+                LabelValue(&c.name),
+                k.position,
+                LabelValue(&k.tail),
+                u8::from(k.state == "active")
+            );
+        }
     }
 }

@@ -22,7 +22,7 @@ fn usage_metrics_escape_token_and_channel_names() {
         vec!["ch\"1".into()],
     );
     m.workers[0].count_usage(0, 0, None);
-    let text = String::from_utf8(m.metrics_text()).unwrap();
+    let text = String::from_utf8(m.metrics_text(None)).unwrap();
     for line in [
         r#"ringway_token_requests_total{token="team \"a\""} 1"#,
         r#"ringway_token_requests_total{token="x\\y\nz"} 0"#,
@@ -68,7 +68,7 @@ fn channel_latency_is_recorded_per_row_and_merged_over_workers() {
     assert_eq!(b["head_mean"], 310.0);
     let a = m.channel_latency_json(0);
     assert!(a["head_p50"].as_f64().unwrap() < b["head_p50"].as_f64().unwrap());
-    let text = String::from_utf8(m.metrics_text()).unwrap();
+    let text = String::from_utf8(m.metrics_text(None)).unwrap();
     assert!(
         text.contains(r#"ringway_channel_upstream_seconds_count{channel="b",phase="head"} 2"#),
         "{text}"

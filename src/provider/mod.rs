@@ -2,17 +2,20 @@
 //!
 //! Key components:
 //! - [`Adapter`]: one per channel, chosen by its `provider` (`OpenAi`, or `Anthropic` for
-//!   Anthropic's Messages API: `x-api-key` and `anthropic-version`, serving only the
-//!   Anthropic-dialect endpoints until conversion is wired). It says where a request goes (the
-//!   upstream path), how the channel's key is sent, how the body goes (the [`RequestPlan`]:
-//!   byte for byte, or with the `model` string and `stream_options` spliced; conversion is
-//!   the next plan), how
-//!   the answer comes back (the [`ResponsePlan`]), how an upstream error reads, and where usage
-//!   is found.
+//!   Anthropic's Messages API: `x-api-key` and `anthropic-version`). It says where a request
+//!   goes (the upstream path), how the channel's key is sent, how the body goes (the
+//!   [`RequestPlan`]: byte for byte, or with the `model` string and `stream_options` spliced),
+//!   how the answer comes back (the [`ResponsePlan`]), how an upstream error reads, and where
+//!   usage is found.
 //! - [`peek_request`] / [`model_name`]: the request's `model`, and whether a stream asked for
 //!   its usage, without a JSON tree; the [`BodySplice`] that asks for it when it did not.
 //! - [`scan_usage`]: token counts in any relayed bytes; [`content_bytes`] and
 //!   [`Usage::estimate`] for when no count arrives.
+//! - [`Conversion`]: a request for a channel of the other dialect (OpenAI chat ⇄ Anthropic
+//!   Messages), converted by [`anthropic`], with [`Converted`] telling the answer's conversion
+//!   what it needs.
+//! - [`UsageCarry`]: a passed-through Anthropic stream's usage, read whole event by whole
+//!   event across reads.
 //! - [`UsageEvents`]: the stream's usage-only event, read and (when the relay asked for it)
 //!   removed without buffering the stream.
 //!
@@ -21,24 +24,28 @@
 //! OpenAI → OpenAI path, or allocate per request for a rename or the usage splice.
 
 mod anthropic_channel;
+mod conversion;
 mod json;
 mod openai;
 mod sse;
 mod usage;
+mod usage_carry;
 
+pub use conversion::{Conversion, Converted};
 pub use json::{
     edited_len, model_name, peek_model, peek_request, write_edited, BodySplice, ModelField,
     RequestPeek,
 };
 pub use sse::{is_usage_event, UsageEvents, MAX_USAGE_EVENT};
 pub use usage::{content_bytes, scan_usage, update_usage, Usage};
+pub use usage_carry::UsageCarry;
 
 use crate::config::Provider;
 use crate::error::RelayError;
 
-// The conversion layer (Anthropic Messages ⇄ OpenAI chat, and the SSE framing under it) is
-// complete and tested on its own; the relay uses its error shape (`anthropic::errors`) today,
-// and its respond and stream phases call the conversions next.
+// The conversion layer (Anthropic Messages ⇄ OpenAI chat, and the SSE framing under it); a few
+// of its helpers (state sizes, the error-body converters) serve its tests, fuzz targets and
+// benches rather than the relay.
 #[allow(dead_code)]
 pub mod anthropic;
 #[allow(dead_code)]

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crate::config::{Layer, Provider};
 use crate::error::Dialect;
-use crate::provider::{BodySplice, ModelField, Usage};
+use crate::provider::{BodySplice, Converted, ModelField, Usage};
 use crate::wire::{Method, RequestHead, ResponseHead};
 
 /// Which endpoint a request is for, decided from its path and method.
@@ -45,13 +45,21 @@ pub enum RelayKind {
 }
 
 impl RelayKind {
-    /// The provider a channel must speak to serve this endpoint (no conversion between the
-    /// dialects is made yet).
+    /// The dialect this endpoint speaks: the provider whose API it is.
     pub fn provider(self) -> Provider {
         match self {
             RelayKind::Messages | RelayKind::CountTokens => Provider::Anthropic,
             _ => Provider::OpenAi,
         }
+    }
+
+    /// Whether a channel of `channel` provider can serve this endpoint: its own dialect's
+    /// channels always; chat completions and Messages also the other provider's, converted
+    /// (`provider::Conversion`). Nothing else has a conversion (`count_tokens` has no OpenAI
+    /// counterpart, and no count is ever made up).
+    pub fn served_by(self, channel: Provider) -> bool {
+        channel == self.provider()
+            || matches!(self, RelayKind::ChatCompletions | RelayKind::Messages)
     }
 }
 
@@ -162,6 +170,9 @@ pub struct Exchange<'s> {
     /// A stream whose client did not ask for its usage: the body edit that asks the upstream
     /// for it (its usage-only event is then kept from the client).
     pub usage_splice: Option<BodySplice>,
+    /// The attempt in progress goes to a channel of the other dialect: how its request was
+    /// converted, so its answer is converted back (set per attempt by `forward`).
+    pub converted: Option<Converted>,
     /// Bytes of answer text relayed (see `provider::content_bytes`): the estimate's basis.
     pub content_bytes: u64,
     /// The status of the answer, once its head went out (0 before).
@@ -235,6 +246,7 @@ impl<'s> Exchange<'s> {
             attempts: 0,
             usage: None,
             usage_splice: None,
+            converted: None,
             content_bytes: 0,
             status_sent: 0,
             first_byte_at: None,

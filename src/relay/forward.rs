@@ -3,7 +3,9 @@
 //! upstream's response head.
 //!
 //! Owns: building the upstream request per channel (target, `Host`, the channel's key in
-//! rotation, the client's end-to-end headers, one `x-request-id`), sending it under
+//! rotation, the client's end-to-end headers, one `x-request-id`; for a channel of the other
+//! dialect the body converted, to that dialect's path, decided anew for each attempt and
+//! recorded in `Exchange::converted`), sending it under
 //! `response_header`, and reading the response head — interim 1xx heads skipped (at most
 //! [`MAX_INTERIM_RESPONSES`], parsed from what is already buffered before reading again),
 //! ambiguous or malformed heads refused. A parked connection that turns out closed before any
@@ -42,7 +44,7 @@ use crate::route::Candidates;
 use crate::upstream::{ConnectError, UpConn};
 use crate::wire;
 
-use super::exchange::{Exchange, Outcome};
+use super::exchange::{Endpoint, Exchange, Outcome};
 use super::watch::{upstream_wait, Waited};
 use super::{Conn, Halt};
 use crate::tls_server::ClientStream;
@@ -232,10 +234,20 @@ fn admitted_candidate(health: &Health, candidates: &mut Candidates) -> Option<(u
     None
 }
 
+/// Every candidate is cooling down: the Retry-After is the shortest wait among the channels
+/// that could serve this request (a cooling channel of a provider the endpoint cannot use says
+/// nothing about when this request may succeed).
 fn no_healthy_channel<S: ClientStream>(conn: &Conn<S>, ex: &Exchange<'_>) -> RelayError {
     let w = &conn.w;
-    let serving =
-        (0..w.router.channels.len()).filter(|&i| w.router.channels[i].cfg.serves(ex.model_name));
+    let channels = &w.router.channels;
+    let serving = (0..channels.len()).filter(|&i| {
+        let c = &channels[i].cfg;
+        let usable = match ex.endpoint {
+            Endpoint::Relay(kind) => kind.served_by(c.provider),
+            _ => true,
+        };
+        usable && c.serves(ex.model_name)
+    });
     RelayError::no_healthy_channel(ex.model_name, w.router.health.wait_secs(serving))
 }
 
@@ -295,7 +307,11 @@ async fn attempt<S: ClientStream>(
     channel: usize,
 ) -> (Result<Upstream, Halt>, usize) {
     let w = conn.w.clone();
-    let (req, separate_body) = build_request(conn, ex, channel);
+    let (req, separate_body) = match build_request(conn, ex, channel) {
+        Ok(built) => built,
+        // The client's body cannot be converted for this channel: its 400, no failover.
+        Err(e) => return (Err(e.into()), w.upstreams.channel(channel).last_key()),
+    };
     // Read before the first await: other requests of this worker pick keys meanwhile.
     let key = w.upstreams.channel(channel).last_key();
     (
@@ -372,24 +388,53 @@ async fn send_attempt<S: ClientStream>(
 /// A body the adapter plans to edit (a `model_map` rename, the `stream_options` splice that
 /// asks for a stream's usage, or both) is written whole behind the head with its edits; the
 /// read buffer keeps the client's body as it came, for a replay to another channel.
+///
+/// A channel of the other dialect gets the body converted ([`provider::Conversion`]), whole
+/// behind the head, sent to the converted endpoint's path; `ex.converted` tells `respond` to
+/// convert the answer back. It is set (or cleared) for every attempt, so failover across
+/// providers converts for each channel tried.
 fn build_request<S: ClientStream>(
     conn: &Conn<S>,
-    ex: &Exchange<'_>,
+    ex: &mut Exchange<'_>,
     channel: usize,
-) -> (Vec<u8>, bool) {
+) -> Result<(Vec<u8>, bool), RelayError> {
     let w = &conn.w;
     let ch = &w.router.channels[channel];
-    let mut req = w.bufs.take();
     let body = &conn.rbuf[ex.body.clone()];
     let field = ex.model.clone().expect("route found the model");
     let model = provider::model_name(body, &field).expect("route read the model");
+    let client_dialect = match ex.endpoint {
+        Endpoint::Relay(kind) => kind.provider(),
+        _ => ch.cfg.provider,
+    };
+    ex.converted = None;
+    if let Some(conversion) = provider::Conversion::between(client_dialect, ch.cfg.provider) {
+        let (converted, how) = conversion.request(
+            body,
+            ch.cfg.upstream_model(&model),
+            ch.cfg.default_max_tokens,
+        )?;
+        let mut req = w.bufs.take();
+        write_upstream_head(
+            conn,
+            ex,
+            channel,
+            &mut req,
+            converted.len(),
+            Some(conversion.upstream_path()),
+        );
+        req.extend_from_slice(&converted);
+        ex.converted = Some(how);
+        return Ok((req, false));
+    }
+    let mut req = w.bufs.take();
     let plan = ch
         .adapter
         .request_plan(&model, ch.cfg.upstream_model(&model), ex.usage_splice);
     let separate_body = match plan {
         RequestPlan::Passthrough => {
             let inline = body.len() <= INLINE_BODY;
-            write_upstream_head(conn, ex, channel, &mut req, body.len());
+            write_upstream_head(conn, ex, channel, &mut req, body.len(), None);
             if inline {
                 req.extend_from_slice(body);
             }
@@ -426,12 +471,13 @@ fn build_request<S: ClientStream>(
                 channel,
                 &mut req,
                 provider::edited_len(body, edits),
+                None,
             );
             provider::write_edited(&mut req, body, edits);
             false
         }
     };
-    (req, separate_body)
+    Ok((req, separate_body))
 }
 
 /// The WARN line (rate-limited per class) for an attempt that failed on the upstream's side.
@@ -501,13 +547,15 @@ fn write_upstream_head<S: ClientStream>(
     channel: usize,
     out: &mut Vec<u8>,
     body_len: usize,
+    converted_path: Option<&[u8]>,
 ) {
     let w = &conn.w;
     let ch = &w.router.channels[channel];
     let buf = &conn.rbuf;
     out.extend_from_slice(b"POST ");
+    let path = converted_path.unwrap_or_else(|| ex.head.path.of(buf));
     ch.adapter
-        .write_target(out, ch.cfg.path_prefix.as_bytes(), ex.head.path.of(buf));
+        .write_target(out, ch.cfg.path_prefix.as_bytes(), path);
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(&ch.host_header);
     out.extend_from_slice(b"\r\n");
@@ -523,6 +571,15 @@ fn write_upstream_head<S: ClientStream>(
     for h in &ex.head.headers {
         let name = h.name.of(buf);
         if ex.head.is_hop_or_replaced(buf, name) {
+            continue;
+        }
+        // An Anthropic client's `anthropic-version` / `anthropic-beta` mean nothing to the
+        // OpenAI-compatible API its converted request goes to.
+        if converted_path.is_some()
+            && ch.cfg.provider == crate::config::Provider::OpenAi
+            && name.len() > 10
+            && name[..10].eq_ignore_ascii_case(b"anthropic-")
+        {
             continue;
         }
         client_sent_default |= !default_name.is_empty() && name.eq_ignore_ascii_case(default_name);

@@ -14,7 +14,8 @@
 //! [`RelayError`](crate::error::RelayError), answered in one place. Where each feature lives:
 //! token limits and the quota reservation in `admit` (its estimate in `reserve`, settled in
 //! `finish`), failover across channels in `forward`,
-//! protocol conversion (to come) in `respond`, the access log in `finish`
+//! protocol conversion in `forward` (the request, per attempt) and `respond` (the answer,
+//! `convert`), the access log in `finish`
 //! (docs/ARCHITECTURE.md has the chart).
 //!
 //! Key components:
@@ -34,6 +35,7 @@
 //! upstream connection with them. Every phase is bounded by the request's `total`.
 
 mod admit;
+mod convert;
 mod exchange;
 mod finish;
 mod forward;
@@ -125,6 +127,10 @@ struct Conn<S: ClientStream> {
     /// one at a time): taken by `admit`, settled by `finish` after the real usage is counted,
     /// given back if the connection ends first.
     quota: Option<crate::limits::QuotaHold>,
+    /// No request head has arrived yet. A drain closes idle keep-alive connections, but a new
+    /// one still gets its first request answered: its client connected while the listener was
+    /// open (at an upgrade, to the listener this process shares with its successor).
+    fresh: bool,
 }
 
 /// The connection task for a plain-HTTP client. It owns everything its requests touch; when it
@@ -174,6 +180,7 @@ async fn serve<S: ClientStream>(worker: Rc<Worker>, client: S, deadline: Deadlin
         watch: ClientWatch::new(),
         idle_canceller: Canceller::new(),
         quota: None,
+        fresh: true,
     };
     // Storage each exchange borrows for its parsed heads and id, kept across requests.
     let mut scratch = Scratch::default();

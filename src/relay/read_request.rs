@@ -30,8 +30,9 @@ pub enum Next<'s> {
 }
 
 pub async fn next<'s, S: ClientStream>(conn: &mut Conn<S>, scratch: &'s mut Scratch) -> Next<'s> {
-    if conn.w.drain.is_draining() && conn.rbuf.is_empty() {
-        // Shutdown: no new request is waited for; one already pipelined is still answered.
+    if conn.w.drain.is_draining() && conn.rbuf.is_empty() && !conn.fresh {
+        // Shutdown: no new request is waited for; one already pipelined is still answered,
+        // and so is a new connection's first.
         return Next::Closed;
     }
     let refusal = match read_head(conn, &mut scratch.head).await {
@@ -39,6 +40,7 @@ pub async fn next<'s, S: ClientStream>(conn: &mut Conn<S>, scratch: &'s mut Scra
         Err(None) => return Next::Closed,
         Err(Some(error)) => Some(error),
     };
+    conn.fresh = false;
     let start = conn.deadline.now();
     let mut ex = Exchange::new(scratch, start);
     if let Some(error) = refusal {
@@ -69,6 +71,20 @@ pub async fn next<'s, S: ClientStream>(conn: &mut Conn<S>, scratch: &'s mut Scra
     }
     Next::Request(ex)
 }
+
+/// What ended a wait for the next request's first bytes.
+enum Woke {
+    /// The socket is readable (true), or failed or stays silent (false).
+    Readable(bool),
+    /// The phase's deadline passed.
+    Timeout,
+    /// The worker closed it to make room, or because it drains.
+    Shed,
+}
+
+/// How long a connection accepted just before a drain gets for its first request head to
+/// start arriving.
+const FIRST_REQUEST_IN_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `rw-<process start>-<worker>-<sequence>`: unique per process run without coordination.
 fn new_request_id<S: ClientStream>(conn: &Conn<S>, id: &mut Vec<u8>) {
@@ -124,31 +140,43 @@ async fn read_head<S: ClientStream>(
             }
         }
         if conn.rbuf.capacity() == 0 {
-            if phase == Layer::ClientIdle && conn.w.drain.is_draining() {
-                // Shutdown began while this connection sat idle: close it.
-                return Err(None);
-            }
-            // Readiness first: an idle connection holds no read buffer. While it waits it is
-            // on the worker's idle list: at max_connections or the fd limit the worker closes
-            // the longest-idle connections first to make room (worker.rs, IdleConnections).
-            // A TLS session may already hold the next request's bytes: no socket wait then.
-            let ready = if conn.client.has_buffered() {
-                Some(true)
-            } else {
-                let idle = conn.w.idle.enter();
-                let ready = monoio::select! {
+            let woke = if conn.client.has_buffered() {
+                // A TLS session may already hold the next request's bytes: no socket wait.
+                Woke::Readable(true)
+            } else if phase == Layer::ClientIdle && conn.w.drain.is_draining() {
+                if !conn.fresh {
+                    // Shutdown began while this connection sat idle: close it.
+                    return Err(None);
+                }
+                // A new connection during shutdown: accepted just before the listener closed
+                // (or, at an upgrade, while the successor shares it), its first request is on
+                // its way. Waited for briefly, off the idle list the drain empties.
+                monoio::select! {
                     biased;
-                    r = conn.client.socket().readable(false) => Some(r.is_ok()),
-                    _ = conn.deadline.expired() => None,
-                    _ = idle.shed() => Some(false),
-                };
-                drop(idle);
-                ready
+                    r = conn.client.socket().readable(false) => Woke::Readable(r.is_ok()),
+                    _ = conn.deadline.expired() => Woke::Timeout,
+                    _ = monoio::time::sleep(FIRST_REQUEST_IN_DRAIN) => Woke::Readable(false),
+                }
+            } else {
+                // Readiness first: an idle connection holds no read buffer. While it waits it
+                // is on the worker's idle list: at max_connections or the fd limit the worker
+                // closes the longest-idle connections first to make room (worker.rs,
+                // IdleConnections).
+                let idle = conn.w.idle.enter();
+                monoio::select! {
+                    biased;
+                    r = conn.client.socket().readable(false) => Woke::Readable(r.is_ok()),
+                    _ = conn.deadline.expired() => Woke::Timeout,
+                    _ = idle.shed() => Woke::Shed,
+                }
             };
-            match ready {
-                Some(true) => {}
-                Some(false) => return Err(None),
-                None => return Err(head_timeout(conn, phase)),
+            match woke {
+                Woke::Readable(true) => {}
+                // Shed by a drain that began during the wait: a new connection waits on as
+                // above.
+                Woke::Shed if conn.fresh && conn.w.drain.is_draining() => continue,
+                Woke::Readable(false) | Woke::Shed => return Err(None),
+                Woke::Timeout => return Err(head_timeout(conn, phase)),
             }
             conn.rbuf = conn.w.bufs.take();
         }

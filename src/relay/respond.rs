@@ -6,8 +6,9 @@
 //! Owns: the client response head for an upstream answer (hop-by-hop headers dropped, the
 //! upstream's `x-request-id` renamed, channel keys masked), reading the upstream body under
 //! `stream_idle`, usage scanning, and deciding whether the upstream connection ended clean
-//! enough to be pooled (`finish` pools it). Conversion between dialects will plug in here,
-//! as a response plan of the channel's adapter.
+//! enough to be pooled (`finish` pools it). The 2xx answer of a channel of the other dialect
+//! is converted back ([`super::convert`]); an upstream error is read by the channel's adapter
+//! and answered in the client's dialect, whichever the channel spoke.
 //!
 //! Error handling: after the head went out an error can only cut the answer (`Halt::Close`)
 //! or, for a stream, end it with an SSE `error` event. Must not: retry or pick channels.
@@ -19,6 +20,7 @@ use crate::deadline::Layer;
 use crate::error::RelayError;
 use crate::monitor::bump;
 use crate::provider::{self, ResponsePlan};
+use crate::reload::Generation;
 use crate::upstream::UpConn;
 use crate::wire::{self, BodyKind, ResponseHead};
 
@@ -37,12 +39,16 @@ pub async fn operations<S: ClientStream>(conn: &mut Conn<S>, ex: &mut Exchange<'
         Endpoint::Health => {
             // 503 until the whole process is up, so a health check never passes a relay
             // whose other workers are still starting.
-            let (ready, body) = w.monitor.health();
+            let newest = crate::reload::newest_published();
+            let serving = newest.as_deref().map(Generation::serving);
+            let (ready, body) = w.monitor.health(serving.as_ref());
             let status = if ready { 200 } else { 503 };
             respond(conn, ex, status, b"application/json", &body, &[]).await
         }
         Endpoint::Metrics => {
-            let body = w.monitor.metrics_text();
+            let newest = crate::reload::newest_published();
+            let serving = newest.as_deref().map(Generation::serving);
+            let body = w.monitor.metrics_text(serving.as_ref());
             let ct = b"text/plain; version=0.0.4";
             respond(conn, ex, 200, ct, &body, &[]).await
         }
@@ -124,6 +130,11 @@ pub async fn relay<S: ClientStream>(
     }
     if ex.resp.status >= 400 {
         return upstream_error(conn, ex, upconn, ubuf, channel, &t).await;
+    }
+    if let Some(how) = ex.converted {
+        let (flow, clean) =
+            super::convert::relay_converted(conn, ex, &mut upconn, ubuf, &t, how).await?;
+        return Ok((flow, clean.then_some(upconn)));
     }
     let (flow, clean) = match ex.resp.body {
         BodyKind::None => relay_fixed(conn, ex, &mut upconn, ubuf, 0, channel, &t).await?,

@@ -4,10 +4,12 @@
 //! Owns: finding `model` in the body without building a JSON tree (the body goes upstream
 //! byte for byte), the token's model allow-list, and the candidate list
 //! ([`Candidates`](crate::route::Candidates), priority tiers then weight) among the channels
-//! of the provider the endpoint speaks (Anthropic channels for `/v1/messages*`,
-//! OpenAI-compatible ones for the rest).
+//! that can serve the endpoint (`RelayKind::served_by`): chat completions and `/v1/messages`
+//! on channels of either provider — converted when the channel speaks the other dialect —,
+//! `count_tokens` on Anthropic channels only, the other OpenAI endpoints on OpenAI-compatible
+//! ones.
 //! Error handling: 400 `missing_model` / `invalid_json`, 403 `model_not_allowed`, 404
-//! `model_not_found` (also when only channels of the other provider serve the model), 503
+//! `model_not_found` (also when only channels the endpoint cannot use serve the model), 503
 //! `no_healthy_channel` (every channel serving the model is cooling down or out of keys).
 //! Must not: allocate on the passthrough path, or contact an upstream.
 
@@ -16,7 +18,7 @@ use crate::error::RelayError;
 use crate::provider;
 use crate::route::{Candidates, RouteError};
 
-use super::exchange::{Endpoint, Exchange};
+use super::exchange::{Endpoint, Exchange, RelayKind};
 use super::{Conn, Halt};
 use crate::tls_server::ClientStream;
 
@@ -39,11 +41,16 @@ pub fn route<S: ClientStream>(
         return Err(RelayError::invalid_json("model is not valid UTF-8").into());
     };
     let token = ex.token.expect("admit authenticated the token");
-    let provider = match ex.endpoint {
-        Endpoint::Relay(kind) => kind.provider(),
-        _ => Provider::OpenAi,
+    let kind = match ex.endpoint {
+        Endpoint::Relay(kind) => kind,
+        _ => RelayKind::ChatCompletions,
     };
-    let candidates = match w.router.candidates(token, &model, provider, &w.route_state) {
+    let provider = kind.provider();
+    let served_by = |p: Provider| kind.served_by(p);
+    let candidates = match w
+        .router
+        .candidates(token, &model, served_by, &w.route_state)
+    {
         Ok(c) => c,
         Err(RouteError::ModelNotAllowed) => {
             return Err(RelayError::model_not_allowed(&model).into())
@@ -61,7 +68,8 @@ pub fn route<S: ClientStream>(
     ex.model_name.clear();
     ex.model_name.push_str(&model);
     ex.model = Some(field);
-    // The splice asks an OpenAI stream for its usage; Anthropic streams report it unasked.
+    // The splice asks an OpenAI stream for its usage; Anthropic streams report it unasked (and
+    // a converted request asks for it in its conversion).
     ex.usage_splice = usage_splice.filter(|_| provider == Provider::OpenAi);
     Ok(candidates)
 }

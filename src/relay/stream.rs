@@ -6,7 +6,9 @@
 //! without a copy, the `sse_coalesce` hold (never before the first event, never after a read
 //! that filled the buffer, off for good once a hold gathered a whole buffer — a bulk stream),
 //! the quiet-stream handling (no buffer held while an SSE stream is idle; the client watched),
-//! and the end of a stream: the last chunk, or an SSE `error` event then the last chunk.
+//! and the end of a stream: the last chunk, or an SSE `error` event then the last chunk. Usage
+//! is read from every read (an Anthropic stream's whole events at a time, so a report a read
+//! boundary cuts is not misread: `provider::UsageCarry`).
 //!
 //! Error handling: after the head, an upstream failure or timeout becomes an SSE `error`
 //! event (`upstream_reset`, `upstream_closed`, `bad_upstream_response`, `<layer>_timeout`)
@@ -34,11 +36,11 @@ use super::{Conn, Flow, Halt};
 use crate::tls_server::ClientStream;
 
 /// Bytes reserved at the end of a stream buffer for `\r\n` plus the last chunk.
-const STREAM_TAILROOM: usize = 2 + wire::LAST_CHUNK.len();
+pub(super) const STREAM_TAILROOM: usize = 2 + wire::LAST_CHUNK.len();
 
 /// What one wait for upstream body bytes came to.
 /// Each buffer comes back with the bytes held back by the usage-event filter still in front.
-enum StreamRead {
+pub(super) enum StreamRead {
     Data(Vec<u8>),
     Eof(Vec<u8>),
     Failed(Vec<u8>, std::io::Error),
@@ -108,6 +110,10 @@ pub async fn relay_stream<S: ClientStream>(
     // `ubuf[CHUNK_HEADROOM..]` for the next read.
     let mut usage_events = event_stream.then(|| UsageEvents::new(ex.usage_splice.is_some()));
     let mut held = 0usize;
+    // An Anthropic stream reports usage inside events a read may split: read whole events.
+    let mut usage_carry = (event_stream
+        && ex.endpoint.dialect() == crate::error::Dialect::Anthropic)
+        .then(crate::provider::UsageCarry::new);
     // One per stream: monoio's canceller allocates, so it is not made per chunk.
     let mut canceller = Canceller::new();
     let mut tail: [u8; 2] = [b'\n', b'\n'];
@@ -149,7 +155,14 @@ pub async fn relay_stream<S: ClientStream>(
         }
         let data_len = write_at - CHUNK_HEADROOM;
         if data_len > 0 {
-            note_usage(ex, &ubuf[CHUNK_HEADROOM..write_at]);
+            let data = &ubuf[CHUNK_HEADROOM..write_at];
+            match usage_carry.as_mut() {
+                Some(carry) => {
+                    ex.usage = carry.scan(ex.usage, data);
+                    ex.content_bytes += crate::provider::content_bytes(data);
+                }
+                None => note_usage(ex, data),
+            }
         }
         if data_len > 0 || upstream_done {
             let mut start = CHUNK_HEADROOM;
@@ -284,7 +297,7 @@ pub async fn relay_stream<S: ClientStream>(
 /// gather in the socket first: a token stream then costs one read and one write per few
 /// chunks instead of per chunk, and streams whose holds end in the same wheel tick are served
 /// in one wake-up. Chunks further apart than `hold` are not delayed at all.
-async fn read_stream<S: ClientStream>(
+pub(super) async fn read_stream<S: ClientStream>(
     conn: &mut Conn<S>,
     upconn: &mut UpConn,
     mut ubuf: Vec<u8>,
@@ -415,9 +428,22 @@ async fn end_with_error<S: ClientStream>(
     buf.extend_from_slice(b"event: error\ndata: ");
     error.render_as(ex.endpoint.dialect(), &mut buf);
     buf.extend_from_slice(b"\n\n");
+    write_last_chunk(conn, ex, buf).await
+}
+
+/// Frames what follows `CHUNK_HEADROOM` in `buf` (the stream's last bytes; none is fine) as one
+/// chunk, adds the terminating chunk, writes it all and ends the exchange as completed.
+pub(super) async fn write_last_chunk<S: ClientStream>(
+    conn: &mut Conn<S>,
+    ex: &mut Exchange<'_>,
+    mut buf: Vec<u8>,
+) -> Result<(Flow, bool), Halt> {
     let data_len = buf.len() - CHUNK_HEADROOM;
-    let start = wire::write_chunk_header_before(&mut buf, CHUNK_HEADROOM, data_len);
-    buf.extend_from_slice(b"\r\n");
+    let mut start = CHUNK_HEADROOM;
+    if data_len > 0 {
+        start = wire::write_chunk_header_before(&mut buf, CHUNK_HEADROOM, data_len);
+        buf.extend_from_slice(b"\r\n");
+    }
     buf.extend_from_slice(wire::LAST_CHUNK);
     conn.deadline
         .arm_unclamped(Layer::ClientIdle, conn.w.config.timeouts[Layer::ClientIdle]);

@@ -524,3 +524,51 @@ fn anthropic_channels_and_their_version() {
         "provider = \"anthropic\" channels only",
     );
 }
+
+#[test]
+fn max_sse_event_bytes_and_default_max_tokens() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.server.max_sse_event_bytes, 1 << 20);
+    let c = parse_ok(&format!("[server]\nmax_sse_event_bytes = 65536\n{MINIMAL}"));
+    assert_eq!(c.server.max_sse_event_bytes, 65536);
+    assert!(c.summary().contains("max_sse_event_bytes 65536"));
+    let e = parse_err(&format!("[server]\nmax_sse_event_bytes = 100\n{MINIMAL}"));
+    assert_err(&e, 2, "server.max_sse_event_bytes", ">= 4096");
+    let e = parse_err(&format!(
+        "[server]\nmax_sse_event_bytes = 2000000000\n{MINIMAL}"
+    ));
+    assert_err(&e, 2, "server.max_sse_event_bytes", "at most 1073741824");
+    let e = parse_err(&format!(
+        "[server]\nmax_sse_event_bytes = \"1MiB\"\n{MINIMAL}"
+    ));
+    assert_err(&e, 2, "server.max_sse_event_bytes", "integer");
+
+    let anthropic = MINIMAL.replace("provider = \"openai\"", "provider = \"anthropic\"");
+    assert_eq!(
+        parse_ok(&anthropic).channels[0].default_max_tokens,
+        crate::config::DEFAULT_MAX_TOKENS
+    );
+    let set = anthropic.replace(
+        "models = [\"*\"]\n\n",
+        "models = [\"*\"]\ndefault_max_tokens = 2048\n",
+    );
+    let c = parse_ok(&set);
+    assert_eq!(c.channels[0].default_max_tokens, 2048);
+    assert!(
+        c.summary().contains("default_max_tokens 2048"),
+        "{}",
+        c.summary()
+    );
+    let e = parse_err(&set.replace("2048", "0"));
+    assert_err(&e, 7, "channels[0].default_max_tokens", ">= 1");
+    let e = parse_err(&MINIMAL.replace(
+        "models = [\"*\"]\n\n",
+        "models = [\"*\"]\ndefault_max_tokens = 2048\n",
+    ));
+    assert_err(
+        &e,
+        7,
+        "channels[0].default_max_tokens",
+        "provider = \"anthropic\" channels only",
+    );
+}

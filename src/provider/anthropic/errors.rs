@@ -1,12 +1,12 @@
 //! Anthropic's error shape, both ways.
 //!
-//! Owns: the table between HTTP statuses and Anthropic's error `type`s (as Anthropic documents
-//! them: 400 `invalid_request_error` — also used for other 4xx —, 401 `authentication_error`,
+//! Owns: the table from Anthropic's error `type`s to HTTP statuses (the reverse table, from a
+//! status to a `type`, is `error`'s, which renders the relay's own errors in both dialects; as
+//! Anthropic documents them: 400 `invalid_request_error` — also used for other 4xx —, 401 `authentication_error`,
 //! 402 `billing_error`, 403 `permission_error`, 404 `not_found_error`, 413 `request_too_large`,
 //! 429 `rate_limit_error`, 500 `api_error`, 504 `timeout_error`, 529 `overloaded_error`; a 503
-//! — ringway's own `overloaded` — is `overloaded_error`, other 5xx `api_error`), rendering a
-//! [`RelayError`] as `{"type":"error","error":{"type":..,"message":..}}` (as a body or as an SSE
-//! `error` event), and reading an Anthropic error body or event into a [`RelayError`].
+//! — ringway's own `overloaded` — is `overloaded_error`, other 5xx `api_error`), writing a
+//! [`RelayError`] as an SSE `error` event (the body itself is rendered by `error`), and reading an Anthropic error body or event into a [`RelayError`].
 //!
 //! The status itself is never changed by a conversion: the anthropic SDK picks its typed
 //! exception by status (400 `BadRequestError` … 529 `OverloadedError`), the openai SDK too.
@@ -16,24 +16,9 @@
 
 use serde_json::Value;
 
-use crate::error::{json_string, RelayError};
+pub use crate::error::anthropic_error_type as error_type_for_status;
+use crate::error::{Dialect, RelayError};
 use crate::provider::sse_parser;
-
-/// Anthropic's error `type` for an HTTP status.
-pub fn error_type_for_status(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        504 => "timeout_error",
-        400..=499 => "invalid_request_error",
-        _ => "api_error",
-    }
-}
 
 /// The HTTP status an Anthropic error `type` stands for (an `error` event in a stream has no
 /// status of its own). Unknown types are 500.
@@ -52,20 +37,10 @@ pub fn status_for_error_type(kind: &str) -> u16 {
     }
 }
 
-/// `error` as Anthropic's error body: `{"type":"error","error":{"type":..,"message":..}}`, the
-/// type chosen by the error's status.
-pub fn render(error: &RelayError, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":");
-    json_string(out, error_type_for_status(error.status));
-    out.extend_from_slice(b",\"message\":");
-    json_string(out, &error.message);
-    out.extend_from_slice(b"}}");
-}
-
 /// `error` as the `event: error` that ends an Anthropic-dialect stream.
 pub fn write_sse_error(error: &RelayError, out: &mut Vec<u8>) {
     let mut body = Vec::with_capacity(96 + error.message.len());
-    render(error, &mut body);
+    error.render_as(Dialect::Anthropic, &mut body);
     sse_parser::write_event(out, "error", &body);
 }
 
@@ -136,7 +111,7 @@ pub fn stream_error(data: &[u8]) -> RelayError {
 pub fn openai_error_to_anthropic(status: u16, body: &[u8], truncated: bool) -> Vec<u8> {
     let e = crate::provider::openai::normalise_error(status, body, truncated, None);
     let mut out = Vec::with_capacity(64 + e.message.len());
-    render(&e, &mut out);
+    e.render_as(Dialect::Anthropic, &mut out);
     out
 }
 
@@ -196,7 +171,7 @@ mod tests {
     #[test]
     fn renders_the_relays_errors_in_anthropic_shape() {
         let mut out = Vec::new();
-        render(&RelayError::model_not_found("claude-x"), &mut out);
+        RelayError::model_not_found("claude-x").render_as(Dialect::Anthropic, &mut out);
         let v = parse(&out);
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "not_found_error");
