@@ -50,7 +50,7 @@ impl BufPool {
         }
     }
 
-    #[cfg(test)]
+    /// Free buffers kept for reuse right now (published to health by the worker's janitor).
     pub fn idle(&self) -> usize {
         self.free.borrow().len()
     }

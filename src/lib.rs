@@ -22,6 +22,7 @@
 //! | `error`    | the one error type, rendered in one place |
 //! | `wire`     | HTTP/1.1 framing on httparse: heads, chunked bodies, writers |
 //! | `upstream` | connecting (DNS, TCP, TLS), the per-worker pool, per-channel runtime |
+//! | `tls_server` | TLS for clients (`[server.tls]`): the rustls server config, the TLS client stream |
 //! | `deadline` | a request's layered timeouts on one wheel timer |
 //! | `wheel`    | the per-worker hierarchical timing wheel |
 //! | `route`    | token auth, candidate channels, `/v1/models` |
@@ -64,6 +65,7 @@ mod server;
 mod signals;
 mod state;
 mod takeover;
+mod tls_server;
 mod top;
 mod upstream;
 mod wheel;

@@ -33,6 +33,22 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// How many observations each bucket holds (the last: over the largest bound), and their
+    /// sum in microseconds, summed over `parts` (one histogram per worker).
+    pub fn merged<'a>(
+        parts: impl Iterator<Item = &'a Histogram>,
+    ) -> ([u64; LATENCY_BOUNDS.len() + 1], u64) {
+        let mut buckets = [0u64; LATENCY_BOUNDS.len() + 1];
+        let mut sum = 0u64;
+        for h in parts {
+            for (total, b) in buckets.iter_mut().zip(&h.buckets) {
+                *total += b.load(Relaxed);
+            }
+            sum += h.sum_micros.load(Relaxed);
+        }
+        (buckets, sum)
+    }
+
     #[inline]
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
@@ -43,6 +59,40 @@ impl Histogram {
         bump(&self.buckets[i]);
         add(&self.sum_micros, d.as_micros() as u64);
     }
+}
+
+/// One channel's upstream latency, per worker: from the moment the request was sent upstream
+/// (the connection ready) to the response head (`head`), and to the end of the response as
+/// relayed (`total`; for a stream, its whole length). Only the channel whose answer went to
+/// the client is counted; failed-over attempts are in `channel_attempts`.
+#[derive(Default)]
+pub struct ChannelLatency {
+    pub head: Histogram,
+    pub total: Histogram,
+}
+
+/// The `q` quantile (0..1) of a histogram's observations, in seconds, estimated as Prometheus'
+/// `histogram_quantile` does: linear within the bucket it falls in (observations over the
+/// largest bound count as that bound). None without observations.
+pub fn quantile(buckets: &[u64; LATENCY_BOUNDS.len() + 1], q: f64) -> Option<f64> {
+    let count: u64 = buckets.iter().sum();
+    if count == 0 {
+        return None;
+    }
+    let rank = q * count as f64;
+    let mut below = 0u64;
+    for (i, &n) in buckets.iter().enumerate() {
+        if n > 0 && (below + n) as f64 >= rank {
+            let Some(&upper) = LATENCY_BOUNDS.get(i) else {
+                return LATENCY_BOUNDS.last().copied();
+            };
+            let lower = if i == 0 { 0.0 } else { LATENCY_BOUNDS[i - 1] };
+            let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+            return Some(lower + (upper - lower) * within);
+        }
+        below += n;
+    }
+    LATENCY_BOUNDS.last().copied()
 }
 
 /// Upstream error statuses are counted per exact status in this range; others go to `other`.
@@ -56,6 +106,9 @@ pub struct WorkerStats {
     pub client_connections: AtomicU64,
     pub upstream_active: AtomicU64,
     pub upstream_idle: AtomicU64,
+    /// Free IO buffers the worker keeps for reuse (at most 256 of 16 KiB), as of the janitor's
+    /// last pass (once a second).
+    pub io_buffers_idle: AtomicU64,
     pub upstream_connects: AtomicU64,
     pub upstream_reused: AtomicU64,
     /// Parked connections closed instead of lent: bytes or a close were waiting on them.
@@ -89,8 +142,15 @@ pub struct WorkerStats {
     pub channel_usage: Vec<[AtomicU64; 3]>,
     /// Per channel: [upstream attempts, of them failed over or failed].
     pub channel_attempts: Vec<[AtomicU64; 2]>,
+    /// Per channel: upstream latency of the requests it answered (see [`ChannelLatency`]).
+    pub channel_latency: Vec<ChannelLatency>,
     /// Requests refused 429 `quota_exhausted` by a token's `quota_tokens`.
     pub quota_exhausted: AtomicU64,
+    /// `[server.tls]` handshakes: completed, failed (an error or alert, a plain-HTTP client,
+    /// a close), and cut by `client_header`.
+    pub client_tls_handshakes: AtomicU64,
+    pub client_tls_failed: AtomicU64,
+    pub client_tls_timeouts: AtomicU64,
 }
 
 impl WorkerStats {
@@ -99,6 +159,7 @@ impl WorkerStats {
             token_usage: (0..tokens).map(|_| Default::default()).collect(),
             channel_usage: (0..channels).map(|_| Default::default()).collect(),
             channel_attempts: (0..channels).map(|_| Default::default()).collect(),
+            channel_latency: (0..channels).map(|_| Default::default()).collect(),
             ..WorkerStats::default()
         }
     }
@@ -110,6 +171,16 @@ impl WorkerStats {
             if failed {
                 bump(&row[1]);
             }
+        }
+    }
+
+    /// The upstream latency of a request `channel` answered: `head` from sending to the
+    /// response head, `total` to the end of the response.
+    #[inline]
+    pub fn observe_channel(&self, channel: usize, head: Duration, total: Duration) {
+        if let Some(l) = self.channel_latency.get(channel) {
+            l.head.observe(head);
+            l.total.observe(total);
         }
     }
 
@@ -134,11 +205,13 @@ impl Default for WorkerStats {
             token_usage: Vec::new(),
             channel_usage: Vec::new(),
             channel_attempts: Vec::new(),
+            channel_latency: Vec::new(),
             io_driver: AtomicU8::new(0),
             inflight: AtomicU64::new(0),
             client_connections: AtomicU64::new(0),
             upstream_active: AtomicU64::new(0),
             upstream_idle: AtomicU64::new(0),
+            io_buffers_idle: AtomicU64::new(0),
             upstream_connects: AtomicU64::new(0),
             upstream_reused: AtomicU64::new(0),
             upstream_unclean: AtomicU64::new(0),
@@ -159,6 +232,9 @@ impl Default for WorkerStats {
             latency_total: Histogram::default(),
             latency_ttfb: Histogram::default(),
             quota_exhausted: AtomicU64::new(0),
+            client_tls_handshakes: AtomicU64::new(0),
+            client_tls_failed: AtomicU64::new(0),
+            client_tls_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -222,6 +298,8 @@ pub struct Serving<'a> {
     pub config: &'a Config,
     pub health: &'a Health,
     pub limits: &'a Limits,
+    /// Each configured channel's row in the per-channel counters (by position in `config`).
+    pub channel_rows: &'a [usize],
 }
 
 pub struct Monitor {
@@ -396,6 +474,7 @@ impl Monitor {
             "upstream_connections_idle".into(),
             s(&|x| &x.upstream_idle).into(),
         );
+        m.insert("io_buffers_idle".into(), s(&|x| &x.io_buffers_idle).into());
         m.insert(
             "upstream_connects".into(),
             s(&|x| &x.upstream_connects).into(),
@@ -424,6 +503,11 @@ impl Monitor {
         );
         m.insert("idle_connections_shed".into(), s(&|x| &x.idle_shed).into());
         m.insert("accept_errors".into(), s(&|x| &x.accept_errors).into());
+        let mut tls = serde_json::Map::new();
+        tls.insert("handshakes".into(), s(&|x| &x.client_tls_handshakes).into());
+        tls.insert("failed".into(), s(&|x| &x.client_tls_failed).into());
+        tls.insert("timeouts".into(), s(&|x| &x.client_tls_timeouts).into());
+        m.insert("client_tls".into(), tls.into());
         m.insert("tasks_pending".into(), 0u64.into());
         let mut t = serde_json::Map::new();
         for l in HEALTH_TIMEOUT_LAYERS {
@@ -485,11 +569,50 @@ impl Monitor {
         self.quota_json(&mut m, serving);
         if let Some(g) = serving {
             let names: Vec<String> = g.config.channels.iter().map(|c| c.name.clone()).collect();
-            let channels: Vec<serde_json::Value> =
-                g.health.snapshot(&names).iter().map(|c| c.json()).collect();
+            let channels: Vec<serde_json::Value> = g
+                .health
+                .snapshot(&names)
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let mut v = c.json();
+                    let row = g.channel_rows.get(i).copied().unwrap_or(usize::MAX);
+                    v["latency_ms"] = self.channel_latency_json(row);
+                    v
+                })
+                .collect();
             m.insert("channels".into(), channels.into());
         }
         serde_json::to_vec(&serde_json::Value::Object(m)).unwrap_or_default()
+    }
+
+    /// A channel's `latency_ms` in health: requests answered, mean, p50 and p90 of the time
+    /// to the response head and of the whole upstream response, over the life of the process,
+    /// the percentiles estimated from the histogram buckets (`null` before any request).
+    fn channel_latency_json(&self, row: usize) -> serde_json::Value {
+        let merged = |f: fn(&ChannelLatency) -> &Histogram| {
+            Histogram::merged(
+                self.workers
+                    .iter()
+                    .filter_map(|w| w.channel_latency.get(row))
+                    .map(f),
+            )
+        };
+        let (head, head_sum) = merged(|l| &l.head);
+        let (total, total_sum) = merged(|l| &l.total);
+        let count: u64 = head.iter().sum();
+        let ms = |v: Option<f64>| v.map(|s| (s * 1e6).round() / 1e3);
+        // Microseconds summed: the mean in ms to the microsecond.
+        let mean = |sum: u64| (count > 0).then(|| (sum as f64 / count as f64).round() / 1e3);
+        serde_json::json!({
+            "requests": count,
+            "head_mean": mean(head_sum),
+            "head_p50": ms(quantile(&head, 0.5)),
+            "head_p90": ms(quantile(&head, 0.9)),
+            "total_mean": mean(total_sum),
+            "total_p50": ms(quantile(&total, 0.5)),
+            "total_p90": ms(quantile(&total, 0.9)),
+        })
     }
 
     /// Health's `tokens` array (name, `quota_tokens` or null, `quota_used`, `quota_reserved`)

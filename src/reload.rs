@@ -19,7 +19,12 @@
 //! restart, and is reported as such when it changed: `server.listen`, `server.workers`,
 //! `server.busy_poll`, `[log] access`, `timeouts.pool_idle`, `server.responses_ids` and the `[monitor]` thresholds.
 //!
+//! `[server.tls]`: the certificate and key files are read again by every reload, so a renewed
+//! certificate (same paths, new files, or new paths) serves the connections accepted after
+//! it; connections already open keep the one they were accepted with.
+//!
 //! Error handling: a config that does not load, changes `listen`, `workers` or `state_dir`,
+//! turns `[server.tls]` on or off,
 //! adds more new token names than the usage book has room for, or names a
 //! `ca_file` that no longer reads is refused with one ERROR line; the old config keeps
 //! serving. Must not: block a worker — the file is read and the tables built on the thread
@@ -66,6 +71,7 @@ impl Generation {
             config: &self.config,
             health: &self.router.health,
             limits: &self.limits,
+            channel_rows: self.router.channel_rows(),
         }
     }
 }
@@ -171,6 +177,17 @@ fn refuse_unreloadable(old: &Config, new: &Config) -> Result<(), String> {
         return Err(format!(
             "server.listen changed ({} to {}): that needs a restart",
             old.server.listen_text, new.server.listen_text
+        ));
+    }
+    if old.server.tls.is_some() != new.server.tls.is_some() {
+        let (from, to) = if new.server.tls.is_some() {
+            ("plain HTTP", "TLS")
+        } else {
+            ("TLS", "plain HTTP")
+        };
+        return Err(format!(
+            "[server.tls] changed the listener from {from} to {to}: that needs a restart \
+             (a renewed certificate or key under [server.tls] is picked up by a reload)"
         ));
     }
     if old.server.state_dir != new.server.state_dir {

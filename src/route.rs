@@ -247,6 +247,11 @@ impl Router {
         self.token_rows.get(token).copied().unwrap_or(usize::MAX)
     }
 
+    /// Every channel's row in the monitor's per-channel counters, by position.
+    pub fn channel_rows(&self) -> &[usize] {
+        &self.channel_rows
+    }
+
     /// `channel`'s row in the monitor's per-channel counters.
     #[inline]
     pub fn channel_row(&self, channel: usize) -> usize {

@@ -434,15 +434,18 @@ impl Drop for Terminal {
 /// and one per key that is out of rotation (its position and masked tail, never the key).
 fn channel_lines(channels: &[serde_json::Value]) -> String {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
-    let mut out = String::from("channels  state / reason / cooldown left / since\n");
+    let mut out = String::from(
+        "channels  state / upstream latency p50/p90 (head, total) / cooldown left / reason / since\n",
+    );
     for c in channels {
         let left = c["cooldown_remaining_ms"].as_u64().unwrap_or(0);
         out.push_str(&format!(
-            "  {:<20} {:<10} {:<28} {:>7.1}s  {}\n",
+            "  {:<20} {:<10} {:<34} {:>6.1}s  {:<28} {}\n",
             text(&c["name"]),
             text(&c["state"]),
-            text(&c["reason"]),
+            latency(&c["latency_ms"]),
             left as f64 / 1000.0,
+            text(&c["reason"]),
             text(&c["since"])
         ));
         for k in c["keys"].as_array().into_iter().flatten() {
@@ -459,6 +462,28 @@ fn channel_lines(channels: &[serde_json::Value]) -> String {
         }
     }
     out
+}
+
+/// A channel's `latency_ms` from health, short: `head 12/40ms total 1.2/3.4s n=57`, or
+/// `-` before its first answered request.
+fn latency(l: &serde_json::Value) -> String {
+    let requests = l["requests"].as_u64().unwrap_or(0);
+    if requests == 0 {
+        return "-".into();
+    }
+    let pair = |p50: &serde_json::Value, p90: &serde_json::Value| {
+        let (a, b) = (p50.as_f64().unwrap_or(0.0), p90.as_f64().unwrap_or(0.0));
+        if b >= 1000.0 {
+            format!("{:.1}/{:.1}s", a / 1000.0, b / 1000.0)
+        } else {
+            format!("{a:.0}/{b:.0}ms")
+        }
+    };
+    format!(
+        "head {} total {} n={requests}",
+        pair(&l["head_p50"], &l["head_p90"]),
+        pair(&l["total_p50"], &l["total_p90"])
+    )
 }
 
 #[cfg(test)]
@@ -528,11 +553,27 @@ mod tests {
         }]});
         let text = super::channel_lines(h["channels"].as_array().unwrap());
         assert!(text.contains("openai") && text.contains("cooling") && text.contains("2.5s"));
+        assert!(
+            text.contains(" - "),
+            "no latency before any request: {text}"
+        );
         assert!(text.contains("key #2 ...2222") && text.contains("status 401"));
         assert!(
             !text.contains("#1"),
             "keys in rotation are not listed: {text}"
         );
+    }
+
+    #[test]
+    fn channel_lines_show_latency_percentiles() {
+        let h = serde_json::json!({"channels": [{
+            "name": "fast", "state": "healthy", "reason": null, "since": null,
+            "cooldown_remaining_ms": 0, "keys": [],
+            "latency_ms": {"requests": 57, "head_mean": 15.2, "head_p50": 12.4, "head_p90": 40.0,
+                           "total_mean": 2000.0, "total_p50": 1200.0, "total_p90": 3400.0}
+        }]});
+        let text = super::channel_lines(h["channels"].as_array().unwrap());
+        assert!(text.contains("head 12/40ms total 1.2/3.4s n=57"), "{text}");
     }
 
     #[test]

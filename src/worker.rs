@@ -8,6 +8,10 @@
 //! handed over: `takeover`); the per-worker state is `context`'s; idle connections are
 //! registered in `idle`.
 //!
+//! With `[server.tls]` each accepted connection's task begins with the TLS handshake (see
+//! `relay::serve_tls_connection`), served the certificate of the config generation the worker
+//! holds when it accepts.
+//!
 //! The accept loop's rules (docs/connections.md): a worker holds at most its share of
 //! `max_connections`; at the bound, or when `accept` fails for want of file descriptors, it
 //! closes its longest-idle keep-alive connections to make room, and only when none is idle does
@@ -280,7 +284,7 @@ async fn serve(
     }
     // The background tasks hold what they use, not the worker: a reload's old generation
     // goes with its last request.
-    monoio::spawn(janitor(worker.upstreams.pool.clone()));
+    monoio::spawn(janitor(worker.upstreams.pool.clone(), worker.bufs.clone()));
     if let Some(log) = &worker.access_log {
         monoio::spawn(access_log_flusher(log.clone()));
     }
@@ -342,10 +346,20 @@ async fn serve(
                 let w = worker.clone();
                 // The connection task is the only task a request ever gets: it owns the client
                 // socket, its buffers and its timer, and everything is released when it ends.
-                monoio::spawn(async move {
-                    let _slot = slot;
-                    crate::relay::serve_connection(w, stream).await
-                });
+                // With `[server.tls]` it serves the certificate of the config that accepted it.
+                match &worker.config.server.tls {
+                    None => drop(monoio::spawn(async move {
+                        let _slot = slot;
+                        crate::relay::serve_connection(w, stream).await
+                    })),
+                    Some(tls) => {
+                        let tls = tls.server.clone();
+                        drop(monoio::spawn(async move {
+                            let _slot = slot;
+                            crate::relay::serve_tls_connection(w, stream, tls).await
+                        }))
+                    }
+                }
             }
             Err(e) => {
                 let pause = admission.accept_failed(&worker, listener.as_raw_fd(), &e);
@@ -633,15 +647,21 @@ async fn access_log_flusher(log: Rc<AccessLog>) {
     }
 }
 
-/// Closes idle upstream connections past `pool_idle`, once a second.
-async fn janitor(pool: Rc<crate::upstream::Pool>) {
+/// Closes idle upstream connections past `pool_idle`, and publishes how many free IO buffers
+/// the worker keeps (`io_buffers_idle`), once a second.
+async fn janitor(pool: Rc<crate::upstream::Pool>, bufs: Rc<crate::bufpool::BufPool>) {
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
         pool.sweep(Instant::now());
+        pool.stats()
+            .io_buffers_idle
+            .store(bufs.idle() as u64, std::sync::atomic::Ordering::Relaxed);
         // Give memory freed after a burst back to the OS: mimalloc only purges when it runs,
-        // and an idle worker would otherwise keep the burst's pages resident.
+        // and an idle worker would otherwise keep the burst's pages resident. Forced, so the
+        // pages freed by other threads and the segment cache go too (`fault_storm` reads RSS
+        // after this pass).
         // SAFETY: collects this thread's own mimalloc heap; no preconditions.
-        unsafe { libmimalloc_sys::mi_collect(false) };
+        unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
 

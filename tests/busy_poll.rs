@@ -7,7 +7,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,6 +21,14 @@ both_drivers! {
 /// The largest window: a request that had to wait for the window to run out would take at
 /// least this long, twice (its head, then the upstream's answer).
 const WINDOW: &str = r#"busy_poll = "10ms""#;
+
+/// The tests of this file run one at a time: a spinning worker takes a whole core, and the
+/// machine may have two, so a test measuring latency or idle CPU beside another test's spinner
+/// would measure the other test.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn answer(c: &mut Client) -> Response {
     c.read_response_eof_aware()
@@ -55,24 +63,35 @@ fn median_roundtrip(relay: &Relay) -> Duration {
 }
 
 fn requests_are_answered_while_the_worker_spins(driver: Driver) {
+    let _serial = one_at_a_time();
     let mock = Mock::start();
     let spinning = start(driver, &ConfigBuilder::new(mock.addr).server(WINDOW));
     let sleeping = start(driver, &ConfigBuilder::new(mock.addr));
-    // Measured side by side, so a loaded machine slows both alike.
-    let base = median_roundtrip(&sleeping);
-    let spin = median_roundtrip(&spinning);
-    // Each request arrives within the window of the previous one, so the worker is spinning
-    // when its bytes come in. Seen here: about 0.2 ms either way. A spinner that kept the
-    // connection task from running would hold each request until the runtime's next park:
-    // with the once-a-millisecond park that is 3-4 ms more, without it the window, twice
-    // (20 ms more).
-    assert!(
-        spin < base * 2 + Duration::from_millis(1),
-        "median request took {spin:?} with the worker spinning, {base:?} without"
+    // Measured side by side, so a loaded machine slows both alike. Each request arrives within
+    // the window of the previous one, so the worker is spinning when its bytes come in. Seen
+    // here: about 0.2 ms either way. A spinner that kept the connection task from running
+    // would hold each request until the runtime's next park: with the once-a-millisecond park
+    // that is 3-4 ms more, without it the window, twice (20 ms more) — on every attempt. The
+    // spinner takes a whole core, so on a small machine busy with other work the spinning
+    // relay's client and upstream wait for the other core now and then: up to three attempts,
+    // and the test fails only if every one is slow.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let base = median_roundtrip(&sleeping);
+        let spin = median_roundtrip(&spinning);
+        if spin < base * 2 + Duration::from_millis(1) {
+            return;
+        }
+        seen.push(format!("{spin:?} spinning, {base:?} without"));
+    }
+    panic!(
+        "median request slower with the worker spinning on every attempt: {}",
+        seen.join("; ")
     );
 }
 
 fn deadlines_fire_under_continuous_traffic(driver: Driver) {
+    let _serial = one_at_a_time();
     let mock = Mock::start();
     let cfg = ConfigBuilder::new(mock.addr)
         .server(WINDOW)
@@ -118,6 +137,7 @@ fn deadlines_fire_under_continuous_traffic(driver: Driver) {
 }
 
 fn spinning_stops_when_traffic_does(driver: Driver) {
+    let _serial = one_at_a_time();
     let mock = Mock::start();
     let relay = start(driver, &ConfigBuilder::new(mock.addr).server(WINDOW));
     let mut c = relay.client();

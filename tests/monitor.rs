@@ -15,7 +15,9 @@ both_drivers! {
     health_passes_only_once_every_worker_is_up,
     status_and_log_level_follow_thresholds,
     metrics_are_prometheus_text_and_move_with_traffic,
-unanswered_requests_are_not_counted_as_1xx,
+    unanswered_requests_are_not_counted_as_1xx,
+    channel_latency_shows_the_slower_channel,
+    channel_latency_counts_only_the_channel_that_answered,
 }
 
 /// Whole-number counters and gauges every health object and every per-worker object carries.
@@ -579,5 +581,150 @@ fn unanswered_requests_are_not_counted_as_1xx(driver: Driver) {
         m1.get(key).copied().unwrap_or(0.0),
         m0.get(key).copied().unwrap_or(0.0),
         "{key} moved for a request that was never answered"
+    );
+}
+
+/// The `latency_ms` object of channel `name` in a health reading.
+fn channel_latency<'a>(h: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    let c = h["channels"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no channel {name} in {h}"));
+    &c["latency_ms"]
+}
+
+fn ms(l: &serde_json::Value, key: &str) -> f64 {
+    l[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {l}"))
+}
+
+/// Two channels, one answering at once and one whose upstream waits 400 ms before its head:
+/// health's `latency_ms`, the `ringway_channel_upstream_seconds` histogram and
+/// `ringway top --once` (text and JSON) all show the slower one slower.
+fn channel_latency_shows_the_slower_channel(driver: Driver) {
+    let mock = Mock::start();
+    let base = mock.base_url();
+    let relay = ConfigBuilder::new(mock.addr)
+        .without_default_channel()
+        .channel("fast", &base, UPSTREAM_KEY, &["mock-fixed"], "")
+        .channel("slow", &base, UPSTREAM_KEY, &["mock-stall-head-400"], "")
+        .channel("idle", &base, UPSTREAM_KEY, &["never-asked"], "")
+        .start(driver.env());
+    for _ in 0..3 {
+        for model in ["mock-fixed", "mock-stall-head-400"] {
+            let r = relay.roundtrip(&chat(model, false));
+            assert_eq!(r.status, 200, "{model}: {}", r.text());
+        }
+    }
+
+    let h = relay.health();
+    let (fast, slow) = (channel_latency(&h, "fast"), channel_latency(&h, "slow"));
+    assert_eq!(fast["requests"], 3, "{fast}");
+    assert_eq!(slow["requests"], 3, "{slow}");
+    assert!(
+        ms(slow, "head_mean") >= 400.0,
+        "the mock waited 400 ms: {slow}"
+    );
+    assert!(
+        ms(slow, "head_mean") > ms(fast, "head_mean"),
+        "{fast} vs {slow}"
+    );
+    assert!(
+        ms(slow, "head_p50") > ms(fast, "head_p50"),
+        "{fast} vs {slow}"
+    );
+    assert!(
+        ms(slow, "head_p90") > ms(fast, "head_p90"),
+        "{fast} vs {slow}"
+    );
+    assert!(
+        ms(slow, "total_p50") > ms(fast, "total_p50"),
+        "{fast} vs {slow}"
+    );
+    // The 400 ms fall in the (250 ms, 500 ms] bucket: the estimate stays inside it.
+    assert!((250.0..=500.0).contains(&ms(slow, "head_p50")), "{slow}");
+    assert!(ms(slow, "total_mean") >= ms(slow, "head_mean"), "{slow}");
+    let idle = channel_latency(&h, "idle");
+    assert_eq!(idle["requests"], 0, "{idle}");
+    assert!(
+        idle["head_p50"].is_null(),
+        "no estimate without requests: {idle}"
+    );
+
+    let (m, types) = parse_prometheus(&metrics_text(&relay));
+    let name = "ringway_channel_upstream_seconds";
+    assert_eq!(types.get(name).map(String::as_str), Some("histogram"));
+    let sample = |channel: &str, suffix: &str| {
+        let key = format!("{name}_{suffix}{{channel=\"{channel}\",phase=\"head\"}}");
+        *m.get(&key).unwrap_or_else(|| panic!("{key} missing"))
+    };
+    assert_eq!(sample("fast", "count"), 3.0);
+    assert_eq!(sample("slow", "count"), 3.0);
+    assert!(sample("slow", "sum") >= 1.2, "3 × 400 ms");
+    assert!(sample("slow", "sum") > sample("fast", "sum"));
+    let bucket = |channel: &str, le: &str| {
+        let key = format!("{name}_bucket{{channel=\"{channel}\",phase=\"head\",le=\"{le}\"}}");
+        *m.get(&key).unwrap_or_else(|| panic!("{key} missing"))
+    };
+    assert_eq!(bucket("slow", "0.25"), 0.0, "no slow head under 250 ms");
+    assert_eq!(bucket("slow", "+Inf"), 3.0);
+
+    let url = format!("http://{}", relay.addr);
+    let (code, out, err) = run_bin(&["top", &url, "--once", "--json"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let t: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    let (fast, slow) = (channel_latency(&t, "fast"), channel_latency(&t, "slow"));
+    assert!(
+        ms(slow, "head_p50") > ms(fast, "head_p50"),
+        "{fast} vs {slow}"
+    );
+    let (code, out, err) = run_bin(&["top", &url, "--once"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("slow "))
+        .unwrap_or_else(|| panic!("no line for channel slow:\n{out}"));
+    assert!(line.contains("head ") && line.contains(" n=3"), "{line}");
+}
+
+/// A request that fails over from a channel answering 503 to one that cannot be reached: the
+/// first channel's time is not counted (its answer did not go out) and the second one never
+/// answered, so neither has a latency sample.
+fn channel_latency_counts_only_the_channel_that_answered(driver: Driver) {
+    let mock = Mock::start();
+    let model = "mock-status-503";
+    let relay = ConfigBuilder::new(mock.addr)
+        .without_default_channel()
+        .channel(
+            "first",
+            &mock.base_url(),
+            UPSTREAM_KEY,
+            &[model],
+            "priority = 1",
+        )
+        .channel(
+            "unreachable",
+            &format!("http://127.0.0.1:{}", free_port()),
+            UPSTREAM_KEY,
+            &[model],
+            "",
+        )
+        .start(driver.env());
+    let r = relay.roundtrip(&chat(model, false));
+    assert_eq!(
+        r.status,
+        502,
+        "the unreachable channel's error: {}",
+        r.text()
+    );
+    let h = relay.health();
+    assert_eq!(channel_latency(&h, "first")["requests"], 0, "{h}");
+    assert_eq!(channel_latency(&h, "unreachable")["requests"], 0, "{h}");
+    // The attempts were made all the same.
+    let m = metrics_text(&relay);
+    assert!(
+        m.contains(r#"ringway_channel_attempts_total{channel="first",result="failed"} 1"#),
+        "{m}"
     );
 }

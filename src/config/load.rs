@@ -335,6 +335,7 @@ const SERVER_KEYS: &[&str] = &[
     "drain",
     "responses_ids",
     "responses_ttl",
+    "tls",
 ];
 const MONITOR_KEYS: &[&str] = &["log_interval", "warn_inflight", "alert_inflight"];
 pub(super) const CHANNEL_KEYS: &[&str] = &[
@@ -467,6 +468,10 @@ fn read_server(sec: &Section, base_dir: &Path) -> Result<ServerConfig, ConfigErr
                 ttl
             }
             None => d.responses_ttl,
+        },
+        tls: match sec.field("tls") {
+            Some(f) => Some(super::tls::read_tls(&f.table()?, base_dir)?),
+            None => None,
         },
     })
 }

@@ -7,8 +7,8 @@
 //! operator meant (a threshold that can never be reached, a config file other users can read).
 //! They never fail a load; `check-config` prints them and the relay logs them once at start.
 //!
-//! This module must not do IO beyond reading the one file (and its permission bits) and the
-//! PEM files channels name in `ca_file` (resolving a host name written in `server.listen`
+//! This module must not do IO beyond reading the one file (and its permission bits), the
+//! PEM files channels name in `ca_file` and those `[server.tls]` names (resolving a host name written in `server.listen`
 //! through the system resolver is the only other lookup), must not touch the
 //! network, and must never print or embed a secret (upstream keys, client tokens) in an error
 //! message or in [`Config::summary`].
@@ -31,11 +31,13 @@ mod summary;
 mod tests;
 mod timeouts;
 mod timestamp;
+mod tls;
 mod token;
 
 pub use load::{load, parse};
 pub use timeouts::{format_duration, parse_duration, ChannelTimeouts, Layer, Timeouts};
 pub use timestamp::format_rfc3339;
+pub use tls::ClientTls;
 
 /// A validated configuration. Build it with [`load`], [`parse`] or [`parse_with_env`].
 #[derive(Clone, Debug)]
@@ -102,6 +104,8 @@ pub struct ServerConfig {
     pub responses_ids: usize,
     /// How long a Responses API id stays routable after its response was created.
     pub responses_ttl: Duration,
+    /// `[server.tls]`: clients speak TLS (HTTP/1.1 inside); `None`: plain HTTP.
+    pub tls: Option<ClientTls>,
 }
 
 impl ServerConfig {
@@ -362,6 +366,7 @@ impl Default for ServerConfig {
             drain: Duration::from_secs(30),
             responses_ids: 100_000,
             responses_ttl: Duration::from_secs(30 * 86_400),
+            tls: None,
         }
     }
 }

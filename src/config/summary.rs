@@ -25,6 +25,20 @@ impl Config {
             "server    listen {} ({}), workers {}",
             s.listen_text, s.listen, workers
         );
+        match &s.tls {
+            Some(tls) => {
+                let _ = writeln!(
+                    out,
+                    "tls       clients speak TLS 1.2/1.3 (ALPN http/1.1): cert {} ({} certificate(s)), key {}",
+                    tls.cert.display(),
+                    tls.chain_len,
+                    tls.key.display()
+                );
+            }
+            None => {
+                let _ = writeln!(out, "tls       off (clients speak plain HTTP)");
+            }
+        }
         let _ = writeln!(
             out,
             "limits    max_inflight {}, max_connections {}, max_header_bytes {}, max_body_bytes {}, max_error_body_bytes {}",

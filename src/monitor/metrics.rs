@@ -10,6 +10,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::*;
 use crate::health::ChannelState;
 
+/// One of a channel's two latency histograms.
+type LatencyPhase = fn(&ChannelLatency) -> &Histogram;
+
 impl Monitor {
     pub fn metrics_text(&self, serving: Option<&Serving>) -> Vec<u8> {
         let mut o = String::with_capacity(8192);
@@ -197,6 +200,20 @@ impl Monitor {
                 "ringway_upstream_errors_total{{status=\"other\"}} {other}"
             );
         }
+        let _ = writeln!(
+            o,
+            "# HELP ringway_client_tls_handshakes_total TLS handshakes with clients ([server.tls]) by result: ok, failed (an error, an alert, a plain-HTTP client, a close) or timeout (client_header).\n# TYPE ringway_client_tls_handshakes_total counter"
+        );
+        for (result, v) in [
+            ("ok", self.sum(|w| &w.client_tls_handshakes)),
+            ("failed", self.sum(|w| &w.client_tls_failed)),
+            ("timeout", self.sum(|w| &w.client_tls_timeouts)),
+        ] {
+            let _ = writeln!(
+                o,
+                "ringway_client_tls_handshakes_total{{result=\"{result}\"}} {v}"
+            );
+        }
         let channel_names = self.channel_names.snapshot();
         self.usage_metrics(&mut o, "token", &self.token_names.snapshot(), |w| {
             &w.token_usage
@@ -227,6 +244,7 @@ impl Monitor {
                 LabelValue(name)
             );
         }
+        self.channel_latency_metrics(&mut o, &channel_names);
         if let Some(g) = serving {
             let names: Vec<String> = g.config.channels.iter().map(|c| c.name.clone()).collect();
             channel_health_metrics(&mut o, g.health, &names);
@@ -332,6 +350,42 @@ impl Monitor {
                     "ringway_{label}_tokens_total{{{label}=\"{}\",kind=\"{kind}\"}} {}",
                     LabelValue(name),
                     total(i, k)
+                );
+            }
+        }
+    }
+
+    /// `ringway_channel_upstream_seconds{channel, phase}`: per channel, the time from sending a
+    /// request upstream to the response head (`phase="head"`) and to the response's end
+    /// (`phase="total"`), for the requests the channel answered.
+    fn channel_latency_metrics(&self, o: &mut String, channel_names: &[String]) {
+        let name = "ringway_channel_upstream_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Upstream latency by channel: request sent to response head (phase=\"head\") and to the end of the response (phase=\"total\"), for the requests the channel answered.\n# TYPE {name} histogram"
+        );
+        for (row, channel) in channel_names.iter().enumerate() {
+            let phases: [(&str, LatencyPhase); 2] =
+                [("head", |l| &l.head), ("total", |l| &l.total)];
+            for (phase, f) in phases {
+                let (buckets, sum) = Histogram::merged(
+                    self.workers
+                        .iter()
+                        .filter_map(|w| w.channel_latency.get(row))
+                        .map(f),
+                );
+                let labels = format!("channel=\"{}\",phase=\"{phase}\"", LabelValue(channel));
+                let mut cumulative = 0;
+                for (b, n) in LATENCY_BOUNDS.iter().zip(&buckets) {
+                    cumulative += n;
+                    let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+                }
+                cumulative += buckets[LATENCY_BOUNDS.len()];
+                let _ = writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+                let _ = writeln!(
+                    o,
+                    "{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {cumulative}",
+                    sum as f64 / 1e6
                 );
             }
         }

@@ -17,7 +17,7 @@
 use std::time::Instant;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 
 use crate::config::Timeouts;
 use crate::deadline::Layer;
@@ -28,6 +28,7 @@ use crate::wire::{self, BodyKind};
 
 use super::exchange::Exchange;
 use super::{reserve, Conn, GaugeGuard, Halt};
+use crate::tls_server::ClientStream;
 
 /// Held for as long as the request counts against `max_inflight` (the process's and its
 /// token's).
@@ -37,7 +38,10 @@ pub struct Admitted {
     _inflight: GaugeGuard,
 }
 
-pub async fn admit(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Admitted, Halt> {
+pub async fn admit<S: ClientStream>(
+    conn: &mut Conn<S>,
+    ex: &mut Exchange<'_>,
+) -> Result<Admitted, Halt> {
     let w = conn.w.clone();
     let token = ex
         .head
@@ -75,7 +79,7 @@ pub async fn admit(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Admitted, H
     })
 }
 
-async fn read_body(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<(), Halt> {
+async fn read_body<S: ClientStream>(conn: &mut Conn<S>, ex: &mut Exchange<'_>) -> Result<(), Halt> {
     let max = conn.w.config.server.max_body_bytes;
     let t = conn.w.config.timeouts;
     let hl = ex.head.len;
@@ -142,7 +146,7 @@ async fn read_body(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<(), Halt> {
     }
 }
 
-async fn send_continue(conn: &mut Conn) -> Result<(), Halt> {
+async fn send_continue<S: ClientStream>(conn: &mut Conn<S>) -> Result<(), Halt> {
     let (r, _) = conn
         .client
         .write_all(b"HTTP/1.1 100 Continue\r\n\r\n" as &'static [u8])
@@ -152,7 +156,11 @@ async fn send_continue(conn: &mut Conn) -> Result<(), Halt> {
 
 /// Read more of the body: silence is bounded by `client_body`, the whole body by `body_due`
 /// (`client_body_total` after the head), both answered 408; `total` answers 504.
-async fn read_more(conn: &mut Conn, t: &Timeouts, body_due: Instant) -> Result<(), Halt> {
+async fn read_more<S: ClientStream>(
+    conn: &mut Conn<S>,
+    t: &Timeouts,
+    body_due: Instant,
+) -> Result<(), Halt> {
     let silence_due = conn.deadline.now() + t[Layer::ClientBody];
     conn.deadline
         .arm_at(Layer::ClientBody, silence_due.min(body_due));

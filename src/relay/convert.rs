@@ -41,10 +41,11 @@ use super::own::{write_client, write_cors};
 use super::respond::{ended_clean, halt, ClientFraming};
 use super::stream::{read_stream, StreamRead, STREAM_TAILROOM};
 use super::{Conn, Flow, Halt};
+use crate::tls_server::ClientStream;
 
 /// Relay the converted answer of a 2xx upstream response; Ok((flow, upstream clean)).
-pub async fn relay_converted(
-    conn: &mut Conn,
+pub async fn relay_converted<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     upconn: &mut UpConn,
     ubuf: Vec<u8>,
@@ -145,8 +146,8 @@ fn upstream_request_id(ex: &Exchange<'_>, ubuf: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The head of a converted answer.
-fn write_head(
-    conn: &Conn,
+fn write_head<S: ClientStream>(
+    conn: &Conn<S>,
     ex: &Exchange<'_>,
     out: &mut Vec<u8>,
     upstream_id: Option<&[u8]>,
@@ -179,15 +180,15 @@ fn write_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn bad_body(conn: &Conn, message: &'static str) -> Halt {
+fn bad_body<S: ClientStream>(conn: &Conn<S>, message: &'static str) -> Halt {
     bump(&conn.w.stats().upstream_bad_response);
     Halt::Answer(RelayError::bad_upstream_response(message))
 }
 
 /// A whole (non-streamed) answer: read it all (at most `max_body_bytes`), convert, answer with
 /// a Content-Length body.
-async fn relay_whole(
-    conn: &mut Conn,
+async fn relay_whole<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     upconn: &mut UpConn,
     mut ubuf: Vec<u8>,
@@ -318,8 +319,8 @@ async fn relay_whole(
 /// A streamed answer, converted read by read: each read is de-chunked in place, its whole
 /// events converted into `out` (behind a chunk-header headroom) and written as one chunk; `out`
 /// is then reused for the next read.
-async fn relay_stream(
-    conn: &mut Conn,
+async fn relay_stream<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     upconn: &mut UpConn,
     mut ubuf: Vec<u8>,
@@ -515,8 +516,8 @@ async fn relay_stream(
 /// When the client's stream is already `complete` (`[DONE]` / `message_stop` went out, and the
 /// upstream failed only after its answer), it ends as a whole stream, with no error event
 /// after its end; the upstream connection is not reused.
-async fn end_with_error(
-    conn: &mut Conn,
+async fn end_with_error<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     mut out: Vec<u8>,
     error: &RelayError,

@@ -220,6 +220,10 @@ pub struct Exchange<'s> {
     /// The status of the answer, once its head went out (0 before).
     pub status_sent: u16,
     pub first_byte_at: Option<Instant>,
+    /// When the request went to the upstream of the latest attempt (its connection ready),
+    /// and when that upstream's response head arrived: the channel's latency.
+    pub upstream_sent_at: Option<Instant>,
+    pub upstream_head_at: Option<Instant>,
     /// The connection cannot carry another request after this one (an error that closes, a
     /// body left unread, or the client's own `Connection: close`).
     pub close: bool,
@@ -290,6 +294,8 @@ impl<'s> Exchange<'s> {
             content_bytes: 0,
             status_sent: 0,
             first_byte_at: None,
+            upstream_sent_at: None,
+            upstream_head_at: None,
             close: false,
             outcome: Outcome::Ok,
             completed: false,

@@ -21,8 +21,14 @@ use crate::upstream::UpConn;
 
 use super::exchange::{method_name, Exchange, Outcome};
 use super::{Conn, Flow};
+use crate::tls_server::ClientStream;
 
-pub fn finish(conn: &mut Conn, mut ex: Exchange<'_>, flow: Flow, upstream: Option<UpConn>) -> Flow {
+pub fn finish<S: ClientStream>(
+    conn: &mut Conn<S>,
+    mut ex: Exchange<'_>,
+    flow: Flow,
+    upstream: Option<UpConn>,
+) -> Flow {
     conn.deadline.end_request();
     let w = &conn.w;
     if let Some(up) = upstream {
@@ -45,6 +51,11 @@ pub fn finish(conn: &mut Conn, mut ex: Exchange<'_>, flow: Flow, upstream: Optio
         s.latency_total.observe(total);
         if let Some(t) = ex.first_byte_at {
             s.latency_ttfb.observe(t - ex.start);
+        }
+        if let (Some(channel), Some(sent), Some(head)) =
+            (ex.channel, ex.upstream_sent_at, ex.upstream_head_at)
+        {
+            s.observe_channel(w.router.channel_row(channel), head - sent, now - sent);
         }
         if let Some(log) = &w.access_log {
             log.append(|out| access_line(conn, &ex, total, out));
@@ -89,7 +100,12 @@ fn quota_charge(ex: &Exchange<'_>) -> u64 {
 }
 
 /// The request's access-log line (see `access_log`).
-fn access_line(conn: &Conn, ex: &Exchange<'_>, total: Duration, out: &mut Vec<u8>) {
+fn access_line<S: ClientStream>(
+    conn: &Conn<S>,
+    ex: &Exchange<'_>,
+    total: Duration,
+    out: &mut Vec<u8>,
+) {
     let router = &conn.w.router;
     let channel = ex.channel.map(|c| &router.channels[c].cfg);
     let model = (ex.model.is_some()).then_some(ex.model_name.as_str());

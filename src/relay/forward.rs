@@ -49,6 +49,7 @@ use crate::wire;
 use super::exchange::{Endpoint, Exchange, Outcome, RelayKind};
 use super::watch::{upstream_wait, Waited};
 use super::{Conn, Halt};
+use crate::tls_server::ClientStream;
 
 /// Largest upstream response head accepted.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
@@ -77,8 +78,8 @@ enum Failure {
     ClientGone,
 }
 
-pub async fn forward(
-    conn: &mut Conn,
+pub async fn forward<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     candidates: &mut Candidates,
 ) -> Result<Upstream, Halt> {
@@ -96,6 +97,9 @@ pub async fn forward(
     loop {
         ex.attempts += 1;
         ex.channel = Some(channel);
+        // The channel's latency is this attempt's: none until it sends and hears back.
+        ex.upstream_sent_at = None;
+        ex.upstream_head_at = None;
         let (mut result, key) = attempt(conn, ex, channel).await;
         if health.enabled() {
             if let Ok(up) = &mut result {
@@ -185,8 +189,8 @@ enum Verdict {
     KeyRefused(Reason),
 }
 
-fn judge(
-    conn: &Conn,
+fn judge<S: ClientStream>(
+    conn: &Conn<S>,
     ex: &Exchange<'_>,
     result: &Result<Upstream, Halt>,
     retry: &crate::config::RetryConfig,
@@ -239,7 +243,7 @@ fn admitted_candidate(health: &Health, candidates: &mut Candidates) -> Option<(u
 /// Every candidate is cooling down: the Retry-After is the shortest wait among the channels
 /// that could serve this request (a cooling channel of a provider the endpoint cannot use says
 /// nothing about when this request may succeed).
-fn no_healthy_channel(conn: &Conn, ex: &Exchange<'_>) -> RelayError {
+fn no_healthy_channel<S: ClientStream>(conn: &Conn<S>, ex: &Exchange<'_>) -> RelayError {
     let w = &conn.w;
     if let Some((channel, _)) = ex.pinned {
         // A Responses API id route: the one channel that holds the response is cooling down.
@@ -272,8 +276,8 @@ fn no_healthy_channel(conn: &Conn, ex: &Exchange<'_>) -> RelayError {
 /// can see whether it refuses the key. `respond` goes on from what is buffered, so nothing is
 /// read twice. A read error or the upstream's close ends the peek early (respond sees it too);
 /// the deadline expiring is the attempt's timeout.
-async fn read_error_start(
-    conn: &mut Conn,
+async fn read_error_start<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &Exchange<'_>,
     up: &mut Upstream,
 ) -> Result<(), RelayError> {
@@ -317,8 +321,8 @@ async fn read_error_start(
 /// One channel: build its request, get a connection, send, await the head. A parked
 /// connection found closed before any response byte is retried once on a new one. Returns
 /// the index of the key the request carried, too.
-async fn attempt(
-    conn: &mut Conn,
+async fn attempt<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     channel: usize,
 ) -> (Result<Upstream, Halt>, usize) {
@@ -340,8 +344,8 @@ async fn attempt(
     (result, key)
 }
 
-async fn send_attempt(
-    conn: &mut Conn,
+async fn send_attempt<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     channel: usize,
     mut req: Vec<u8>,
@@ -414,8 +418,8 @@ async fn send_attempt(
 /// behind the head, sent to the converted endpoint's path; `ex.converted` tells `respond` to
 /// convert the answer back. It is set (or cleared) for every attempt, so failover across
 /// providers converts for each channel tried.
-fn build_request(
-    conn: &Conn,
+fn build_request<S: ClientStream>(
+    conn: &Conn<S>,
     ex: &mut Exchange<'_>,
     channel: usize,
 ) -> Result<(Vec<u8>, bool), RelayError> {
@@ -554,7 +558,7 @@ pub fn key_refused(status: u16) -> bool {
     status == 401 || status == 403
 }
 
-fn connect_failed(conn: &Conn, e: ConnectError) -> RelayError {
+fn connect_failed<S: ClientStream>(conn: &Conn<S>, e: ConnectError) -> RelayError {
     let s = conn.w.stats();
     bump(&s.upstream_connect_failed);
     match e {
@@ -570,8 +574,8 @@ fn connect_failed(conn: &Conn, e: ConnectError) -> RelayError {
     }
 }
 
-fn write_upstream_head(
-    conn: &Conn,
+fn write_upstream_head<S: ClientStream>(
+    conn: &Conn<S>,
     ex: &Exchange<'_>,
     channel: usize,
     out: &mut Vec<u8>,
@@ -638,8 +642,8 @@ fn write_upstream_head(
 /// Send the request and read the response head into `ex.resp`.
 /// Returns the request buffer when it came back from the kernel, so a stale parked
 /// connection can be retried.
-async fn send_and_await_head(
-    conn: &mut Conn,
+async fn send_and_await_head<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     mut upconn: UpConn,
     req: Vec<u8>,
@@ -658,6 +662,8 @@ async fn send_and_await_head(
     // request is as stuck as one that does not answer.
     conn.deadline
         .arm(Layer::ResponseHeader, t[Layer::ResponseHeader]);
+    // `arm` just read the clock: the moment the request goes upstream.
+    ex.upstream_sent_at = Some(conn.deadline.recent());
     let (r, req) = match conn.deadline.race(upconn.stream.write_all(req)).await {
         Ok(done) => done,
         Err(layer) => return (Err(timeout(conn, layer)), None),
@@ -712,7 +718,12 @@ async fn send_and_await_head(
                     ubuf.drain(..ex.resp.len);
                     continue;
                 }
-                Ok(true) => return (Ok((upconn, ubuf)), Some(req)),
+                Ok(true) => {
+                    // The response head's arrival; `respond` takes its first-byte time from
+                    // this reading, so the clock is read no more often than before.
+                    ex.upstream_head_at = Some(conn.deadline.now());
+                    return (Ok((upconn, ubuf)), Some(req));
+                }
                 Ok(false) => {}
                 Err(e) => {
                     let msg = format!("malformed upstream response head: {}", e.message());
@@ -730,12 +741,12 @@ async fn send_and_await_head(
         }
         let cap = ubuf.capacity();
         let read = upconn.stream.read(ubuf.slice_mut(len..cap));
-        let (r, b) = match upstream_wait(read, &conn.deadline, &conn.client, &mut conn.watch).await
-        {
-            Waited::Done(r) => r,
-            Waited::Timeout(layer) => return (Err(timeout(conn, layer)), Some(req)),
-            Waited::ClientGone => return (Err(Failure::ClientGone), Some(req)),
-        };
+        let (r, b) =
+            match upstream_wait(read, &conn.deadline, &mut conn.client, &mut conn.watch).await {
+                Waited::Done(r) => r,
+                Waited::Timeout(layer) => return (Err(timeout(conn, layer)), Some(req)),
+                Waited::ClientGone => return (Err(Failure::ClientGone), Some(req)),
+            };
         ubuf = b.into_inner();
         match r {
             Ok(0) if !received => {
@@ -755,7 +766,7 @@ async fn send_and_await_head(
     }
 }
 
-fn timeout(conn: &Conn, layer: Layer) -> Failure {
+fn timeout<S: ClientStream>(conn: &Conn<S>, layer: Layer) -> Failure {
     if conn.deadline.drain_ended() {
         // Shutdown's drain ran out, not the upstream's time: no failover, no timeout counted.
         conn.w.drain.note_ended();
@@ -765,7 +776,7 @@ fn timeout(conn: &Conn, layer: Layer) -> Failure {
     Failure::Error(RelayError::timeout(layer))
 }
 
-fn bad_response(conn: &Conn, msg: String) -> Failure {
+fn bad_response<S: ClientStream>(conn: &Conn<S>, msg: String) -> Failure {
     bump(&conn.w.stats().upstream_bad_response);
     Failure::Error(RelayError::bad_upstream_response(msg))
 }

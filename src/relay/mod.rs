@@ -20,8 +20,9 @@
 //! (docs/ARCHITECTURE.md has the chart).
 //!
 //! Key components:
-//! - [`Conn`]: what outlives a request — the client socket, its read buffer, its one deadline
-//!   slot, the client watch. Owned by the connection task; dropped with it.
+//! - [`Conn`]: what outlives a request — the client socket (plain TCP, or a TLS session over
+//!   it: `Conn` is generic over the stream), its read buffer, its one deadline slot, the
+//!   client watch. Owned by the connection task; dropped with it.
 //! - [`Exchange`]: one request — its parsed head, id, route, attempts, usage, timings. Created
 //!   when a head is read, dropped when `finish` is done; nothing is reset by hand.
 //!
@@ -49,15 +50,17 @@ mod stream;
 mod watch;
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::io::Canceller;
 use monoio::net::TcpStream;
 
 use crate::context::Worker;
-use crate::deadline::DeadlineSet;
+use crate::deadline::{DeadlineSet, Layer};
 use crate::error::RelayError;
 use crate::monitor::{bump, drop_one};
+use crate::tls_server::{self, ClientStream};
 
 use exchange::{Endpoint, Exchange, Scratch};
 use read_request::Next;
@@ -107,10 +110,12 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// What outlives a request on a client connection.
-struct Conn {
+/// What outlives a request on a client connection. `S` is the client stream: a plain
+/// `TcpStream`, or a `TlsClient` after its handshake (each compiled on its own, so the plain
+/// path pays nothing for TLS).
+struct Conn<S: ClientStream> {
     w: Rc<Worker>,
-    client: TcpStream,
+    client: S,
     /// Request bytes: head, body, and whatever the client pipelined after them. Taken from the
     /// worker's pool only once the client is readable, so an idle connection holds none.
     rbuf: Vec<u8>,
@@ -130,15 +135,50 @@ struct Conn {
     fresh: bool,
 }
 
-/// The connection task. It owns everything its requests touch; when it returns (or is
-/// dropped), the client socket, buffers, timer slot and any upstream connection go with it.
+/// The connection task for a plain-HTTP client. It owns everything its requests touch; when it
+/// returns (or is dropped), the client socket, buffers, timer slot and any upstream connection
+/// go with it.
 pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
     let _conn_gauge = GaugeGuard::new(&worker, |s| &s.client_connections);
+    let deadline = DeadlineSet::new(worker.wheel.timer());
+    serve(worker, stream, deadline).await
+}
+
+/// The connection task for a TLS client: the handshake under `client_header` (a client that
+/// stalls in it is cut there and counted), then the same requests as plain HTTP. `tls` is the
+/// server configuration of the generation that accepted the connection: a reload's new
+/// certificate serves the connections accepted after it, and this one keeps its own.
+pub async fn serve_tls_connection(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let _conn_gauge = GaugeGuard::new(&worker, |s| &s.client_connections);
+    let deadline = DeadlineSet::new(worker.wheel.timer());
+    deadline.arm(
+        Layer::ClientHeader,
+        worker.config.timeouts[Layer::ClientHeader],
+    );
+    let stats: &'static crate::monitor::WorkerStats = &worker.monitor.workers[worker.id];
+    match deadline.race(tls_server::accept(stream, tls)).await {
+        Ok(Ok(client)) => {
+            bump(&stats.client_tls_handshakes);
+            serve(worker, client, deadline).await
+        }
+        Ok(Err(_)) => bump(&stats.client_tls_failed),
+        Err(layer) => {
+            stats.count_timeout(layer);
+            bump(&stats.client_tls_timeouts);
+        }
+    }
+}
+
+async fn serve<S: ClientStream>(worker: Rc<Worker>, client: S, deadline: DeadlineSet) {
     let mut conn = Conn {
-        deadline: DeadlineSet::new(worker.wheel.timer()),
+        deadline,
         rbuf: Vec::new(),
         w: worker,
-        client: stream,
+        client,
         watch: ClientWatch::new(),
         idle_canceller: Canceller::new(),
         quota: None,
@@ -173,12 +213,21 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
     }
     let rbuf = std::mem::take(&mut conn.rbuf);
     conn.w.bufs.give(rbuf);
+    if S::SAYS_GOODBYE {
+        // TLS: close_notify before the close, briefly (a client that reads nothing more
+        // does not hold the connection).
+        conn.deadline.arm(Layer::ClientIdle, GOODBYE_WAIT);
+        let _ = conn.deadline.race(conn.client.shutdown()).await;
+    }
 }
+
+/// How long a TLS connection's `close_notify` may take to go out.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 
 /// The phases after `read_request`, in order. Returns how the connection goes on and, when
 /// an upstream response ended cleanly, the upstream connection for `finish` to pool.
-async fn handle(
-    conn: &mut Conn,
+async fn handle<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
 ) -> Result<(Flow, Option<crate::upstream::UpConn>), Halt> {
     match ex.endpoint {

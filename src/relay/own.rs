@@ -19,11 +19,12 @@ use crate::wire::{self, BodyKind, Method};
 
 use super::exchange::{Endpoint, Exchange, Outcome};
 use super::{Conn, Flow};
+use crate::tls_server::ClientStream;
 
 /// The error shape the caller speaks: the endpoint's, and Anthropic's for anything under
 /// `/v1/messages` that matched no endpoint (a wrong method, an unknown sub-path), since only
 /// Anthropic clients call there.
-fn dialect(conn: &Conn, ex: &Exchange<'_>) -> Dialect {
+fn dialect<S: ClientStream>(conn: &Conn<S>, ex: &Exchange<'_>) -> Dialect {
     match ex.endpoint {
         Endpoint::WrongMethod(_) | Endpoint::Unknown if conn.rbuf.len() >= ex.head.len => {
             let path = ex.head.route_path(&conn.rbuf);
@@ -38,7 +39,11 @@ fn dialect(conn: &Conn, ex: &Exchange<'_>) -> Dialect {
 }
 
 /// Answer `error` with the contract's error body, in the shape of the endpoint's dialect.
-pub async fn answer_error(conn: &mut Conn, ex: &mut Exchange<'_>, error: &RelayError) -> Flow {
+pub async fn answer_error<S: ClientStream>(
+    conn: &mut Conn<S>,
+    ex: &mut Exchange<'_>,
+    error: &RelayError,
+) -> Flow {
     let mut body = Vec::with_capacity(error.message.len() + 96);
     error.render_as(dialect(conn, ex), &mut body);
     ex.outcome = Outcome::of(error);
@@ -63,8 +68,8 @@ pub async fn answer_error(conn: &mut Conn, ex: &mut Exchange<'_>, error: &RelayE
 
 /// A response of the relay's own, with extra headers. The answer to a HEAD request carries the
 /// head only.
-pub async fn respond(
-    conn: &mut Conn,
+pub async fn respond<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     status: u16,
     content_type: &[u8],
@@ -122,7 +127,7 @@ pub async fn respond(
 }
 
 /// The CORS headers of an answer to an allowed browser origin (`[server] cors_origins`).
-pub fn write_cors(conn: &Conn, ex: &Exchange<'_>, out: &mut Vec<u8>) {
+pub fn write_cors<S: ClientStream>(conn: &Conn<S>, ex: &Exchange<'_>, out: &mut Vec<u8>) {
     if let Some(origin) = ex
         .cors_origin
         .filter(|o| (o.end as usize) <= conn.rbuf.len())
@@ -141,8 +146,8 @@ pub fn write_cors(conn: &Conn, ex: &Exchange<'_>, out: &mut Vec<u8>) {
 /// to finish under `client_idle` and the phase that owns the expired deadline answers it
 /// next — dropping the write instead would cut the stream mid-chunk, since the kernel may
 /// already have taken part of it, and the client would never see the error event.
-pub async fn write_client(
-    conn: &mut Conn,
+pub async fn write_client<S: ClientStream>(
+    conn: &mut Conn<S>,
     buf: Vec<u8>,
     range: Range<usize>,
 ) -> Result<Vec<u8>, Flow> {

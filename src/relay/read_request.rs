@@ -9,7 +9,6 @@
 //! (`admit`).
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, CancelableAsyncReadRent};
 
 use crate::bufpool::BUF_SIZE;
 use crate::deadline::Layer;
@@ -19,6 +18,7 @@ use crate::wire::{self, BodyKind, Method, WireError};
 use super::exchange::{push_hex, Endpoint, Exchange, Scratch};
 use super::watch::is_cancelled;
 use super::{Conn, IDLE_BUFFER_RELEASE};
+use crate::tls_server::ClientStream;
 
 /// What waiting for the next request came to.
 pub enum Next<'s> {
@@ -29,7 +29,7 @@ pub enum Next<'s> {
     Closed,
 }
 
-pub async fn next<'s>(conn: &mut Conn, scratch: &'s mut Scratch) -> Next<'s> {
+pub async fn next<'s, S: ClientStream>(conn: &mut Conn<S>, scratch: &'s mut Scratch) -> Next<'s> {
     if conn.w.drain.is_draining() && conn.rbuf.is_empty() && !conn.fresh {
         // Shutdown: no new request is waited for; one already pipelined is still answered,
         // and so is a new connection's first.
@@ -87,7 +87,7 @@ enum Woke {
 const FIRST_REQUEST_IN_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `rw-<process start>-<worker>-<sequence>`: unique per process run without coordination.
-fn new_request_id(conn: &Conn, id: &mut Vec<u8>) {
+fn new_request_id<S: ClientStream>(conn: &Conn<S>, id: &mut Vec<u8>) {
     id.clear();
     let seq = conn.w.next_request.get();
     conn.w.next_request.set(seq + 1);
@@ -101,8 +101,8 @@ fn new_request_id(conn: &Conn, id: &mut Vec<u8>) {
 
 /// Read until `rbuf` starts with a complete head, parsed into `head`.
 /// `Err(None)`: close quietly; `Err(Some(e))`: answer `e`, then close.
-async fn read_head(
-    conn: &mut Conn,
+async fn read_head<S: ClientStream>(
+    conn: &mut Conn<S>,
     head: &mut wire::RequestHead,
 ) -> Result<(), Option<RelayError>> {
     let t = conn.w.config.timeouts;
@@ -140,7 +140,10 @@ async fn read_head(
             }
         }
         if conn.rbuf.capacity() == 0 {
-            let woke = if phase == Layer::ClientIdle && conn.w.drain.is_draining() {
+            let woke = if conn.client.has_buffered() {
+                // A TLS session may already hold the next request's bytes: no socket wait.
+                Woke::Readable(true)
+            } else if phase == Layer::ClientIdle && conn.w.drain.is_draining() {
                 if !conn.fresh {
                     // Shutdown began while this connection sat idle: close it.
                     return Err(None);
@@ -150,7 +153,7 @@ async fn read_head(
                 // its way. Waited for briefly, off the idle list the drain empties.
                 monoio::select! {
                     biased;
-                    r = conn.client.readable(false) => Woke::Readable(r.is_ok()),
+                    r = conn.client.socket().readable(false) => Woke::Readable(r.is_ok()),
                     _ = conn.deadline.expired() => Woke::Timeout,
                     _ = monoio::time::sleep(FIRST_REQUEST_IN_DRAIN) => Woke::Readable(false),
                 }
@@ -162,7 +165,7 @@ async fn read_head(
                 let idle = conn.w.idle.enter();
                 monoio::select! {
                     biased;
-                    r = conn.client.readable(false) => Woke::Readable(r.is_ok()),
+                    r = conn.client.socket().readable(false) => Woke::Readable(r.is_ok()),
                     _ = conn.deadline.expired() => Woke::Timeout,
                     _ = idle.shed() => Woke::Shed,
                 }
@@ -236,7 +239,7 @@ async fn read_head(
 }
 
 /// `client_idle` closes quietly; `client_header` (slowloris) gets a 408 first.
-fn head_timeout(conn: &Conn, phase: Layer) -> Option<RelayError> {
+fn head_timeout<S: ClientStream>(conn: &Conn<S>, phase: Layer) -> Option<RelayError> {
     conn.w.stats().count_timeout(phase);
     (phase == Layer::ClientHeader).then(|| RelayError::client_timeout(phase))
 }

@@ -29,9 +29,10 @@ use super::exchange::{Endpoint, Exchange, Outcome, RelayKind};
 use super::forward::Upstream;
 use super::own::{respond, write_client};
 use super::{Conn, Flow, Halt};
+use crate::tls_server::ClientStream;
 
 /// The answers of the operations endpoints (health, metrics, models).
-pub async fn operations(conn: &mut Conn, ex: &mut Exchange<'_>) -> Flow {
+pub async fn operations<S: ClientStream>(conn: &mut Conn<S>, ex: &mut Exchange<'_>) -> Flow {
     let w = conn.w.clone();
     conn.deadline
         .begin_request(ex.start, w.config.timeouts[Layer::Quick], Layer::Quick);
@@ -83,7 +84,7 @@ pub async fn operations(conn: &mut Conn, ex: &mut Exchange<'_>) -> Flow {
 }
 
 /// A CORS preflight from an allowed origin: 204 with what the browser may send.
-pub async fn preflight(conn: &mut Conn, ex: &mut Exchange<'_>) -> Flow {
+pub async fn preflight<S: ClientStream>(conn: &mut Conn<S>, ex: &mut Exchange<'_>) -> Flow {
     let requested = ex
         .head
         .cors_request_headers
@@ -113,8 +114,8 @@ pub enum ClientFraming {
 
 /// Answer with the upstream's response. Returns the upstream connection when its response
 /// ended clean, for `finish` to pool.
-pub async fn relay(
-    conn: &mut Conn,
+pub async fn relay<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     upstream: Upstream,
 ) -> Result<(Flow, Option<UpConn>), Halt> {
@@ -155,8 +156,8 @@ pub async fn relay(
 }
 
 /// The client response head for the upstream response in `resp` (header bytes in `ubuf`).
-pub fn write_client_head(
-    conn: &Conn,
+pub fn write_client_head<S: ClientStream>(
+    conn: &Conn<S>,
     ex: &Exchange<'_>,
     out: &mut Vec<u8>,
     ubuf: &[u8],
@@ -245,8 +246,8 @@ pub fn ended_clean(extra: bool, last_read_filled: bool) -> bool {
 
 /// A Content-Length (or empty) upstream body: passed through byte for byte.
 /// Ok((flow, upstream clean)).
-async fn relay_fixed(
-    conn: &mut Conn,
+async fn relay_fixed<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     upconn: &mut UpConn,
     mut ubuf: Vec<u8>,
@@ -274,7 +275,8 @@ async fn relay_fixed(
         ClientFraming::Length(n),
         close,
     );
-    let now = conn.deadline.now();
+    // No IO since the response head arrived (`forward` read the clock then).
+    let now = conn.deadline.recent();
     ex.mark_first_byte(ex.resp.status, now);
     let mut remaining = n - first as u64;
     conn.deadline
@@ -351,8 +353,8 @@ pub fn halt(_: Flow) -> Halt {
 /// An upstream 401/403 is the channel's key being refused, not the client's: it becomes a 502
 /// `upstream_auth_failed` naming the channel, and the upstream's body (which may echo the key)
 /// is never relayed. Any other body has the channel's keys masked.
-async fn upstream_error(
-    conn: &mut Conn,
+async fn upstream_error<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     mut upconn: UpConn,
     mut ubuf: Vec<u8>,

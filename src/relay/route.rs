@@ -26,8 +26,12 @@ use crate::responses_ids::Lookup;
 
 use super::exchange::{response_route, Endpoint, Exchange, RelayKind};
 use super::{Conn, Halt};
+use crate::tls_server::ClientStream;
 
-pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt> {
+pub fn route<S: ClientStream>(
+    conn: &mut Conn<S>,
+    ex: &mut Exchange<'_>,
+) -> Result<Candidates, Halt> {
     if ex.endpoint == Endpoint::Relay(RelayKind::ResponseById) {
         return by_response_id(conn, ex);
     }
@@ -87,7 +91,10 @@ pub fn route(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt>
 /// A Responses API id route: the id map names the one channel and key that created the
 /// response, for the token that created it; anything else is a 404 (never a guess, which could
 /// reach another tenant's response).
-fn by_response_id(conn: &mut Conn, ex: &mut Exchange<'_>) -> Result<Candidates, Halt> {
+fn by_response_id<S: ClientStream>(
+    conn: &mut Conn<S>,
+    ex: &mut Exchange<'_>,
+) -> Result<Candidates, Halt> {
     let w = &conn.w;
     let path = ex.head.route_path(&conn.rbuf);
     let (id, _) = response_route(path).expect("read_request matched the path");

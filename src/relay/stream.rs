@@ -33,6 +33,7 @@ use super::own::write_client;
 use super::respond::{ended_clean, halt, note_usage, write_client_head, ClientFraming};
 use super::watch::{is_cancelled, upstream_wait, Waited, WATCH_GRACE};
 use super::{Conn, Flow, Halt};
+use crate::tls_server::ClientStream;
 
 /// Bytes reserved at the end of a stream buffer for `\r\n` plus the last chunk.
 pub(super) const STREAM_TAILROOM: usize = 2 + wire::LAST_CHUNK.len();
@@ -48,8 +49,8 @@ pub(super) enum StreamRead {
 }
 
 /// Relay the stream; Ok((flow, upstream clean)).
-pub async fn relay_stream(
-    conn: &mut Conn,
+pub async fn relay_stream<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     upconn: &mut UpConn,
     mut ubuf: Vec<u8>,
@@ -71,7 +72,8 @@ pub async fn relay_stream(
     };
     let mut out = conn.w.bufs.take();
     write_client_head(conn, ex, &mut out, &ubuf, channel, framing, close);
-    let now = conn.deadline.now();
+    // No IO since the response head arrived (`forward` read the clock then).
+    let now = conn.deadline.recent();
     ex.mark_first_byte(ex.resp.status, now);
     conn.deadline
         .arm_recent(Layer::ClientIdle, t[Layer::ClientIdle]);
@@ -301,8 +303,8 @@ pub async fn relay_stream(
 /// gather in the socket first: a token stream then costs one read and one write per few
 /// chunks instead of per chunk, and streams whose holds end in the same wheel tick are served
 /// in one wake-up. Chunks further apart than `hold` are not delayed at all.
-pub(super) async fn read_stream(
-    conn: &mut Conn,
+pub(super) async fn read_stream<S: ClientStream>(
+    conn: &mut Conn<S>,
     upconn: &mut UpConn,
     mut ubuf: Vec<u8>,
     t: &Timeouts,
@@ -332,7 +334,7 @@ pub(super) async fn read_stream(
                 // TLS keeps decrypted bytes of its own; and non-SSE bodies are never idle for
                 // long. A plain read, with the client watched after the grace period.
                 let read = stream.read(ubuf.slice_mut(fresh..cap));
-                return match upstream_wait(read, &conn.deadline, &conn.client, &mut conn.watch)
+                return match upstream_wait(read, &conn.deadline, &mut conn.client, &mut conn.watch)
                     .await
                 {
                     Waited::Done((Ok(0), b)) => StreamRead::Eof(b.into_inner()),
@@ -372,7 +374,7 @@ pub(super) async fn read_stream(
             conn.w.bufs.give(std::mem::take(&mut ubuf));
         }
         let ready = tcp.readable(false);
-        let waited = upstream_wait(ready, &conn.deadline, &conn.client, &mut conn.watch).await;
+        let waited = upstream_wait(ready, &conn.deadline, &mut conn.client, &mut conn.watch).await;
         if !keep {
             ubuf = conn.w.bufs.take();
         }
@@ -396,8 +398,8 @@ pub(super) async fn read_stream(
 ///
 /// Bytes the usage-event filter held back (`held`, at `buf[CHUNK_HEADROOM..]`, when the buffer
 /// still has them) go out first: the stream will not get the rest of that event.
-async fn end_with_error(
-    conn: &mut Conn,
+async fn end_with_error<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     mut buf: Vec<u8>,
     held: usize,
@@ -437,8 +439,8 @@ async fn end_with_error(
 
 /// Frames what follows `CHUNK_HEADROOM` in `buf` (the stream's last bytes; none is fine) as one
 /// chunk, adds the terminating chunk, writes it all and ends the exchange as completed.
-pub(super) async fn write_last_chunk(
-    conn: &mut Conn,
+pub(super) async fn write_last_chunk<S: ClientStream>(
+    conn: &mut Conn<S>,
     ex: &mut Exchange<'_>,
     mut buf: Vec<u8>,
 ) -> Result<(Flow, bool), Halt> {

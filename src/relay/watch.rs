@@ -2,15 +2,16 @@
 //! waits for a response head or an idle stream is noticed within a second, and the upstream
 //! connection is closed with the request.
 //!
-//! Owns: the per-connection [`ClientWatch`] switch and [`upstream_wait`]. Must not: hold a
-//! buffer while watching (the watch is a readiness poll, droppable at any time), or drop the
-//! upstream future at the grace checkpoint (that could lose bytes an in-flight read took).
+//! Owns: the per-connection [`ClientWatch`] switch and [`upstream_wait`]; what a readable
+//! socket means is the client stream's to say (`ClientStream::peer_state`: a peek for TCP, the
+//! session's verdict on the record for TLS). Must not: hold a buffer while watching (the watch
+//! is a readiness poll, droppable at any time), or drop the upstream future at the grace
+//! checkpoint (that could lose bytes an in-flight read took).
 
 use std::time::Duration;
 
-use monoio::net::TcpStream;
-
 use crate::deadline::{DeadlineSet, Layer};
+use crate::tls_server::{ClientStream, PeerState};
 
 /// How long an upstream may take before the relay starts watching the client for a hang-up.
 /// Fast responses never pay for the watch; slow ones are checked well within a second.
@@ -41,46 +42,23 @@ pub enum Waited<T> {
     ClientGone,
 }
 
-/// Did the client hang up? Peeks one byte without consuming it (only called once the socket
-/// reported readable, so it is one syscall per event, not per request).
-fn client_state(client: &TcpStream) -> ClientState {
-    use std::os::fd::AsRawFd;
-    let mut byte = 0u8;
-    // SAFETY: a valid fd and a 1-byte buffer we own; MSG_PEEK leaves the data in the socket.
-    let n = unsafe {
-        libc::recv(
-            client.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        0 => ClientState::Gone,
-        n if n > 0 => ClientState::SentData,
-        _ => match std::io::Error::last_os_error().kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => ClientState::Idle,
-            _ => ClientState::Gone,
-        },
-    }
-}
-
-enum ClientState {
-    Idle,
-    SentData,
-    Gone,
-}
-
 /// Wait for `fut` (an upstream read or readiness) under the deadline. If it takes longer than
 /// [`WATCH_GRACE`], also wait for the client socket to become readable: EOF or an error there
 /// means the client left, and the caller drops the upstream connection.
-pub async fn upstream_wait<F: std::future::Future>(
+///
+/// Under TLS the watch looks at the TCP socket below the session: a close shows there as it
+/// does for plain HTTP; TLS records (or bytes the session already holds) mean the client is
+/// alive, as pipelined bytes do.
+pub async fn upstream_wait<F: std::future::Future, S: ClientStream>(
     fut: F,
     deadline: &DeadlineSet,
-    client: &TcpStream,
+    client: &mut S,
     watch: &mut ClientWatch,
 ) -> Waited<F::Output> {
     let mut fut = std::pin::pin!(fut);
+    if client.has_buffered() {
+        watch.enabled = false;
+    }
     if watch.enabled {
         // From the reading taken when the wait's deadline was armed: an older start only
         // begins the watch sooner.
@@ -100,10 +78,10 @@ pub async fn upstream_wait<F: std::future::Future>(
                 biased;
                 r = &mut fut => return Waited::Done(r),
                 _ = deadline.expired() => return Waited::Timeout(deadline.layer()),
-                _ = client.readable(false) => match client_state(client) {
-                    ClientState::Gone => return Waited::ClientGone,
-                    ClientState::SentData => watch.enabled = false,
-                    ClientState::Idle => {}
+                _ = client.socket().readable(false) => match client.peer_state() {
+                    PeerState::Gone => return Waited::ClientGone,
+                    PeerState::SentData => watch.enabled = false,
+                    PeerState::Idle => {}
                 },
             }
         }

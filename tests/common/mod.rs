@@ -344,6 +344,16 @@ impl Relay {
 
     /// Like [`Relay::start`], but returns the failure (with the relay's stderr) as text.
     pub fn try_start(config_toml: &str, env: &[(&str, &str)]) -> Result<Relay, String> {
+        Relay::try_start_probed(config_toml, env, &|r: &Relay| r.try_health().is_some())
+    }
+
+    /// Like [`Relay::try_start`], with `ready` telling when the relay answers (a TLS relay
+    /// answers no plain-HTTP health request).
+    pub fn try_start_probed(
+        config_toml: &str,
+        env: &[(&str, &str)],
+        ready: &dyn Fn(&Relay) -> bool,
+    ) -> Result<Relay, String> {
         let addr = listen_addr(config_toml);
         let config_path = write_temp("relay", "toml", config_toml);
         let stderr_path = temp_path("relay-stderr", "log");
@@ -372,7 +382,7 @@ impl Relay {
                     relay.stderr_text()
                 ));
             }
-            if relay.try_health().is_some() {
+            if ready(&relay) {
                 return Ok(relay);
             }
             if Instant::now() > deadline {
@@ -634,8 +644,8 @@ impl Response {
 
 /// A raw client connection with a receive buffer (bytes read past one response stay for the
 /// next, so pipelined responses parse correctly).
-pub struct Client {
-    pub stream: TcpStream,
+pub struct Client<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
     eof: bool,
 }
@@ -668,6 +678,32 @@ impl Client {
 
     pub fn set_read_timeout(&self, t: Duration) {
         self.stream.set_read_timeout(Some(t)).expect("set timeout");
+    }
+
+    /// True if the peer closes (EOF or reset) within `within` with no further bytes.
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        self.set_read_timeout(within);
+        let r = match self.fill() {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ),
+        };
+        self.set_read_timeout(READ_TIMEOUT);
+        r
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    /// A client over any stream (e.g. a TLS session over TCP).
+    pub fn over(stream: S) -> Client<S> {
+        Client {
+            stream,
+            buf: Vec::new(),
+            eof: false,
+        }
     }
 
     /// Writes all of `bytes` in one `write_all`.
@@ -889,21 +925,6 @@ impl Client {
         let deadline = Instant::now() + RESPONSE_DEADLINE;
         while self.fill_bounded(deadline)? > 0 {}
         Ok(std::mem::take(&mut self.buf))
-    }
-
-    /// True if the peer closes (EOF or reset) within `within` with no further bytes.
-    pub fn closed_within(&mut self, within: Duration) -> bool {
-        self.set_read_timeout(within);
-        let r = match self.fill() {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-            ),
-        };
-        self.set_read_timeout(READ_TIMEOUT);
-        r
     }
 
     /// Bytes received but not yet consumed by a response.

@@ -1,6 +1,6 @@
-//! The official Python SDKs for the SDK tests (`sdk_smoke`, `sdk_responses`, `convert_sdk`):
-//! one set of rules for finding an interpreter that has a package, and for what happens when
-//! none has it.
+//! The official Python SDKs for the SDK tests (`sdk_smoke`, `sdk_responses`, `convert_sdk`,
+//! `client_tls`): one set of rules for finding an interpreter that has a package, and for what
+//! happens when none has it.
 //!
 //! The interpreter: `$RINGWAY_PYTHON` if set, else `.ci/venv/bin/python` if `.ci/run` made that
 //! venv, else `python3`. Without the package (`openai`, `anthropic`) a test FAILS when `CI` or
@@ -50,15 +50,21 @@ pub fn package_available(python: &Path, package: &str) -> Result<(), String> {
     }
 }
 
-/// The interpreter that can import `package`, or `None` after printing the skip banner for
-/// `test` (its full name, `file::function`); panics instead when the SDK is required.
+/// The interpreter that can import `package` (one name, or several as in `"openai, httpx"`),
+/// or `None` after printing the skip banner for `test` (its full name, `file::function`);
+/// panics instead when the SDK is required.
 pub fn python_with(package: &str, test: &str) -> Option<PathBuf> {
     let (python, from) = python();
     let Err(why) = package_available(&python, package) else {
         return Some(python);
     };
+    let noun = if package.contains(',') {
+        "packages are"
+    } else {
+        "package is"
+    };
     let what = format!(
-        "the {package} Python package is not importable by {} (from {from}): {why}",
+        "the {package} Python {noun} not importable by {} (from {from}): {why}",
         python.display()
     );
     if let Some(var) = sdk_required() {
