@@ -37,8 +37,8 @@ use crate::upstream::UpConn;
 use crate::wire::{self, BodyKind, CHUNK_HEADROOM};
 
 use super::exchange::{Exchange, Outcome};
-use super::own::{write_client, write_cors};
-use super::respond::{ended_clean, halt, ClientFraming};
+use super::own::write_client;
+use super::respond::{end_head, ended_clean, halt, ClientFraming};
 use super::stream::{read_stream, StreamRead, STREAM_TAILROOM};
 use super::{Conn, Flow, Halt};
 use crate::tls_server::ClientStream;
@@ -163,21 +163,7 @@ fn write_head<S: ClientStream>(
     if let Some(id) = upstream_id {
         wire::write_header(out, b"x-upstream-request-id", id);
     }
-    wire::write_header(out, b"x-request-id", ex.id);
-    write_cors(conn, ex, out);
-    match framing {
-        ClientFraming::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            wire::push_u64(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        ClientFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        ClientFraming::UntilClose => {}
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    end_head(conn, ex, out, framing, close);
 }
 
 fn bad_body<S: ClientStream>(conn: &Conn<S>, message: &'static str) -> Halt {

@@ -189,6 +189,20 @@ pub fn write_client_head<S: ClientStream>(
         }
         wire::write_header(out, name, h.value.of(ubuf));
     }
+    end_head(conn, ex, out, framing, close);
+    // An upstream may echo the channel's key in a header; the client never sees it.
+    conn.w.router.channels[channel].mask_keys(&mut out[head_start..]);
+}
+
+/// The end of every answer head the relay writes from an upstream's: the relay's request id,
+/// CORS, the client framing, `connection: close` when the connection ends, the blank line.
+pub(super) fn end_head<S: ClientStream>(
+    conn: &Conn<S>,
+    ex: &Exchange<'_>,
+    out: &mut Vec<u8>,
+    framing: ClientFraming,
+    close: bool,
+) {
     wire::write_header(out, b"x-request-id", ex.id);
     super::own::write_cors(conn, ex, out);
     match framing {
@@ -204,8 +218,6 @@ pub fn write_client_head<S: ClientStream>(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    // An upstream may echo the channel's key in a header; the client never sees it.
-    conn.w.router.channels[channel].mask_keys(&mut out[head_start..]);
 }
 
 /// Usage the upstream reported in `data`, if any (each side a report carries replaces the
