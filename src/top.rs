@@ -219,23 +219,24 @@ pub fn render(
     ));
     out.push_str(&format!("answers   {}\n", pairs(&h["requests_by_class"])));
     out.push_str(&format!(
-        "errors    client_gone {}  overloaded {}  rate_limited {}  upstream_bad_response {}  upstream_auth_failed {}  connections_rejected {}  accept_errors {}\n",
+        "errors    client_gone {}  overloaded {}  rate_limited {}  quota_exhausted {}  connections_rejected {}  accept_errors {}\n",
         n(h, "client_gone"),
         n(h, "overloaded"),
         n(h, "rate_limited"),
-        n(h, "upstream_bad_response"),
-        n(h, "upstream_auth_failed"),
+        n(h, "quota_exhausted"),
         n(h, "connections_rejected"),
         n(h, "accept_errors"),
     ));
     out.push_str(&format!("timeouts  {}\n", pairs(&h["timeouts"])));
     out.push_str(&format!(
-        "upstream  active {}  idle {}  connects {}  reused {}  unclean {}\n",
+        "upstream  active {}  idle {}  connects {}  reused {}  unclean {}  bad_response {}  auth_failed {}\n",
         n(h, "upstream_connections_active"),
         n(h, "upstream_connections_idle"),
         n(h, "upstream_connects"),
         n(h, "upstream_reused"),
         n(h, "upstream_unclean"),
+        n(h, "upstream_bad_response"),
+        n(h, "upstream_auth_failed"),
     ));
     out.push_str(&format!(
         "process   open fds {} (baseline {})  rss {}  access_log_dropped {}\n",
@@ -497,6 +498,7 @@ mod tests {
             "requests_by_class": {"1xx": 0, "2xx": 90, "3xx": 0, "4xx": 7, "5xx": 3},
             "client_gone": 4, "timeouts": {"connect": 1, "stream_idle": 2},
             "upstream_connections_active": 2, "upstream_connections_idle": 5,
+            "upstream_bad_response": 6, "quota_exhausted": 8,
             "open_fds": 40, "baseline_fds": 20, "rss_bytes": 9_437_184,
             "per_worker": [
                 {"worker": 0, "inflight_requests": 1, "io_driver": "io_uring"},
@@ -523,6 +525,8 @@ mod tests {
         assert!(s.contains("client_gone 4"), "{s}");
         assert!(s.contains("timeouts  connect 1  stream_idle 2"), "{s}");
         assert!(s.contains("active 2  idle 5"), "{s}");
+        assert!(s.contains("bad_response 6  auth_failed 0"), "{s}");
+        assert!(s.contains("quota_exhausted 8"), "{s}");
         assert!(s.contains("rss 9.0 MiB"), "{s}");
         assert!(s.contains("this relay reports no channel states"), "{s}");
         assert_eq!(
