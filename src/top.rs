@@ -213,19 +213,19 @@ pub fn render(
         h["io_driver"].as_str().unwrap_or("?"),
     ));
     out.push_str(&format!(
-        "requests  inflight {}   req/s {rate}   total {requests}   client connections {}\n",
+        "requests  inflight {}   req/s {rate}   total {requests}   client connections {}  rejected {}  accept_errors {}\n",
         n(h, "inflight_requests"),
         n(h, "client_connections"),
+        n(h, "connections_rejected"),
+        n(h, "accept_errors"),
     ));
     out.push_str(&format!("answers   {}\n", pairs(&h["requests_by_class"])));
     out.push_str(&format!(
-        "errors    client_gone {}  overloaded {}  rate_limited {}  quota_exhausted {}  connections_rejected {}  accept_errors {}\n",
+        "errors    client_gone {}  overloaded {}  rate_limited {}  quota_exhausted {}\n",
         n(h, "client_gone"),
         n(h, "overloaded"),
         n(h, "rate_limited"),
         n(h, "quota_exhausted"),
-        n(h, "connections_rejected"),
-        n(h, "accept_errors"),
     ));
     out.push_str(&format!("timeouts  {}\n", pairs(&h["timeouts"])));
     out.push_str(&format!(
@@ -521,6 +521,7 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("inflight 3   req/s 100.0   total 300"), "{s}");
+        assert!(s.contains("client connections 9  rejected 0"), "{s}");
         assert!(s.contains("2xx 90  3xx 0  4xx 7  5xx 3"), "{s}");
         assert!(s.contains("client_gone 4"), "{s}");
         assert!(s.contains("timeouts  connect 1  stream_idle 2"), "{s}");
