@@ -34,14 +34,42 @@ fn chunked(events: &[u8], event_len: usize) -> Vec<u8> {
     out
 }
 
+/// One upstream read as the relay holds it: `EVENTS` copies of `event`, one chunk each, behind
+/// the chunk-header headroom.
+fn one_read(event: &[u8]) -> Vec<u8> {
+    let mut read = vec![0u8; CHUNK_HEADROOM];
+    read.extend_from_slice(&chunked(&repeated(event), event.len()));
+    read
+}
+
+/// What relay::convert does with one read: de-chunk in place, convert the events into `out`
+/// behind the headroom, scan the content, frame the chunk.
+fn converted_read(
+    template: &[u8],
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    mut convert: impl FnMut(&[u8], &mut Vec<u8>) -> bool,
+) -> usize {
+    buf.clear();
+    buf.extend_from_slice(template);
+    let mut decoder = ChunkedDecoder::new();
+    let mut write_at = CHUNK_HEADROOM;
+    dechunk_in_place(&mut decoder, buf, CHUNK_HEADROOM, &mut write_at).unwrap();
+    out.clear();
+    out.resize(CHUNK_HEADROOM, 0);
+    assert!(convert(&buf[CHUNK_HEADROOM..write_at], out));
+    black_box(content_bytes(&out[CHUNK_HEADROOM..]));
+    let len = out.len() - CHUNK_HEADROOM;
+    black_box(write_chunk_header_before(out, CHUNK_HEADROOM, len));
+    out.len()
+}
+
 fn per_event(c: &mut Criterion) {
     let mut g = c.benchmark_group("sse_64_events_per_read");
     g.throughput(Throughput::Elements(EVENTS as u64));
 
     // Passthrough: what relay::stream does with one read (OpenAI → OpenAI).
-    let wire = chunked(&repeated(OPENAI_EVENT), OPENAI_EVENT.len());
-    let mut template = vec![0u8; CHUNK_HEADROOM];
-    template.extend_from_slice(&wire);
+    let template = one_read(OPENAI_EVENT);
     let mut buf = template.clone();
     let mut filter = UsageEvents::new(false);
     g.bench_function("passthrough_openai", |b| {
@@ -64,49 +92,27 @@ fn per_event(c: &mut Criterion) {
     });
 
     // Anthropic events → OpenAI chunks (a chat client on an Anthropic channel).
-    let wire = chunked(&repeated(ANTHROPIC_EVENT), ANTHROPIC_EVENT.len());
-    let mut template = vec![0u8; CHUNK_HEADROOM];
-    template.extend_from_slice(&wire);
-    let mut conv = AnthropicToOpenAiStream::new(true, 1_700_000_000, 1 << 20);
     let mut out = Vec::with_capacity(16 * 1024);
+    let mut conv = AnthropicToOpenAiStream::new(true, 1_700_000_000, 1 << 20);
     conv.feed(ANTHROPIC_START, &mut out).unwrap();
+    let template = one_read(ANTHROPIC_EVENT);
     g.bench_function("convert_anthropic_to_openai", |b| {
         b.iter(|| {
-            buf.clear();
-            buf.extend_from_slice(&template);
-            let mut decoder = ChunkedDecoder::new();
-            let mut write_at = CHUNK_HEADROOM;
-            dechunk_in_place(&mut decoder, &mut buf, CHUNK_HEADROOM, &mut write_at).unwrap();
-            out.clear();
-            out.resize(CHUNK_HEADROOM, 0);
-            conv.feed(&buf[CHUNK_HEADROOM..write_at], &mut out).unwrap();
-            black_box(content_bytes(&out[CHUNK_HEADROOM..]));
-            let len = out.len() - CHUNK_HEADROOM;
-            black_box(write_chunk_header_before(&mut out, CHUNK_HEADROOM, len));
-            black_box(out.len())
+            converted_read(&template, &mut buf, &mut out, |i, o| {
+                conv.feed(i, o).is_ok()
+            })
         })
     });
 
     // OpenAI chunks → Anthropic events (an Anthropic client on an OpenAI-compatible channel).
-    let wire = chunked(&repeated(OPENAI_EVENT), OPENAI_EVENT.len());
-    let mut template = vec![0u8; CHUNK_HEADROOM];
-    template.extend_from_slice(&wire);
     let mut conv = OpenAiToAnthropicStream::new(1 << 20);
     conv.feed(OPENAI_EVENT, &mut out).unwrap();
+    let template = one_read(OPENAI_EVENT);
     g.bench_function("convert_openai_to_anthropic", |b| {
         b.iter(|| {
-            buf.clear();
-            buf.extend_from_slice(&template);
-            let mut decoder = ChunkedDecoder::new();
-            let mut write_at = CHUNK_HEADROOM;
-            dechunk_in_place(&mut decoder, &mut buf, CHUNK_HEADROOM, &mut write_at).unwrap();
-            out.clear();
-            out.resize(CHUNK_HEADROOM, 0);
-            conv.feed(&buf[CHUNK_HEADROOM..write_at], &mut out).unwrap();
-            black_box(content_bytes(&out[CHUNK_HEADROOM..]));
-            let len = out.len() - CHUNK_HEADROOM;
-            black_box(write_chunk_header_before(&mut out, CHUNK_HEADROOM, len));
-            black_box(out.len())
+            converted_read(&template, &mut buf, &mut out, |i, o| {
+                conv.feed(i, o).is_ok()
+            })
         })
     });
     g.finish();
