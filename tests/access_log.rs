@@ -14,26 +14,6 @@ both_drivers! {
     lines_can_go_to_stderr,
 }
 
-/// The JSON lines of `path`, waiting (bounded) until there are at least `n`.
-fn lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    wait_for(Duration::from_secs(5), || {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        out = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect();
-        out.len() >= n
-    });
-    assert!(
-        out.len() >= n,
-        "{} of {n} lines in {}",
-        out.len(),
-        path.display()
-    );
-    out
-}
-
 fn config(mock: &Mock, access: &str) -> ConfigBuilder {
     ConfigBuilder::new(mock.addr)
         .section(&format!("[log]\naccess = {access:?}"))
@@ -63,7 +43,7 @@ fn one_line_per_request_with_its_fields(driver: Driver) {
     assert_eq!(refused.status, 401);
     // Health is not traffic: no line.
     relay.health();
-    let got = lines(&path, 4);
+    let got = log_lines(&path, 4);
     assert_eq!(got.len(), 4, "{got:#?}");
 
     let l = &got[0];
@@ -120,7 +100,7 @@ fn the_file_is_reopened_on_sighup(driver: Driver) {
     let rotated = path.with_extension("log.1");
     let relay = start(driver, &config(&mock, path.to_str().unwrap()));
     assert_eq!(relay.roundtrip(&chat("mock-fixed", false)).status, 200);
-    lines(&path, 1);
+    log_lines(&path, 1);
     // What logrotate does: rename, then tell the process.
     std::fs::rename(&path, &rotated).unwrap();
     // SAFETY: signalling a child process this test started.
@@ -128,10 +108,14 @@ fn the_file_is_reopened_on_sighup(driver: Driver) {
     std::thread::sleep(Duration::from_millis(300));
     let second = relay.roundtrip(&chat("mock-fixed", false));
     assert_eq!(second.status, 200, "the relay survives SIGHUP");
-    let fresh = lines(&path, 1);
+    let fresh = log_lines(&path, 1);
     assert_eq!(fresh.len(), 1);
     assert_eq!(fresh[0]["request_id"], second.request_id());
-    assert_eq!(lines(&rotated, 1).len(), 1, "the old file kept its line");
+    assert_eq!(
+        log_lines(&rotated, 1).len(),
+        1,
+        "the old file kept its line"
+    );
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&rotated);
 }

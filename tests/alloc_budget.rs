@@ -10,15 +10,14 @@
 
 mod common;
 
-use common::{free_port, KillOnDrop};
+use common::{free_port, mock_process};
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Counting;
 
@@ -40,17 +39,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn wait_listening(port: u16) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Send `req` and read one Content-Length response into `buf` without allocating.
 fn roundtrip(conn: &mut TcpStream, req: &[u8], buf: &mut [u8]) -> u16 {
@@ -135,15 +123,8 @@ fn settle_ledger() {
     ignore = "runs `ringway mock`/`demo`: needs the demo feature"
 )]
 fn zero_allocations_per_relayed_request_after_warmup() {
-    let mock_port = free_port();
-    let _mock = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_ringway"))
-            .args(["mock", "--listen", &format!("127.0.0.1:{mock_port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(mock_port);
+    let (_mock, mock_addr) = mock_process();
+    let mock_port = mock_addr.port();
     let port = free_port();
     // The access log is on: its lines are formatted into a worker buffer and handed to the
     // writer thread, which must cost no allocation per request either.

@@ -12,8 +12,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 use common::*;
 
@@ -53,21 +52,6 @@ fn relay(driver: Driver, mock: &Mock, stem: &str) -> (Relay, PathBuf) {
             "priority = 1\nanthropic_version = \"2099-01-01\"\nmodel_map = { \"claude-pinned\" = \"mock-echo\" }",
         ));
     (start(driver, &cfg), path)
-}
-
-/// The access log's JSON lines, waiting (bounded) until there are at least `n`.
-fn log_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    wait_for(Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        out = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect();
-        out.len() >= n
-    });
-    assert!(out.len() >= n, "{} of {n} lines: {out:#?}", out.len());
-    out
 }
 
 /// (prompt, completion, cached, total, estimated) as the log line has them.

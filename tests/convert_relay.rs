@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -74,21 +74,6 @@ fn relay(driver: Driver, mock: &Mock, stem: &str, server: &[&str]) -> (Relay, Pa
         cfg = cfg.server(line);
     }
     (start(driver, &cfg), path)
-}
-
-/// The access log's JSON lines, waiting (bounded) until there are at least `n`.
-fn log_lines(path: &Path, n: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    wait_for(Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        out = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect();
-        out.len() >= n
-    });
-    assert!(out.len() >= n, "{} of {n} lines: {out:#?}", out.len());
-    out
 }
 
 /// (prompt, completion, cached, estimated) of an access-log line.

@@ -13,7 +13,6 @@ mod common;
 mod storm;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -106,23 +105,7 @@ fn settled_live(relay_addr: std::net::SocketAddr) -> (i64, serde_json::Value) {
     ignore = "runs `ringway mock`: needs the demo feature"
 )]
 fn fault_storms_leave_no_live_heap_behind() {
-    let mock_port = free_port();
-    let _mock = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_ringway"))
-            .args(["mock", "--listen", &format!("127.0.0.1:{mock_port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start `ringway mock`"),
-    );
-    let mock_addr: std::net::SocketAddr = format!("127.0.0.1:{mock_port}").parse().unwrap();
-    assert!(
-        wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(
-            mock_addr
-        )
-        .is_ok())
-        .is_some(),
-        "`ringway mock` never listened on {mock_addr}"
-    );
+    let (_mock, mock_addr) = mock_process();
     let port = free_port();
     let toml = ConfigBuilder::new(mock_addr)
         .workers(2)

@@ -14,7 +14,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -37,21 +37,6 @@ fn create(relay: &Relay, model: &str, stream: bool, extra: &str) -> Response {
 fn by_id(relay: &Relay, method: &str, path: &str, token: &str) -> Response {
     let auth = format!("Bearer {token}");
     relay.roundtrip(&request(method, path, &[("authorization", &auth)], b""))
-}
-
-/// The access log's JSON lines, waiting (bounded) until there are at least `n`.
-fn log_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    wait_for(Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        out = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect();
-        out.len() >= n
-    });
-    assert!(out.len() >= n, "{} of {n} lines: {out:#?}", out.len());
-    out
 }
 
 fn with_access_log(cfg: ConfigBuilder, stem: &str) -> (ConfigBuilder, PathBuf) {

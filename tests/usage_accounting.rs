@@ -13,7 +13,7 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -26,21 +26,6 @@ both_drivers! {
     a_client_leaving_mid_stream_is_estimated,
     an_upstream_cut_is_estimated,
     an_upstream_ignoring_include_usage_is_estimated,
-}
-
-/// The access log's JSON lines, waiting (bounded) until there are at least `n`.
-fn log_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    wait_for(Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        out = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect();
-        out.len() >= n
-    });
-    assert!(out.len() >= n, "{} of {n} lines: {out:#?}", out.len());
-    out
 }
 
 /// A relay with the access log in a fresh file; `alias` is renamed to `mock-echo`.

@@ -1328,3 +1328,42 @@ pub fn without_usage_events(sse: &str) -> String {
         .filter(|event| !event.contains("\"choices\":[]"))
         .collect()
 }
+
+/// The JSON lines of a file (the access log), waiting (bounded, 10 s) until there are at least
+/// `n`; panics on a line that is not JSON, or if fewer than `n` came.
+pub fn log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    wait_for(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        out = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        out.len() >= n
+    });
+    assert!(
+        out.len() >= n,
+        "{} of {n} lines in {}: {out:#?}",
+        out.len(),
+        path.display()
+    );
+    out
+}
+
+/// The mock upstream as its own `ringway mock` process (killed on drop), for tests whose
+/// process counts allocations: the in-process [`Mock`]'s would be counted with the relay's.
+pub fn mock_process() -> (KillOnDrop, SocketAddr) {
+    let port = free_port();
+    let child = Command::new(bin())
+        .args(["mock", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start `ringway mock`");
+    let guard = KillOnDrop(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()).is_some(),
+        "`ringway mock` never listened on {addr}"
+    );
+    (guard, addr)
+}
