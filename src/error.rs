@@ -410,6 +410,21 @@ impl RelayError {
         }
     }
 
+    /// The data of the `error` event that ends a broken `/v1/responses` stream: the Responses
+    /// API's error event (`type`, `code`, `message`, `param`) with the OpenAI error object
+    /// beside it, on which the openai SDKs raise `APIError` as they do for chat streams.
+    pub fn render_responses_event(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"type\":\"error\",\"code\":");
+        json_string(out, &self.code);
+        out.extend_from_slice(b",\"message\":");
+        json_string(out, &self.message);
+        out.extend_from_slice(b",\"param\":null,");
+        // `render`'s object without its opening brace: `"error":{..}}` closes this one.
+        let start = out.len();
+        self.render(out);
+        out.remove(start);
+    }
+
     /// The OpenAI error body: `{"error":{"message":..,"type":..,"param":null,"code":..}}`.
     pub fn render(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"error\":{\"message\":");
@@ -474,6 +489,20 @@ mod tests {
             v["error"]["message"],
             "The model 'gpt-\"x\"' does not exist or no channel serves it"
         );
+    }
+
+    #[test]
+    fn a_responses_stream_error_event_is_both_shapes() {
+        let e = RelayError::model_not_found("gpt-\"x\"");
+        let mut out = Vec::new();
+        e.render_responses_event(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["code"], "model_not_found");
+        assert!(v["param"].is_null());
+        assert_eq!(v["message"], v["error"]["message"]);
+        assert_eq!(v["error"], body(&e)["error"]);
+        assert_eq!(v.as_object().unwrap().len(), 5, "{v}");
     }
 
     #[test]

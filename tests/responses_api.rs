@@ -595,6 +595,11 @@ fn upstream_errors_come_back_in_openai_shape() {
     let (name, data) = evs.last().unwrap();
     assert_eq!(name, "error");
     assert_eq!(data["error"]["code"], "upstream_reset", "{data}");
+    // Also the Responses API's own error event, for clients that read events by `type`.
+    assert_eq!(data["type"], "error", "{data}");
+    assert_eq!(data["code"], "upstream_reset", "{data}");
+    assert_eq!(data["message"], data["error"]["message"], "{data}");
+    assert!(data["param"].is_null(), "{data}");
 }
 
 #[test]

@@ -432,7 +432,11 @@ async fn end_with_error<S: ClientStream>(
         buf.extend_from_slice(b"\n\n");
     }
     buf.extend_from_slice(b"event: error\ndata: ");
-    error.render_as(ex.endpoint.dialect(), &mut buf);
+    if ex.endpoint == Endpoint::Relay(RelayKind::Responses) {
+        error.render_responses_event(&mut buf);
+    } else {
+        error.render_as(ex.endpoint.dialect(), &mut buf);
+    }
     buf.extend_from_slice(b"\n\n");
     write_last_chunk(conn, ex, buf).await
 }
