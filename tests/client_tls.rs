@@ -448,34 +448,6 @@ fn stalled_handshake_is_cut_by_client_header() {
     assert!(json_u64(&health, "timeouts.client_header") >= 2, "{health}");
 }
 
-/// Sends SIGHUP and waits for the reload's log line (accepted or refused); returns it.
-fn hangup(relay: &Relay) -> String {
-    let count = |e: &str| {
-        e.lines()
-            .filter(|l| l.contains("config reloaded") || l.contains("config reload refused"))
-            .count()
-    };
-    let before = count(&relay.stderr_text());
-    // SAFETY: signalling a child process this test started.
-    assert_eq!(unsafe { libc::kill(relay.pid() as i32, libc::SIGHUP) }, 0);
-    let mut line = String::new();
-    let seen = wait_for(Duration::from_secs(10), || {
-        let e = relay.stderr_text();
-        if count(&e) > before {
-            line = e
-                .lines()
-                .rfind(|l| l.contains("config reload"))
-                .unwrap_or_default()
-                .to_string();
-            true
-        } else {
-            false
-        }
-    });
-    assert!(seen.is_some(), "no reload line:\n{}", relay.stderr_text());
-    line
-}
-
 /// A renewed certificate: new files at the same paths, then new paths; after each SIGHUP a new
 /// connection is served the new leaf, while a keep-alive connection from before goes on with
 /// the session it has.
@@ -497,7 +469,7 @@ fn reload_serves_a_renewed_certificate_to_new_connections_only() {
     // Same paths, new files.
     let second = ca.leaf("second");
     dir.install(&second);
-    let line = hangup(&relay);
+    let line = relay.hangup();
     assert!(line.contains("config reloaded"), "{line}");
     let fresh = tls_connect(relay.addr, &config).expect("new connection");
     assert_eq!(
@@ -520,7 +492,7 @@ fn reload_serves_a_renewed_certificate_to_new_connections_only() {
     let text = text.replace(&dir.path("chain.pem"), &other.path("chain.pem"));
     let text = text.replace(&dir.path("key.pem"), &other.path("key.pem"));
     std::fs::write(&relay.config_path, text).expect("rewrite the config");
-    let line = hangup(&relay);
+    let line = relay.hangup();
     assert!(line.contains("config reloaded"), "{line}");
     let fresh = tls_connect(relay.addr, &config).expect("new connection");
     assert_eq!(
@@ -548,7 +520,7 @@ fn reload_refuses_turning_tls_off_and_a_mismatched_key() {
     let plain = original.replace(&dir.tls_section(), "");
     assert_ne!(plain, original);
     std::fs::write(&relay.config_path, &plain).expect("rewrite the config");
-    let line = hangup(&relay);
+    let line = relay.hangup();
     assert!(line.contains("config reload refused"), "{line}");
     assert!(
         line.contains("[server.tls]") && line.contains("restart"),
@@ -558,7 +530,7 @@ fn reload_refuses_turning_tls_off_and_a_mismatched_key() {
     std::fs::write(&relay.config_path, &original).expect("restore the config");
     let other = ca.leaf("other");
     std::fs::write(dir.0.join("key.pem"), &other.key_pem).expect("write a foreign key");
-    let line = hangup(&relay);
+    let line = relay.hangup();
     assert!(line.contains("config reload refused"), "{line}");
     assert!(line.contains("server.tls.key"), "{line}");
 

@@ -451,26 +451,6 @@ fn an_unusable_or_busy_state_dir_refuses_the_start_naming_it() {
     assert!(dir.0.join("LOCK").exists());
 }
 
-/// SIGHUP with `text` as the new config; the log line it produced.
-fn reload_with(relay: &Relay, text: &str) -> String {
-    let lines = |e: &str| e.lines().filter(|l| l.contains("config reload")).count();
-    let before = lines(&relay.stderr_text());
-    std::fs::write(&relay.config_path, text).expect("rewrite the config");
-    relay.signal(libc::SIGHUP);
-    let mut last = String::new();
-    let seen = wait_for(Duration::from_secs(10), || {
-        let e = relay.stderr_text();
-        last = e
-            .lines()
-            .rfind(|l| l.contains("config reload"))
-            .unwrap_or_default()
-            .to_string();
-        lines(&e) > before
-    });
-    assert!(seen.is_some(), "no reload line:\n{}", relay.stderr_text());
-    last
-}
-
 fn usage_carries_across_a_reload_that_changes_the_quota(driver: Driver) {
     let mock = Mock::start();
     let dir = StateDir::new("quota-reload");
@@ -485,7 +465,7 @@ fn usage_carries_across_a_reload_that_changes_the_quota(driver: Driver) {
     // The quota shrinks to just under what one more request reserves on top of the usage:
     // the usage so far must still count.
     let smaller = 3 * PER_REQUEST + reservation(&b, 10) - 1;
-    let line = reload_with(&relay, &config(&mock, &dir.0, "50ms", smaller).render(port));
+    let line = relay.reload_with(&config(&mock, &dir.0, "50ms", smaller).render(port));
     assert!(line.contains("config reloaded"), "{line}");
     assert_quota(&relay, "q", (Some(smaller), 3 * PER_REQUEST, 0));
     let r = relay.roundtrip(&chat_as("sk-q", &b));
@@ -493,20 +473,14 @@ fn usage_carries_across_a_reload_that_changes_the_quota(driver: Driver) {
 
     // Raised again, the same usage leaves room for exactly one more.
     let one_more = smaller + 1;
-    let line = reload_with(
-        &relay,
-        &config(&mock, &dir.0, "50ms", one_more).render(port),
-    );
+    let line = relay.reload_with(&config(&mock, &dir.0, "50ms", one_more).render(port));
     assert!(line.contains("config reloaded"), "{line}");
     assert_eq!(relay.roundtrip(&chat_as("sk-q", &b)).status, 200);
     assert_used(&relay, "q", 4 * PER_REQUEST);
 
     // The ledger cannot move while the process runs.
     let other = StateDir::new("quota-reload-other");
-    let line = reload_with(
-        &relay,
-        &config(&mock, &other.0, "50ms", one_more).render(port),
-    );
+    let line = relay.reload_with(&config(&mock, &other.0, "50ms", one_more).render(port));
     assert!(
         line.contains("config reload refused") && line.contains("state_dir"),
         "{line}"

@@ -21,36 +21,6 @@ both_drivers! {
     reload_under_load_loses_no_request,
 }
 
-/// Write `text` over the relay's config file and send SIGHUP; wait for the log line that says
-/// how it went, and return it.
-fn reload(relay: &Relay, text: &str) -> String {
-    let count = |e: &str| {
-        e.lines()
-            .filter(|l| l.contains("config reloaded") || l.contains("config reload refused"))
-            .count()
-    };
-    let before = count(&relay.stderr_text());
-    std::fs::write(&relay.config_path, text).expect("rewrite the config");
-    // SAFETY: signalling a child process this test started.
-    assert_eq!(unsafe { libc::kill(relay.pid() as i32, libc::SIGHUP) }, 0);
-    let mut line = String::new();
-    let seen = wait_for(Duration::from_secs(10), || {
-        let e = relay.stderr_text();
-        if count(&e) > before {
-            line = e
-                .lines()
-                .rfind(|l| l.contains("config reload"))
-                .unwrap_or_default()
-                .to_string();
-            true
-        } else {
-            false
-        }
-    });
-    assert!(seen.is_some(), "no reload line:\n{}", relay.stderr_text());
-    line
-}
-
 fn chat_as(token: &str, model: &str) -> Vec<u8> {
     post_json(
         "/v1/chat/completions",
@@ -97,7 +67,7 @@ fn tokens_channels_and_limits_change_on_reload(driver: Driver) {
         .token("new", "sk-new", &["*"])
         .render(port)
         + "rpm = 2\n";
-    let line = reload(&relay, &after);
+    let line = relay.reload_with(&after);
     assert!(line.contains("config reloaded"), "{line}");
     assert!(line.contains("generation 2"), "{line}");
 
@@ -133,7 +103,7 @@ fn a_bad_config_is_refused_and_the_old_one_serves(driver: Driver) {
     let good = cfg.render(port);
 
     let broken = good.replace("[server]\n", "[server]\nmax_inflight = \"lots\"\n");
-    let line = reload(&relay, &broken);
+    let line = relay.reload_with(&broken);
     assert!(line.contains("config reload refused"), "{line}");
     assert!(
         line.contains(&format!(
@@ -148,7 +118,7 @@ fn a_bad_config_is_refused_and_the_old_one_serves(driver: Driver) {
         &format!("127.0.0.1:{port}"),
         &format!("127.0.0.1:{}", free_port()),
     );
-    let line = reload(&relay, &moved);
+    let line = relay.reload_with(&moved);
     assert!(
         line.contains("config reload refused") && line.contains("server.listen changed"),
         "{line}"
@@ -156,7 +126,7 @@ fn a_bad_config_is_refused_and_the_old_one_serves(driver: Driver) {
     assert_eq!(relay.roundtrip(&chat("mock-fixed", false)).status, 200);
 
     // A good one after the bad ones is taken.
-    let line = reload(&relay, &good);
+    let line = relay.reload_with(&good);
     assert!(line.contains("config reloaded"), "{line}");
     assert_eq!(relay.roundtrip(&chat("mock-fixed", false)).status, 200);
 }
@@ -185,7 +155,7 @@ fn an_in_flight_stream_finishes_under_its_config(driver: Driver) {
         .without_default_channel()
         .channel("gone", &dead, UPSTREAM_KEY, &["*"], "")
         .render(port);
-    let line = reload(&relay, &after);
+    let line = relay.reload_with(&after);
     assert!(line.contains("config reloaded"), "{line}");
 
     let (rest, ok) = read_until(&mut s, b"0\r\n\r\n", Duration::from_secs(10));
@@ -259,7 +229,7 @@ fn reload_under_load_loses_no_request(driver: Driver) {
     while reloads < 8 && start_at.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(60));
         let text = if reloads % 2 == 0 { &text_b } else { &text_a };
-        let line = reload(&relay, text);
+        let line = relay.reload_with(text);
         assert!(line.contains("config reloaded"), "{line}");
         reloads += 1;
     }

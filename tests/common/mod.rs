@@ -1367,3 +1367,35 @@ pub fn mock_process() -> (KillOnDrop, SocketAddr) {
     );
     (guard, addr)
 }
+
+impl Relay {
+    /// Sends SIGHUP and waits (bounded) for the reload's outcome line (`config reloaded` or
+    /// `config reload refused`); returns the last `config reload` line by then.
+    pub fn hangup(&self) -> String {
+        let outcomes = |e: &str| {
+            e.lines()
+                .filter(|l| l.contains("config reloaded") || l.contains("config reload refused"))
+                .count()
+        };
+        let before = outcomes(&self.stderr_text());
+        self.signal(libc::SIGHUP);
+        let mut line = String::new();
+        let seen = wait_for(Duration::from_secs(10), || {
+            let e = self.stderr_text();
+            line = e
+                .lines()
+                .rfind(|l| l.contains("config reload"))
+                .unwrap_or_default()
+                .to_string();
+            outcomes(&e) > before
+        });
+        assert!(seen.is_some(), "no reload line:\n{}", self.stderr_text());
+        line
+    }
+
+    /// Writes `text` over the relay's config file, then [`Relay::hangup`].
+    pub fn reload_with(&self, text: &str) -> String {
+        std::fs::write(&self.config_path, text).expect("rewrite the config");
+        self.hangup()
+    }
+}
