@@ -676,17 +676,7 @@ fn openai_python_sdk_over_https() {
     std::fs::write(dir.0.join("ca.pem"), ca.cert.pem()).expect("write ca.pem");
     let relay = start_tls_relay(&mock, &dir, &ca, "", &[]);
     let url = format!("https://localhost:{}/v1", relay.addr.port());
-    let out = std::process::Command::new(&python)
-        .args(["-c", SDK_SCRIPT, &url, &dir.path("ca.pem"), TOKEN])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run python");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "sdk script failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::sdk::run_script(&python, SDK_SCRIPT, &[&url, &dir.path("ca.pem"), TOKEN]);
     assert!(
         text.contains("NORMAL:Hello from the ringway mock upstream."),
         "{text}"

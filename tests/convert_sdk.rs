@@ -12,9 +12,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-
 use common::*;
 
 const ANTHROPIC_KEY: &str = "sk-ant-upstream-key-0123456789";
@@ -114,23 +111,6 @@ fn relay(mock: &Mock) -> Relay {
     start(Driver::IoUring, &cfg)
 }
 
-fn run(python: &Path, script: &str, args: &[&str]) -> String {
-    let out = Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run python");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sdk script failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
 fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
     text.lines()
         .find_map(|l| l.strip_prefix(prefix))
@@ -148,7 +128,7 @@ fn anthropic_sdk_on_messages_native_and_converted() {
     let mock = Mock::start();
     let relay = relay(&mock);
     let base = format!("http://{}", relay.addr);
-    let text = run(
+    let text = common::sdk::run_script(
         &python,
         ANTHROPIC_SCRIPT,
         &[&base, TOKEN, "claude-tools", "gpt-tools"],
@@ -185,7 +165,7 @@ fn openai_sdk_on_chat_completions_served_by_an_anthropic_channel() {
     let mock = Mock::start();
     let relay = relay(&mock);
     let base = format!("http://{}", relay.addr);
-    let text = run(&python, OPENAI_SCRIPT, &[&base, TOKEN, "claude-tools"]);
+    let text = common::sdk::run_script(&python, OPENAI_SCRIPT, &[&base, TOKEN, "claude-tools"]);
     assert_eq!(
         line(&text, "WHOLE "),
         "tool_calls|Let me check.|get_weather|{\"city\":\"Paris\"}|9|7|4",

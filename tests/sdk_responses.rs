@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::*;
 
 const OTHER_TOKEN: &str = "sk-test-other-client-token";
@@ -89,23 +87,8 @@ fn openai_python_sdk_responses_api() {
     let relay = ConfigBuilder::new(mock.addr)
         .token("other", OTHER_TOKEN, &["*"])
         .start(&[]);
-    let out = Command::new(&python)
-        .args([
-            "-c",
-            SCRIPT,
-            &format!("http://{}/v1", relay.addr),
-            TOKEN,
-            OTHER_TOKEN,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run python");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "sdk script failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("http://{}/v1", relay.addr);
+    let text = common::sdk::run_script(&python, SCRIPT, &[&url, TOKEN, OTHER_TOKEN]);
     let expected = [
         "CREATE:resp_:response:completed:Hello from the ringway mock upstream.:9/4/7/16",
         "TOOL:function_call:get_weather:call_:{\"mock\":true}",

@@ -75,17 +75,8 @@ fn openai_python_sdk_against_demo() {
             "demo did not start"
         );
     }
-    let out = Command::new(&python)
-        .args(["-c", SCRIPT, &format!("http://127.0.0.1:{port}/v1")])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run python");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "sdk script failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let text = common::sdk::run_script(&python, SCRIPT, &[&url]);
     assert!(
         text.contains("NORMAL:Hello from the ringway mock upstream."),
         "{text}"

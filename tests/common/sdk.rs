@@ -80,3 +80,22 @@ pub fn python_with(package: &str, test: &str) -> Option<PathBuf> {
     );
     None
 }
+
+/// Runs `script` (`python -c`) with `args` and no stdin; panics with its stdout and stderr if it
+/// fails; returns its stdout.
+pub fn run_script(python: &Path, script: &str, args: &[&str]) -> String {
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sdk script failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
