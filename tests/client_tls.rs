@@ -212,20 +212,11 @@ fn chat_and_stream_once(c: &mut Client<TlsStream>, mock: &Mock) {
     c.send(&chat("mock-stream-2-1500", true));
     let r = c.read_final_response();
     assert_eq!(r.status, 200, "{}", r.text());
-    let (first, second) = (arrival(&r, sent, b"tok0"), arrival(&r, sent, b"tok1"));
+    let (first, second) = (r.arrival(sent, b"tok0"), r.arrival(sent, b"tok1"));
     assert!(
         second >= first + Duration::from_millis(700),
         "events not paced: tok0 at {first:?}, tok1 at {second:?}"
     );
-}
-
-/// When the chunk holding `needle` arrived, from `sent`.
-fn arrival(r: &Response, sent: Instant, needle: &[u8]) -> Duration {
-    r.chunks
-        .iter()
-        .find(|(_, data)| data.windows(needle.len()).any(|w| w == needle))
-        .map(|(at, _)| at.duration_since(sent))
-        .unwrap_or_else(|| panic!("no chunk with {needle:?} in {:?}", r.text()))
 }
 
 fn chat_stream_and_health_over_tls(driver: Driver) {

@@ -176,14 +176,6 @@ fn closing(model: &str, stream: bool) -> Vec<u8> {
     )
 }
 
-fn arrival(r: &Response, sent: Instant, needle: &[u8]) -> Duration {
-    r.chunks
-        .iter()
-        .find(|(_, data)| data.windows(needle.len()).any(|w| w == needle))
-        .map(|(at, _)| at.duration_since(sent))
-        .unwrap_or_else(|| panic!("no chunk with {needle:?} in {:?}", r.text()))
-}
-
 // ---------------------------------------------------------------------------------------------
 
 fn non_stream_chat_over_tls_is_byte_identical(driver: Driver) {
@@ -233,14 +225,14 @@ fn streamed_chat_over_tls_arrives_chunk_by_chunk(driver: Driver) {
     assert_eq!(r.text().matches("chat.completion.chunk").count(), 5);
     // 20 ms apart upstream: the relay passes them on as they come, not as one blob.
     assert!(r.chunks.len() >= 2, "one chunk for the whole stream");
-    assert!(arrival(&r, sent, b"tok0") < arrival(&r, sent, b"data: [DONE]"));
+    assert!(r.arrival(sent, b"tok0") < r.arrival(sent, b"data: [DONE]"));
 
     // Paced far apart, each event must reach the client long before the next is sent.
     let sent = Instant::now();
     c.send(&chat("mock-stream-3-600", true));
     let r = c.read_final_response();
     assert_eq!(r.status, 200, "body {:?}", r.text());
-    let (first, second) = (arrival(&r, sent, b"tok0"), arrival(&r, sent, b"tok1"));
+    let (first, second) = (r.arrival(sent, b"tok0"), r.arrival(sent, b"tok1"));
     assert!(
         first < Duration::from_millis(500),
         "first event after {first:?}"

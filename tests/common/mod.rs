@@ -599,6 +599,15 @@ pub struct Response {
 }
 
 impl Response {
+    /// When the body chunk holding `needle` arrived, counted from `sent`; panics if none does.
+    pub fn arrival(&self, sent: Instant, needle: &[u8]) -> Duration {
+        self.chunks
+            .iter()
+            .find(|(_, data)| data.windows(needle.len()).any(|w| w == needle))
+            .map(|(at, _)| at.duration_since(sent))
+            .unwrap_or_else(|| panic!("no chunk with {needle:?} in {:?}", self.text()))
+    }
+
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
